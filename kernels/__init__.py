@@ -1,0 +1,1 @@
+"""Triton kernels of Scatterbrain attention (imported as ``sbbench.kernels``)."""

@@ -1,0 +1,93 @@
+"""ScatterbrainAttention: a multi-head attention layer (drop-in for self-attention)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .checks import check_n_features, check_positive_int
+from .features import draw_projections
+from .lsh import HashFunctions, draw_hashes
+from .scatterbrain import SPARSE_KINDS, scatterbrain_attention
+
+
+class ScatterbrainAttention(nn.Module):
+    """Multi-head self-attention whose attention is Scatterbrain's sparse + low-rank estimate.
+
+    x: [batch, seq, embed_dim] -> [batch, seq, embed_dim]; key_padding_mask: [batch, seq]
+    bool, True = keep. The random projections and hash functions are buffers drawn once
+    from ``seed`` (so the layer is deterministic and saves with its state dict);
+    :meth:`redraw` draws new ones. Forward and backward both work.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        n_features: int = 64,
+        bucket_size: int = 64,
+        n_hashes: int = 1,
+        sparse: str = "lsh",
+        causal: bool = False,
+        softmax_scale: float | None = None,
+        bias: bool = True,
+        backend: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        embed_dim = check_positive_int("embed_dim", embed_dim)
+        num_heads = check_positive_int("num_heads", num_heads)
+        if embed_dim % num_heads:
+            raise ValueError(
+                f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})"
+            )
+        if sparse not in SPARSE_KINDS:
+            raise ValueError(f"sparse must be one of {', '.join(SPARSE_KINDS)}, got {sparse!r}")
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.head_dim = embed_dim // num_heads
+        self.n_features = check_n_features(n_features)
+        self.bucket_size = check_positive_int("bucket_size", bucket_size)
+        self.n_hashes = check_positive_int("n_hashes", n_hashes)
+        self.sparse, self.causal = sparse, causal
+        self.softmax_scale, self.backend = softmax_scale, backend
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
+        self.out = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.register_buffer("projections", torch.empty(n_features // 2, self.head_dim))
+        self.register_buffer("hash_directions", torch.empty(n_hashes, self.head_dim + 2))
+        self.register_buffer("hash_shifts", torch.empty(n_hashes))
+        self.redraw(torch.Generator().manual_seed(seed))
+
+    @torch.no_grad()
+    def redraw(self, generator: torch.Generator | None = None) -> None:
+        """Draw new random projections and hash functions (e.g. every few training steps)."""
+        device = self.projections.device
+        self.projections.copy_(
+            draw_projections(self.n_features, self.head_dim, generator=generator, device=device)
+        )
+        hashes = draw_hashes(self.n_hashes, self.head_dim, generator=generator, device=device)
+        self.hash_directions.copy_(hashes.directions)
+        self.hash_shifts.copy_(hashes.shifts)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None):
+        if x.dim() != 3 or x.shape[-1] != self.embed_dim:
+            raise ValueError(
+                f"x must have shape [batch, seq, embed_dim={self.embed_dim}], got {tuple(x.shape)}"
+            )
+        batch, seq, _ = x.shape
+        qkv = self.qkv(x).view(batch, seq, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq, head_dim]
+        attn = scatterbrain_attention(
+            q, k, v,
+            n_features=self.n_features, bucket_size=self.bucket_size, n_hashes=self.n_hashes,
+            sparse=self.sparse, causal=self.causal, key_padding_mask=key_padding_mask,
+            softmax_scale=self.softmax_scale, backend=self.backend,
+            projections=self.projections,
+            hashes=HashFunctions(self.hash_directions, self.hash_shifts),
+        )
+        return self.out(attn.transpose(1, 2).reshape(batch, seq, self.embed_dim))
+
+    def extra_repr(self) -> str:
+        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+                f"n_features={self.n_features}, bucket_size={self.bucket_size}, "
+                f"n_hashes={self.n_hashes}, sparse={self.sparse!r}, causal={self.causal}")

@@ -1,0 +1,150 @@
+"""Public entry points of the approximate methods and their shared argument handling.
+
+Randomness is an input (STYLE.md 2): the feature projections and hash functions are drawn
+from ``generator`` (or passed in precomputed as ``projections=`` / ``hashes=``), so the
+same seed gives the same estimate on every backend.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .checks import (
+    check_mask,
+    check_n_features,
+    check_positive_int,
+    check_qkv,
+    softmax_scale_for,
+)
+from .core import attend
+from .features import draw_projections
+from .lsh import HashFunctions, draw_hashes
+
+BACKENDS = ("auto", "torch", "triton")
+SPARSE_KINDS = ("lsh", "local")
+
+
+def resolve_backend(backend: str, q: torch.Tensor) -> str:
+    """"auto" -> "triton" for CUDA tensors when the kernels import, else "torch"."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        if q.is_cuda and triton_available():
+            return "triton"
+        return "torch"
+    return backend
+
+
+def triton_available() -> bool:
+    try:
+        import sbbench.kernels as kernels  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(kernels, "scatterbrain_forward")
+
+
+def resolve_projections(projections, n_features, head_dim, generator, device):
+    if projections is None:
+        return draw_projections(n_features, head_dim, generator=generator, device=device)
+    if not isinstance(projections, torch.Tensor):
+        raise TypeError(f"projections must be a tensor, got {type(projections).__name__}")
+    expected = (n_features // 2, head_dim)
+    if tuple(projections.shape) != expected:
+        raise ValueError(
+            f"projections must have shape [n_features // 2, head_dim] = {list(expected)}, "
+            f"got {list(projections.shape)}"
+        )
+    return projections.to(device)
+
+
+def resolve_hashes(hashes, n_hashes, head_dim, generator, device):
+    if hashes is None:
+        return draw_hashes(n_hashes, head_dim, generator=generator, device=device)
+    if not isinstance(hashes, HashFunctions):
+        raise TypeError(f"hashes must be a HashFunctions, got {type(hashes).__name__}")
+    if hashes.n_hashes != n_hashes or hashes.head_dim != head_dim:
+        raise ValueError(
+            f"hashes must hold n_hashes={n_hashes} functions for head_dim={head_dim}, "
+            f"got {hashes.n_hashes} for head_dim={hashes.head_dim}"
+        )
+    return hashes.to(device)
+
+
+def check_return_weights(return_weights) -> None:
+    if return_weights not in (False, True, "unnormalized"):
+        raise ValueError(
+            f"return_weights must be False, True or 'unnormalized', got {return_weights!r}"
+        )
+
+
+def scatterbrain_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    n_features: int,
+    bucket_size: int,
+    n_hashes: int = 1,
+    sparse: str = "lsh",
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    softmax_scale: float | None = None,
+    generator: torch.Generator | None = None,
+    backend: str = "auto",
+    projections: torch.Tensor | None = None,
+    hashes: HashFunctions | None = None,
+    return_weights: bool | str = False,
+):
+    """Scatterbrain attention: sparse (LSH buckets or local blocks) + low-rank (Performer).
+
+    q, k: [batch, heads, seq, head_dim]; v: [batch, heads, seq, head_dim_v];
+    key_padding_mask: [batch, seq] bool, True = keep. Returns [batch, heads, seq, head_dim_v]
+    in q's dtype (accumulation in float32).
+
+    n_features: rank of the low-rank part (length of phi(x); n_features / 2 projections).
+    bucket_size, n_hashes: the sparse part; each query attends exactly to the
+    ``bucket_size`` keys of its bucket in each of ``n_hashes`` rounds. ``sparse="local"``
+    uses fixed consecutive blocks of ``bucket_size`` instead (one round).
+    Attention memory per query: ``n_features + bucket_size * n_hashes``.
+    ``seq`` need not be a multiple of ``bucket_size``.
+
+    With ``return_weights=True`` also returns the dense normalised [batch, heads, seq, seq]
+    attention matrix the estimate implies (small sizes only); with
+    ``return_weights="unnormalized"`` the estimate of ``exp(softmax_scale * q k^T)`` itself.
+    """
+    check_qkv(q, k, v)
+    check_mask(key_padding_mask, q)
+    n_features = check_n_features(n_features)
+    bucket_size = check_positive_int("bucket_size", bucket_size)
+    n_hashes = check_positive_int("n_hashes", n_hashes)
+    if sparse not in SPARSE_KINDS:
+        raise ValueError(f"sparse must be one of {', '.join(SPARSE_KINDS)}, got {sparse!r}")
+    if sparse == "local" and n_hashes != 1:
+        raise ValueError(f"sparse='local' uses fixed blocks: n_hashes must be 1, got {n_hashes}")
+    check_return_weights(return_weights)
+    scale = softmax_scale_for(q, softmax_scale)
+    head_dim = q.shape[-1]
+    projections = resolve_projections(projections, n_features, head_dim, generator, q.device)
+    hashes = (resolve_hashes(hashes, n_hashes, head_dim, generator, q.device)
+              if sparse == "lsh" else None)
+    return run_method(
+        q, k, v, backend=backend, return_weights=return_weights, scale=scale,
+        projections=projections, hashes=hashes, bucket_size=bucket_size, sparse=sparse,
+        causal=causal, key_padding_mask=key_padding_mask,
+    )
+
+
+def run_method(q, k, v, *, backend, return_weights, **kwargs):
+    """Dispatch one validated call to the torch core or the Triton kernels."""
+    chosen = resolve_backend(backend, q)
+    if chosen == "triton":
+        if return_weights:
+            raise ValueError("return_weights needs backend='torch' (the dense matrix is "
+                             "an analysis tool, not a kernel output)")
+        if not triton_available():
+            raise RuntimeError("backend='triton' needs the triton package and sbbench.kernels; "
+                               "install sbbench[triton] or use backend='torch'")
+        from sbbench.kernels import scatterbrain_forward
+
+        return scatterbrain_forward(q, k, v, **kwargs)
+    return attend(q, k, v, return_weights=return_weights, **kwargs)

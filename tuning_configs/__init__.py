@@ -1,0 +1,1 @@
+"""Per-device tuned configurations (YAML), shipped as package data."""
