@@ -1,0 +1,93 @@
+"""Frozen value types shared by every layer (layer 0: imports nothing from sbbench).
+
+A benchmark point is a Problem (the attention call's shape) x a Budget (the method and
+its approximation budget) x a backend (and, for kernels, a KernelConfig).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+METHODS = ("exact", "performer", "lsh", "scatterbrain", "scatterbrain_local")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Shape of one attention call: q, k, v are [batch, heads, seq_len, head_dim]."""
+
+    seq_len: int
+    head_dim: int
+    batch: int = 1
+    heads: int = 4
+    dtype: str = "float32"
+    causal: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "head_dim", "batch", "heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Problem.{name} must be an int >= 1, got {value!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"Problem.dtype must be one of {', '.join(DTYPES)}, "
+                             f"got {self.dtype!r}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A method and its approximation budget.
+
+    n_features: feature length of the low-rank part (0 if none); bucket_size, n_hashes:
+    the sparse part (0 if none). ``memory_per_query`` is the budget methods are compared
+    at: n_features + bucket_size * n_hashes (SCATTERBRAIN.md 5).
+    """
+
+    method: str
+    n_features: int = 0
+    bucket_size: int = 0
+    n_hashes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"Budget.method must be one of {', '.join(METHODS)}, "
+                             f"got {self.method!r}")
+        uses_lowrank = self.method in ("performer", "scatterbrain", "scatterbrain_local")
+        uses_sparse = self.method in ("lsh", "scatterbrain", "scatterbrain_local")
+        if uses_lowrank and (self.n_features < 2 or self.n_features % 2):
+            raise ValueError(f"{self.method} needs an even n_features >= 2, "
+                             f"got {self.n_features}")
+        if uses_sparse and (self.bucket_size < 1 or self.n_hashes < 1):
+            raise ValueError(f"{self.method} needs bucket_size >= 1 and n_hashes >= 1, got "
+                             f"bucket_size={self.bucket_size}, n_hashes={self.n_hashes}")
+        if self.method == "scatterbrain_local" and self.n_hashes != 1:
+            raise ValueError("scatterbrain_local uses fixed blocks: n_hashes must be 1")
+        if not uses_lowrank and self.n_features:
+            raise ValueError(f"{self.method} has no low-rank part: n_features must be 0")
+        if not uses_sparse and (self.bucket_size or self.n_hashes):
+            raise ValueError(f"{self.method} has no sparse part: bucket_size and n_hashes "
+                             f"must be 0")
+
+    @property
+    def memory_per_query(self) -> int:
+        return self.n_features + self.bucket_size * self.n_hashes
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile sizes and launch settings of one Triton kernel (values are kernel-specific)."""
+
+    kernel: str
+    params: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_dict(cls, kernel: str, params: dict) -> KernelConfig:
+        return cls(kernel, tuple(sorted(params.items())))
+
+    def as_dict(self) -> dict:
+        return dict(self.params)
