@@ -21,6 +21,7 @@ from .features import key_features, query_features
 from .lsh import HashFunctions, bucket_ids, local_order, lsh_order, padded_length
 
 CAUSAL_CHUNK = 64  # chunk of the prefix-sum form of causal low-rank attention
+CHUNK_ELEMENTS = 1 << 20  # default size of the sparse loop's temporaries (see buckets_per_chunk)
 
 
 def _gather_seq(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -71,6 +72,18 @@ def lowrank_sums(qh: torch.Tensor, kh: torch.Tensor, v: torch.Tensor, causal: bo
     return (num.reshape(b, h, n_pad, -1)[:, :, :n], den.reshape(b, h, n_pad)[:, :, :n])
 
 
+def buckets_per_chunk(batch_heads: int, bucket_size: int, width: int,
+                      elements: int | None = None) -> int:
+    """How many buckets the sparse loop handles at once.
+
+    Temporaries are [batch * heads, buckets, bucket, max(bucket, width)]; keeping them near
+    ``elements`` (default CHUNK_ELEMENTS) keeps them in cache and below the allocator's
+    mmap threshold, where every large temporary costs page faults. A CPU tunable.
+    """
+    per_bucket = batch_heads * bucket_size * max(bucket_size, width)
+    return max(1, (elements or CHUNK_ELEMENTS) // per_bucket)
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -84,6 +97,7 @@ def attend(
     causal: bool,
     key_padding_mask: torch.Tensor | None,
     return_weights: bool | str = False,
+    chunk_elements: int | None = None,
 ):
     """Core of every approximate method (inputs already validated).
 
@@ -91,11 +105,13 @@ def attend(
     ``sparse`` None -> no sparse part, "lsh" (uses ``hashes``) or "local" (fixed blocks).
     Computes in float32 (float64 for float64 inputs) and returns the output in q's dtype,
     plus the dense weights if asked: normalised, or with ``return_weights="unnormalized"``
-    the estimate of ``exp(tau q k^T)`` itself.
+    the estimate of ``exp(tau q k^T)`` itself. ``chunk_elements`` sizes the bucket loop
+    (see :func:`buckets_per_chunk`); it never changes the result.
     """
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     qf, kf, vf = q.to(acc), k.to(acc), v.to(acc)
-    b, h, n, _ = q.shape
+    b, h, n, d = q.shape
+    dv = v.shape[-1]
     use_lowrank = projections is not None
 
     if use_lowrank:
@@ -114,9 +130,8 @@ def attend(
             dense = dense.tril()
         return out.to(q.dtype), _finish_weights(dense, den_lr, log_lr, return_weights)
 
-    # ---- sparse part: buckets of the padded sequence ----
+    # ---- sparse part: buckets of the padded sequence, streamed in chunks ----
     seq_pad = padded_length(n, bucket_size)
-    n_buckets = seq_pad // bucket_size
     if sparse == "local":
         q_order, k_order = local_order(b, h, n, bucket_size, q.device)
     else:
@@ -125,95 +140,118 @@ def attend(
     key_ok = torch.zeros(b, seq_pad, dtype=torch.bool, device=q.device)
     key_ok[:, :n] = True if key_padding_mask is None else key_padding_mask
     key_ok = key_ok[:, None, :].expand(b, h, seq_pad)
+    any_invalid = causal or seq_pad > n or key_padding_mask is not None
     if n_rounds > 1:
         q_bucket = bucket_ids(q_order, bucket_size)  # [b,h,R,n_pad]
         k_bucket = bucket_ids(k_order, bucket_size)
 
-    qp, kp, vp = _pad_seq(qf, seq_pad), _pad_seq(kf, seq_pad), _pad_seq(vf, seq_pad)
+    # Accumulators over the padded rows in original order, flattened to [b*h*n_pad, ...]:
+    # the numerator and denominator in the scale exp(acc_lam) (a running max over the
+    # low-rank term and every round, as in online softmax; any common scale gives the same
+    # ratio, SCATTERBRAIN.md's log-sum-exp of the rounds included).
+    rows_total = b * h * seq_pad
     if use_lowrank:
-        qhp, khp = _pad_seq(qh, seq_pad), _pad_seq(kh, seq_pad)
-        log_lr_p = _pad_seq(log_lr[..., None], seq_pad)[..., 0]
+        acc_lam = _pad_seq(log_lr.detach()[..., None], seq_pad).reshape(rows_total).clone()
+        num0, den0 = num_lr, den_lr
+        if log_lr.requires_grad:  # value 1, gradient of exp(log_lr): keeps d(scale)/dq
+            unit = torch.exp(log_lr - log_lr.detach())
+            num0, den0 = num0 * unit[..., None], den0 * unit
+        acc_num = _pad_seq(num0, seq_pad).reshape(rows_total, dv)
+        acc_den = _pad_seq(den0[..., None], seq_pad).reshape(rows_total)
+    else:
+        acc_lam = qf.new_full((rows_total,), float("-inf"))
+        acc_num = qf.new_zeros(rows_total, dv)
+        acc_den = qf.new_zeros(rows_total)
+    row_offsets = torch.arange(0, rows_total, seq_pad, device=q.device).view(b, h, 1)
+    width = max(d, dv, qh.shape[-1] if use_lowrank else 0)
+    step = buckets_per_chunk(b * h, bucket_size, width, chunk_elements) * bucket_size
 
-    def blocks(x, order):  # [b,h,n_pad,f] gathered -> [b,h,buckets,bucket,f]
-        return _gather_seq(x, order).view(b, h, n_buckets, bucket_size, x.shape[-1])
-
-    nums, dens, lams, pieces = [], [], [], []
+    pieces = []
     for r in range(n_rounds):
-        qi, ki = q_order[:, :, r], k_order[:, :, r]  # [b,h,n_pad]
-        q_pos = qi.view(b, h, n_buckets, bucket_size)
-        k_pos = ki.view(b, h, n_buckets, bucket_size)
-        # [.., bucket, d] @ [.., d, bucket] -> [b, h, buckets, bucket, bucket]
-        logits = scale * torch.matmul(blocks(qp, qi), blocks(kp, ki).transpose(-1, -2))
-        valid = torch.gather(key_ok, 2, ki).view(b, h, n_buckets, 1, bucket_size)
-        if causal:
-            valid = valid & (k_pos[..., None, :] <= q_pos[..., :, None])
-        else:
-            valid = valid.expand_as(logits)
-        if n_rounds > 1:  # a pair found in c rounds counts 1/c in each
-            same = torch.gather(q_bucket, 3, qi[:, :, None].expand_as(q_bucket)).view(
-                b, h, n_rounds, n_buckets, bucket_size, 1
-            ) == torch.gather(k_bucket, 3, ki[:, :, None].expand_as(k_bucket)).view(
-                b, h, n_rounds, n_buckets, 1, bucket_size
-            )
-            count = same.sum(dim=2).clamp_min(1).to(acc)
-            logits = logits - torch.log(count)
-        logits = logits.masked_fill(~valid, float("-inf"))
-        lam = logits.amax(dim=-1)  # [b,h,buckets,bucket]; a max, never a log-sum-exp
-        if use_lowrank:
-            log_lr_sorted = torch.gather(log_lr_p, 2, qi).view_as(lam)
-            lam = torch.maximum(lam, log_lr_sorted)
-        lam = torch.where(torch.isfinite(lam), lam, torch.zeros_like(lam))
-        resid = torch.exp(logits - lam[..., None])  # 0 where invalid
-        if use_lowrank:
-            est = torch.matmul(blocks(qhp, qi), blocks(khp, ki).transpose(-1, -2))
-            est = est * torch.exp(log_lr_sorted - lam)[..., None]
-            if n_rounds > 1:
-                est = est / count
-            resid = resid - est.masked_fill(~valid, 0.0)
-        # [.., bucket, bucket] @ [.., bucket, dv] -> [b, h, buckets, bucket, dv]
-        num_sorted = torch.matmul(resid, blocks(vp, ki)).view(b, h, seq_pad, -1)
-        den_sorted = resid.sum(dim=-1).view(b, h, seq_pad)
-        back = bucket_ids(qi, 1)  # inverse permutation: original position -> sorted slot
-        nums.append(_gather_seq(num_sorted, back))
-        dens.append(torch.gather(den_sorted, 2, back))
-        lams.append(torch.gather(lam.reshape(b, h, seq_pad), 2, back))
-        if return_weights:
-            pieces.append((q_pos, k_pos, resid))
+        for start in range(0, seq_pad, step):
+            q_pos = q_order[:, :, r, start:start + step]  # [b, h, slots], padded positions
+            k_pos = k_order[:, :, r, start:start + step]
+            g = q_pos.shape[-1] // bucket_size  # buckets in this chunk
+            # positions >= n read row n - 1 (finite); their keys are masked below and
+            # their query rows are cut off at the end
+            qi, ki = q_pos.clamp_max(n - 1), k_pos.clamp_max(n - 1)
 
-    lam_all = torch.stack(lams, dim=2)  # [b,h,R,n_pad]
-    common = torch.logsumexp(lam_all, dim=2)  # Lambda_i, [b,h,n_pad]
-    weight = torch.exp(lam_all - common[:, :, None])  # [b,h,R,n_pad]
-    num = sum(nums[r] * weight[:, :, r, :, None] for r in range(n_rounds))[:, :, :n]
-    den = sum(dens[r] * weight[:, :, r] for r in range(n_rounds))[:, :, :n]
-    common = common[:, :, :n]
-    if use_lowrank:
-        lr_weight = torch.exp(log_lr - common)  # [b,h,n]
-        num = num + num_lr * lr_weight[..., None]
-        den = den + den_lr * lr_weight
+            def blocks(x, order, g=g):  # [b,h,n,f] -> [b,h,g,bucket,f] in sorted order
+                return _gather_seq(x, order).view(b, h, g, bucket_size, x.shape[-1])
+
+            qb_pos = q_pos.view(b, h, g, bucket_size)
+            kb_pos = k_pos.view(b, h, g, bucket_size)
+            # [.., bucket, d] @ [.., d, bucket] -> [b, h, g, bucket, bucket]
+            logits = torch.matmul(blocks(qf, qi), blocks(kf, ki).transpose(-1, -2)).mul_(scale)
+            valid = None
+            if any_invalid:
+                valid = torch.gather(key_ok, 2, k_pos).view(b, h, g, 1, bucket_size)
+                if causal:
+                    valid = valid & (kb_pos[..., None, :] <= qb_pos[..., :, None])
+                logits = logits.masked_fill(~valid, float("-inf"))
+            if n_rounds > 1:  # a pair found in c rounds counts 1/c in each
+                same = torch.gather(
+                    q_bucket, 3, q_pos[:, :, None].expand(b, h, n_rounds, -1)
+                ).view(b, h, n_rounds, g, bucket_size, 1) == torch.gather(
+                    k_bucket, 3, k_pos[:, :, None].expand(b, h, n_rounds, -1)
+                ).view(b, h, n_rounds, g, 1, bucket_size)
+                count = same.sum(dim=2).clamp_min(1).to(acc)
+                logits = logits - torch.log(count)
+            if use_lowrank:
+                log_lr_rows = torch.gather(log_lr, 2, qi).view(b, h, g, bucket_size)
+            with torch.no_grad():  # the stabiliser cancels: no gradient through it
+                lam = logits.amax(dim=-1)  # [b,h,g,bucket]; a max, never a log-sum-exp
+                if use_lowrank:
+                    lam = torch.maximum(lam, log_lr_rows)
+                lam = torch.where(torch.isfinite(lam), lam, torch.zeros_like(lam))
+            resid = torch.exp(logits - lam[..., None])  # 0 where invalid
+            if use_lowrank:
+                # [.., bucket, F] @ [.., F, bucket] -> [b, h, g, bucket, bucket]
+                est = torch.matmul(blocks(qh, qi), blocks(kh, ki).transpose(-1, -2))
+                est = est * torch.exp(log_lr_rows - lam)[..., None]
+                if n_rounds > 1:
+                    est = est / count
+                if valid is not None:
+                    est = est.masked_fill(~valid, 0.0)
+                resid = resid - est
+            # [.., bucket, bucket] @ [.., bucket, dv] -> [b, h, g, bucket, dv]
+            num_c = torch.matmul(resid, blocks(vf, ki)).reshape(-1, dv)
+            den_c = resid.sum(dim=-1).reshape(-1)
+            lam_c = lam.reshape(-1)
+            rows = (q_pos + row_offsets).reshape(-1)  # each query once per round
+            old_lam = acc_lam.index_select(0, rows)
+            new_lam = torch.maximum(old_lam, lam_c)
+            keep_old, take_new = torch.exp(old_lam - new_lam), torch.exp(lam_c - new_lam)
+            # in place (autograd-safe: no earlier op saved the accumulators for backward)
+            acc_num.index_copy_(0, rows, acc_num.index_select(0, rows) * keep_old[:, None]
+                                + num_c * take_new[:, None])
+            acc_den.index_copy_(0, rows, acc_den.index_select(0, rows) * keep_old
+                                + den_c * take_new)
+            acc_lam.index_copy_(0, rows, new_lam)
+            if return_weights:
+                pieces.append((qb_pos, kb_pos, resid, lam))
+
+    num = acc_num.view(b, h, seq_pad, dv)[:, :, :n]
+    den = acc_den.view(b, h, seq_pad)[:, :, :n]
     out = num / den.clamp_min(torch.finfo(acc).tiny)[..., None]
     if not return_weights:
         return out.to(q.dtype)
 
     # dense estimate in the scale exp(common_i): low-rank everywhere + residual on buckets
+    common = acc_lam.view(b, h, seq_pad)
+    dense = qf.new_zeros(b, h, seq_pad, seq_pad)
     if use_lowrank:
-        dense = torch.matmul(qh, kh.transpose(-1, -2)) * lr_weight[..., None]
-        if causal:
-            dense = dense.tril()
-        dense = _pad_seq(dense, seq_pad)
-        dense = torch.cat([dense, dense.new_zeros(b, h, seq_pad, seq_pad - n)], dim=-1)
-    else:
-        dense = qf.new_zeros(b, h, seq_pad, seq_pad)
+        low = torch.matmul(qh, kh.transpose(-1, -2)) * torch.exp(log_lr - common[:, :, :n])[
+            ..., None]
+        dense[:, :, :n, :n] = low.tril() if causal else low
     dense = dense.reshape(b, h, seq_pad * seq_pad)
-    for r, (q_pos, k_pos, resid) in enumerate(pieces):
-        scaled = resid * torch.exp(
-            torch.gather(lam_all[:, :, r], 2, q_pos.reshape(b, h, -1))
-            - torch.gather(_pad_seq(common[..., None], seq_pad)[..., 0], 2,
-                           q_pos.reshape(b, h, -1))
-        ).view(b, h, n_buckets, bucket_size, 1)
-        flat = (q_pos[..., :, None] * seq_pad + k_pos[..., None, :]).reshape(b, h, -1)
+    for qb_pos, kb_pos, resid, lam in pieces:
+        rel = lam - torch.gather(common, 2, qb_pos.reshape(b, h, -1)).view_as(lam)
+        scaled = resid * torch.exp(rel)[..., None]
+        flat = (qb_pos[..., :, None] * seq_pad + kb_pos[..., None, :]).reshape(b, h, -1)
         dense = dense.scatter_add(2, flat, scaled.reshape(b, h, -1))
     dense = dense.view(b, h, seq_pad, seq_pad)[:, :, :n, :n]
-    return out.to(q.dtype), _finish_weights(dense, den, common, return_weights)
+    return out.to(q.dtype), _finish_weights(dense, den, common[:, :, :n], return_weights)
 
 
 def _finish_weights(dense, den, log_scale, mode):

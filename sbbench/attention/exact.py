@@ -15,7 +15,7 @@ def keep_mask(
     key_padding_mask: torch.Tensor | None,
     device: torch.device,
 ) -> torch.Tensor | None:
-    """Dense boolean [batch or 1, 1, seq, seq] mask (True = attend), or None if nothing is masked."""
+    """Dense bool [batch or 1, 1, seq, seq] mask (True = attend); None if nothing is masked."""
     mask = None
     if causal:
         mask = torch.ones(seq, seq, dtype=torch.bool, device=device).tril()[None, None]

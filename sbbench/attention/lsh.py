@@ -103,13 +103,31 @@ def lsh_order(
     key_padding_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted order of queries and of keys per round: two [batch, heads, n_hashes, seq_pad]
-    long tensors of positions in the padded sequence; chunk ``c`` of both is bucket ``c``."""
-    batch, heads, seq, _ = q.shape
+    long tensors of positions in the padded sequence; chunk ``c`` of both is bucket ``c``.
+
+    The hash of XBOX+ vectors is computed without building them:
+    ``a . q' = a[:d] . q + a[d+1] sqrt(M - |q|^2)`` and
+    ``a . k' = a[:d] . k + a[d] sqrt(M - |k|^2)``.
+    """
+    batch, heads, seq, d = q.shape
     seq_pad = padded_length(seq, bucket_size)
     with torch.no_grad():
-        q_ext, k_ext = xbox_plus(q.detach(), k.detach(), key_padding_mask)
-        hq = hash_values(q_ext, hashes)  # [b, h, R, n]
-        hk = hash_values(k_ext, hashes)
+        q, k = q.detach(), k.detach()
+        q_sq = torch.linalg.vector_norm(q, dim=-1).square()  # [b, h, n]
+        k_sq = torch.linalg.vector_norm(k, dim=-1).square()
+        if key_padding_mask is not None:
+            keep = key_padding_mask[:, None, :]
+            big_m = (q_sq.masked_fill(~keep, 0.0).amax(dim=-1, keepdim=True)
+                     + k_sq.masked_fill(~keep, 0.0).amax(dim=-1, keepdim=True))
+        else:
+            big_m = q_sq.amax(dim=-1, keepdim=True) + k_sq.amax(dim=-1, keepdim=True)
+        a = hashes.directions.to(q.dtype)  # [R, d + 2]
+        shift = hashes.shifts.to(q.dtype)[:, None]  # [R, 1]
+        # [b,h,n,d] @ [d,R] -> [b,h,n,R] -> [b,h,R,n]; plus the extra coordinate's term
+        hq = torch.matmul(q, a[:, :d].T).transpose(-1, -2) + shift \
+            + a[:, d + 1, None] * (big_m - q_sq).clamp_min(0).sqrt()[:, :, None, :]
+        hk = torch.matmul(k, a[:, :d].T).transpose(-1, -2) + shift \
+            + a[:, d, None] * (big_m - k_sq).clamp_min(0).sqrt()[:, :, None, :]
         fill = torch.full((batch, heads, hashes.n_hashes, seq_pad - seq), float("inf"),
                           dtype=hq.dtype, device=hq.device)
         hq = torch.cat([hq, fill], dim=-1)
