@@ -1,0 +1,119 @@
+"""Shared fixtures for the attention tests: seeded inputs, seeded randomness, one caller.
+
+Every random draw is seeded, so a test gives the same numbers on every run. The random
+projections and hash functions are drawn once per seed and passed in precomputed
+(STYLE.md 2): two calls with the same ``seed`` compute the same estimate even when their
+inputs differ in length, which the padding, independence and gradient tests rely on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sbbench.attention import (
+    HashFunctions,
+    draw_hashes,
+    draw_projections,
+    exact_attention,
+    lsh_attention,
+    performer_attention,
+    scatterbrain_attention,
+)
+
+# Every method under test, by the name used in parametrize ids.
+APPROX_METHODS = ("performer", "lsh", "scatterbrain", "scatterbrain_local")
+ALL_METHODS = ("exact",) + APPROX_METHODS
+
+
+def qkv(
+    batch: int = 1,
+    heads: int = 2,
+    seq: int = 32,
+    head_dim: int = 8,
+    *,
+    head_dim_v: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+    scale: float = 1.0,
+    requires_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gaussian q, k (times ``scale``) and v: [batch, heads, seq, head_dim(_v)]."""
+    gen = torch.Generator().manual_seed(seed)
+    dv = head_dim if head_dim_v is None else head_dim_v
+    shape = (batch, heads, seq, head_dim)
+    q = torch.randn(shape, generator=gen, dtype=torch.float64) * scale
+    k = torch.randn(shape, generator=gen, dtype=torch.float64) * scale
+    v = torch.randn(batch, heads, seq, dv, generator=gen, dtype=torch.float64)
+    return tuple(t.to(dtype).requires_grad_(requires_grad) for t in (q, k, v))
+
+
+def randomness(
+    n_features: int, n_hashes: int, head_dim: int, seed: int = 0
+) -> tuple[torch.Tensor, HashFunctions]:
+    """Projections [n_features // 2, head_dim] (float64) and ``n_hashes`` hash functions."""
+    gen = torch.Generator().manual_seed(seed)
+    projections = draw_projections(n_features, head_dim, generator=gen, dtype=torch.float64)
+    hashes = draw_hashes(n_hashes, head_dim, generator=gen)
+    return projections, hashes
+
+
+def attention(
+    method: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    n_features: int = 16,
+    bucket_size: int = 8,
+    n_hashes: int = 1,
+    seed: int = 0,
+    **kwargs,
+):
+    """Call ``method`` (one of ALL_METHODS) with the randomness drawn from ``seed``.
+
+    kwargs (causal, key_padding_mask, softmax_scale, return_weights, ...) are passed on.
+    """
+    head_dim = q.shape[-1]
+    if method == "exact":
+        return exact_attention(q, k, v, **kwargs)
+    projections, hashes = randomness(n_features, n_hashes, head_dim, seed)
+    if method == "performer":
+        return performer_attention(q, k, v, n_features=n_features, projections=projections,
+                                   **kwargs)
+    if method == "lsh":
+        return lsh_attention(q, k, v, bucket_size=bucket_size, n_hashes=n_hashes,
+                             hashes=hashes, **kwargs)
+    if method == "scatterbrain":
+        return scatterbrain_attention(q, k, v, n_features=n_features, bucket_size=bucket_size,
+                                      n_hashes=n_hashes, projections=projections,
+                                      hashes=hashes, **kwargs)
+    if method == "scatterbrain_local":
+        return scatterbrain_attention(q, k, v, n_features=n_features, bucket_size=bucket_size,
+                                      sparse="local", projections=projections, **kwargs)
+    raise AssertionError(f"unknown method {method!r}")
+
+
+def exp_scores(q: torch.Tensor, k: torch.Tensor, *, causal: bool = False,
+               softmax_scale: float | None = None) -> torch.Tensor:
+    """E = exp(tau q k^T): [b, h, n, n] in float64 (zero above the diagonal if causal)."""
+    tau = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    scores = torch.exp(tau * q.double() @ k.double().transpose(-1, -2))
+    return scores.tril() if causal else scores
+
+
+def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    """Relative Frobenius error over the whole tensor."""
+    approx, exact = approx.double(), exact.double()
+    return ((approx - exact).norm() / exact.norm()).item()
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test on one intra-op thread: many tiny calls are several times faster so."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
