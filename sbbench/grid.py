@@ -77,7 +77,7 @@ class Point:
             parts.append(f"f={b.n_features}")
         if b.bucket_size:
             parts.append(f"bucket={b.bucket_size}")
-        if b.n_hashes:
+        if b.n_hashes and b.method != "scatterbrain_local":
             parts.append(f"hashes={b.n_hashes}")
         if p.batch != 1 or p.heads != 4:
             parts.append(f"bxh={p.batch}x{p.heads}")

@@ -51,7 +51,8 @@ class Record:
     time_p20_ms: float | None = None
     time_p80_ms: float | None = None
     time_samples_ms: list[float] = field(default_factory=list)  # every sample, untrimmed
-    n_warmup: int | None = None
+    n_warmup: int | None = None  # calls before the first sample (first call included)
+    first_call_ms: float | None = None  # the first call alone (compilation, autotuning)
     timer: str = ""  # perf_counter_ns | cuda_event | roofline (modeled)
     l2_flushed: bool | None = None
     # --- memory ----------------------------------------------------------------------

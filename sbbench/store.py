@@ -182,7 +182,7 @@ class Store:
 
     @staticmethod
     def _key_from_sql(row) -> tuple:
-        values = dict(zip(KEY_FIELDS, row))
+        values = dict(zip(KEY_FIELDS, row, strict=True))
         for name in _BOOL_FIELDS:
             if name in values and values[name] is not None:
                 values[name] = bool(values[name])
@@ -190,7 +190,7 @@ class Store:
 
     @staticmethod
     def _record_from_sql(row) -> Record:
-        values = dict(zip(COLUMNS, row))
+        values = dict(zip(COLUMNS, row, strict=True))
         for name in JSON_FIELDS:
             text = values[name]
             values[name] = json.loads(text) if text else _HINTS[name]()
@@ -223,4 +223,4 @@ class Store:
             cursor = self.conn.execute(f"SELECT {', '.join(names)} FROM sweeps ORDER BY id")
         except sqlite3.OperationalError:  # a store without a sweep log
             return []
-        return [dict(zip(names, row)) for row in cursor]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
