@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .executors import add_executor_arguments, executor_words
 from .grid import OVERRIDE_FLAGS, apply_overrides, expand, load_grid, shipped_grids
 
 DEFAULT_STORE = "sbbench-results.sqlite"
@@ -34,6 +35,8 @@ examples:
       list the points and their modeled cost; measure nothing
   sbbench sweep --gpu cpu --grid my_grid.yaml --redo failed
       a grid file of your own; run failed/oom points again
+  sbbench sweep --executor ray --address auto --gpu a100-80gb,h100-sxm --grid full
+      one sweep across a Ray cluster, every listed GPU type at once, into one store
 
 grid axes (YAML keys; a flag replaces the grid's list):
   seq_len head_dim batch heads dtype causal methods backends features bucket_size
@@ -48,7 +51,8 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu", default="auto", metavar="NAME",
                         help="device profile (see `sbbench devices`): cpu, a100-80gb, "
-                             "h100-sxm, ...; auto detects (default: auto)")
+                             "h100-sxm, ...; auto detects (default: auto); with --executor "
+                             "ray a comma-separated list, e.g. a100-80gb,h100-sxm")
     parser.add_argument("--grid", default="quick", metavar="NAME|FILE",
                         help=f"a shipped grid ({', '.join(shipped_grids())}) or a YAML "
                              f"file (default: quick)")
@@ -89,6 +93,7 @@ def register(subparsers) -> None:
                      help="write the report of the store after the sweep")
     run.add_argument("--report-out", default="reports", metavar="DIR",
                      help="where --report writes (default: reports)")
+    add_executor_arguments(parser)
     parser.set_defaults(func=run_sweep_command)
 
 
@@ -106,12 +111,13 @@ def command_line(args) -> str:
         words += ["--threads", str(args.threads)]
     if args.redo != "none":
         words += ["--redo", args.redo]
+    words += executor_words(args)
     return shlex.join(words)
 
 
 def run_sweep_command(args) -> int:
-    from .devices import resolve_gpu
-    from .runner import Settings, run_sweep
+    from .executors import executor_from_args, resolve_targets
+    from .runner import Settings
     from .store import Store
 
     if args.threads < 0:
@@ -123,42 +129,39 @@ def run_sweep_command(args) -> int:
     if not expansion.points:
         raise UserError(f"grid {grid.name} has no points after overrides"
                         + (f" ({'; '.join(expansion.dropped)})" if expansion.dropped else ""))
-    # A dry run measures nothing, so it never needs the device to be here.
-    spec = resolve_gpu(args.gpu, model_only=args.model_only or args.dry_run)
-    if spec.kind == "cpu" and not (args.model_only or args.dry_run):
-        # The cpu profile has no fixed peaks: measure them (~1 s) so the roofline columns
-        # mean something; the rows record that the peaks were measured.
-        import torch
-
-        from .devices import measure_cpu
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        spec = measure_cpu()
-    settings = Settings(
-        device=spec.name, torch_device="cuda" if spec.kind == "cuda" else "cpu",
-        seeds=grid.seeds, input_kind=grid.inputs, temperature=grid.temperature,
+    executor = executor_from_args(args)
+    template = Settings(
+        device="", seeds=grid.seeds, input_kind=grid.inputs, temperature=grid.temperature,
         warmup_ms=grid.warmup_ms, rep_ms=grid.rep_ms,
         measure_memory=not args.no_memory, measure_energy=not args.no_energy,
         num_threads=args.threads)
+    # A dry run measures nothing, so it never needs the device to be here. Locally the
+    # device must be this machine's (the cpu profile's peaks are measured here); on Ray
+    # each worker checks its own device and measures its own CPU.
+    targets = resolve_targets(args.gpu, template, remote=args.executor == "ray",
+                              model_only=args.model_only or args.dry_run)
     command = command_line(args)
     if args.dry_run:
-        print(dry_run_text(expansion, settings, spec, Path(args.store), args.model_only))
+        print("\n\n".join(dry_run_text(expansion, target.settings, target.spec,
+                                        Path(args.store), args.model_only)
+                           for target in targets))
         return 0
-    print(f"sbbench sweep: {len(expansion.points)} points of grid {grid.name} on {spec.name}"
-          f" -> {args.store}" + (" (model only)" if args.model_only else ""), file=sys.stderr)
+    names = ", ".join(target.spec.name for target in targets)
+    print(f"sbbench sweep: {len(expansion.points)} points of grid {grid.name} on {names}"
+          f" -> {args.store}" + (" (model only)" if args.model_only else "")
+          + (f" via {executor.name}" if executor.name != "local" else ""), file=sys.stderr)
     for note in expansion.dropped:
         print(f"sbbench sweep: note: {note}", file=sys.stderr)
-    with Store(args.store) as store:
-        summary = run_sweep(expansion.points, settings, store, spec=spec,
-                            model_only=args.model_only, redo=args.redo,
-                            progress=not args.no_progress, command=command)
+    with Store(args.store) as store, executor:
+        summary = executor.run_sweep(expansion.points, targets, store,
+                                     model_only=args.model_only, redo=args.redo,
+                                     progress=not args.no_progress, command=command)
     print(f"sbbench sweep: {summary.line()}", file=sys.stderr)
     if args.report:
         from .report import write_report
 
         for path in write_report(args.store, args.report_out, command=command,
-                                 devices=[spec.name]):
+                                 devices=[target.spec.name for target in targets]):
             print(f"sbbench sweep: report written to {path}/", file=sys.stderr)
     return 0
 

@@ -115,6 +115,9 @@ def register(subparsers) -> None:
     out.add_argument("--dry-run", action="store_true",
                      help="list buckets, spaces and static pruning; measure and write nothing")
     out.add_argument("--note", default="", help="a note for the file's metadata")
+    from .executors import add_executor_arguments
+
+    add_executor_arguments(parser)
     parser.set_defaults(func=run_tune_command, tune_parser=parser)
 
 
@@ -246,6 +249,9 @@ def run_tune_command(args) -> int:
     from .autotune.run import tune_cpu, tune_gpu
     from .devices import resolve_gpu
 
+    if args.executor == "ray":
+        return run_tune_on_ray(args)
+
     # dry runs and simulations measure nothing, so they never need the device to be here
     spec = resolve_gpu(args.gpu, model_only=bool(args.dry_run or args.simulate))
     gpu = spec.kind != "cpu"
@@ -261,3 +267,46 @@ def run_tune_command(args) -> int:
         _progress("nothing tuned successfully; no file written")
         return 1
     return 0
+
+
+def run_tune_on_ray(args) -> int:
+    """Every device of ``--gpu a,b`` tuned at once on a Ray cluster; each device's file is
+    written here (the driver), from what its worker measured."""
+    import dataclasses
+
+    from .autotune.run import tune_cpu, tune_gpu, write_report
+    from .executors import executor_from_args, resolve_targets
+    from .runner import Settings
+
+    if args.dry_run or args.simulate:
+        raise UserError("--dry-run and --simulate measure nothing: run them without "
+                        "--executor ray")
+    specs = [t.spec for t in resolve_targets(args.gpu, Settings(device=""), remote=True)]
+    # The tuning cache stays on the driver's disk: the workers measure afresh.
+    requests = {spec.name: dataclasses.replace(
+        build_request(args, spec, shape_buckets(args, gpu=spec.kind != "cpu")),
+        cache_path=None) for spec in specs}
+
+    def tune_here(spec):  # runs on the worker holding one device of this type
+        tune = tune_cpu if spec.kind == "cpu" else tune_gpu
+        return tune(requests[spec.name], _progress, write=False)
+
+    with executor_from_args(args) as executor:
+        runs = executor.run_per_device(tune_here, specs)
+    status = 0
+    for spec in specs:
+        run = runs[spec.name]
+        if run.error is not None:
+            _progress(f"{spec.name}: gave up after {run.attempts} run(s): {run.error}")
+            status = 1
+            continue
+        report = run.value
+        if report.outcomes:
+            print(f"{spec.name} (tuned on {run.worker.get('hostname')}):")
+            print(summary_table(report, requests[spec.name].within))
+        if write_report(requests[spec.name], report):
+            _progress(f"wrote {report.path}")
+        else:
+            _progress(f"{spec.name}: nothing tuned successfully; no file written")
+            status = 1
+    return status

@@ -58,6 +58,15 @@ class TuneReport:
     path: Path | None
     outcomes: list[BucketOutcome]
     skipped: list[str] = field(default_factory=list)
+    defaults: dict[str, dict] = field(default_factory=dict)  # each target's default config
+    meta: dict = field(default_factory=dict)  # metadata of the kernels section
+
+
+def write_report(request: TuneRequest, report: TuneReport) -> Path | None:
+    """Write a report tuned with ``write=False`` (on a Ray worker) here, as ``tune_*``
+    would have: the driver's tuning_configs/ get the file, not the worker's disk."""
+    report.path = write_outcomes(request, report.outcomes, report.defaults, report.meta)
+    return report.path
 
 
 def _load_average() -> list[float] | None:
@@ -175,7 +184,8 @@ def cpu_cases(request: TuneRequest):
     return pairs, skipped
 
 
-def tune_cpu(request: TuneRequest, progress: Progress | None = None) -> TuneReport:
+def tune_cpu(request: TuneRequest, progress: Progress | None = None, *,
+             write: bool = True) -> TuneReport:
     """Tune chunk_elements and threads of the torch path per method and shape bucket."""
     import torch
 
@@ -209,8 +219,8 @@ def tune_cpu(request: TuneRequest, progress: Progress | None = None) -> TuneRepo
     meta = metadata(request, source="measured", load_before=load_before, torch_device="cpu")
     meta["evaluations"] = _evaluation_counts(outcomes)
     meta["torch_default_threads"] = torch.get_num_threads()
-    path = write_outcomes(request, outcomes, defaults, meta)
-    return TuneReport(path, outcomes, skipped)
+    path = write_outcomes(request, outcomes, defaults, meta) if write else None
+    return TuneReport(path, outcomes, skipped, defaults, meta)
 
 
 def _cpu_axes(request: TuneRequest) -> dict:
@@ -226,7 +236,8 @@ def _cpu_axes(request: TuneRequest) -> dict:
 # GPU: the Triton kernels' tile sizes
 # ---------------------------------------------------------------------------------------
 
-def tune_gpu(request: TuneRequest, progress: Progress | None = None) -> TuneReport:
+def tune_gpu(request: TuneRequest, progress: Progress | None = None, *,
+             write: bool = True) -> TuneReport:
     """Tune each kernel's tiles per shape bucket on the GPU (or replay recorded timings)."""
     from .gpu import gpu_cases
 
@@ -258,5 +269,5 @@ def tune_gpu(request: TuneRequest, progress: Progress | None = None) -> TuneRepo
     meta = metadata(request, source=source, load_before=load_before,
                     torch_device="cpu" if request.simulate else "cuda")
     meta["evaluations"] = _evaluation_counts(outcomes)
-    path = write_outcomes(request, outcomes, defaults, meta)
-    return TuneReport(path, outcomes, skipped)
+    path = write_outcomes(request, outcomes, defaults, meta) if write else None
+    return TuneReport(path, outcomes, skipped, defaults, meta)
