@@ -34,6 +34,7 @@ class ScatterbrainAttention(nn.Module):
         bias: bool = True,
         backend: str = "auto",
         seed: int = 0,
+        config: dict | str | None = None,
     ) -> None:
         super().__init__()
         embed_dim = check_positive_int("embed_dim", embed_dim)
@@ -51,12 +52,54 @@ class ScatterbrainAttention(nn.Module):
         self.n_hashes = check_positive_int("n_hashes", n_hashes)
         self.sparse, self.causal = sparse, causal
         self.softmax_scale, self.backend = softmax_scale, backend
+        self.config = config  # implementation settings (kernel tiles, CPU chunking)
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.out = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.register_buffer("projections", torch.empty(n_features // 2, self.head_dim))
         self.register_buffer("hash_directions", torch.empty(n_hashes, self.head_dim + 2))
         self.register_buffer("hash_shifts", torch.empty(n_hashes))
         self.redraw(torch.Generator().manual_seed(seed))
+
+    @classmethod
+    def from_tuned(
+        cls,
+        device: str = "auto",
+        *,
+        seq_len: int,
+        head_dim: int,
+        num_heads: int = 8,
+        max_error: float = 0.05,
+        sparse: str = "lsh",
+        causal: bool = False,
+        dtype: str = "float32",
+        **layer_kwargs,
+    ) -> ScatterbrainAttention:
+        """A layer with the budget and implementation settings the device's tuned table
+        picks for [*, num_heads, seq_len, head_dim] calls at ``max_error`` (relative
+        output error): exact shape bucket, then the nearest, then defaults.
+
+        ``device``: "auto" (the local GPU, or cpu), a profile or alias ("h100"). Reads
+        ``tuning_configs/<device>.yaml`` (``$SBBENCH_TUNING_DIR`` overrides the folder).
+        Raises ValueError when the table holds no Scatterbrain budget meeting
+        ``max_error`` at that shape (it then says whether exact attention is faster).
+        """
+        from sbbench import tuned  # runtime use of the tuned tables (lazy: layer 2)
+
+        method = "scatterbrain_local" if sparse == "local" else "scatterbrain"
+        choice = tuned.tuned_choice(device, seq_len=seq_len, head_dim=head_dim,
+                                    max_error=max_error, dtype=dtype, causal=causal,
+                                    method=method)
+        budget = choice.budget
+        if budget is None or budget.method != method:
+            found = "exact attention is faster there" if budget else "nothing meets it"
+            raise ValueError(
+                f"the {choice.device} tuned table has no {method} budget meeting "
+                f"max_error={max_error} at seq {seq_len}, head_dim {head_dim} ({found})")
+        config = {"kernels": choice.kernel_configs,
+                  "chunk_elements": choice.cpu_config.get("chunk_elements")}
+        return cls(head_dim * num_heads, num_heads, n_features=budget.n_features,
+                   bucket_size=budget.bucket_size, n_hashes=budget.n_hashes, sparse=sparse,
+                   causal=causal, config=config, **layer_kwargs)
 
     @torch.no_grad()
     def redraw(self, generator: torch.Generator | None = None) -> None:
@@ -84,6 +127,7 @@ class ScatterbrainAttention(nn.Module):
             softmax_scale=self.softmax_scale, backend=self.backend,
             projections=self.projections,
             hashes=HashFunctions(self.hash_directions, self.hash_shifts),
+            config=self.config,
         )
         return self.out(attn.transpose(1, 2).reshape(batch, seq, self.embed_dim))
 

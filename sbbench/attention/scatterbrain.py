@@ -82,8 +82,8 @@ def scatterbrain_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     *,
-    n_features: int,
-    bucket_size: int,
+    n_features: int | None = None,
+    bucket_size: int | None = None,
     n_hashes: int = 1,
     sparse: str = "lsh",
     causal: bool = False,
@@ -94,6 +94,8 @@ def scatterbrain_attention(
     projections: torch.Tensor | None = None,
     hashes: HashFunctions | None = None,
     return_weights: bool | str = False,
+    config: str | dict | None = None,
+    max_error: float = 0.05,
 ):
     """Scatterbrain attention: sparse (LSH buckets or local blocks) + low-rank (Performer).
 
@@ -111,9 +113,19 @@ def scatterbrain_attention(
     With ``return_weights=True`` also returns the dense normalised [batch, heads, seq, seq]
     attention matrix the estimate implies (small sizes only); with
     ``return_weights="unnormalized"`` the estimate of ``exp(softmax_scale * q k^T)`` itself.
+
+    config: implementation settings (they never change the estimate). None: defaults;
+    ``"tuned"``: from the device's tuned table (``tuning_configs/<device>.yaml``, or
+    ``$SBBENCH_TUNING_DIR``): kernel tile sizes on the triton backend, the bucket loop's
+    ``chunk_elements`` on the torch path, and, when ``n_features`` / ``bucket_size`` are
+    not given, the cheapest measured Scatterbrain budget meeting ``max_error`` (relative
+    output error) at this shape; a dict: ``{"kernels": {name: tiles}, "chunk_elements": N}``.
     """
     check_qkv(q, k, v)
     check_mask(key_padding_mask, q)
+    n_features, bucket_size, n_hashes, impl = resolve_config(
+        config, q, n_features=n_features, bucket_size=bucket_size, n_hashes=n_hashes,
+        sparse=sparse, causal=causal, max_error=max_error)
     n_features = check_n_features(n_features)
     bucket_size = check_positive_int("bucket_size", bucket_size)
     n_hashes = check_positive_int("n_hashes", n_hashes)
@@ -130,12 +142,54 @@ def scatterbrain_attention(
     return run_method(
         q, k, v, backend=backend, return_weights=return_weights, scale=scale,
         projections=projections, hashes=hashes, bucket_size=bucket_size, sparse=sparse,
-        causal=causal, key_padding_mask=key_padding_mask,
+        causal=causal, key_padding_mask=key_padding_mask, impl=impl,
     )
 
 
-def run_method(q, k, v, *, backend, return_weights, **kwargs):
-    """Dispatch one validated call to the torch core or the Triton kernels."""
+def resolve_config(config, q, *, n_features, bucket_size, n_hashes, sparse, causal,
+                   max_error):
+    """(n_features, bucket_size, n_hashes, implementation settings) for ``config``."""
+    if config is None or isinstance(config, dict):
+        impl = dict(config or {})
+        unknown = set(impl) - {"kernels", "chunk_elements"}
+        if unknown:
+            raise ValueError(f"config keys must be 'kernels' and/or 'chunk_elements', "
+                             f"got {sorted(unknown)}")
+        if n_features is None or bucket_size is None:
+            raise ValueError("n_features and bucket_size are required unless "
+                             "config='tuned' picks them from the tuned table")
+        return n_features, bucket_size, n_hashes, impl
+    if config != "tuned":
+        raise ValueError(f"config must be None, 'tuned' or a dict, got {config!r}")
+    # Runtime use of the tuned tables (ARCHITECTURE.md: "at run time ... reads
+    # tuning_configs/"): the one place the math layer reads them, imported lazily.
+    from sbbench import tuned
+
+    device = "auto" if q.is_cuda else "cpu"
+    method = "scatterbrain_local" if sparse == "local" else "scatterbrain"
+    choice = tuned.tuned_choice(device, seq_len=q.shape[2], head_dim=q.shape[3],
+                                max_error=max_error, dtype=str(q.dtype).split(".")[-1],
+                                causal=causal, method=method)
+    if n_features is None or bucket_size is None:
+        budget = choice.budget
+        if budget is None or budget.method != method:
+            found = "exact attention is faster there" if budget else "nothing meets it"
+            raise ValueError(
+                f"config='tuned': the {choice.device} table has no {method} budget meeting "
+                f"max_error={max_error} at seq {q.shape[2]}, head_dim {q.shape[3]} "
+                f"({found}); pass n_features and bucket_size, or run sbbench sweep and "
+                f"sbbench select for this device")
+        n_features, bucket_size, n_hashes = (budget.n_features, budget.bucket_size,
+                                             budget.n_hashes)
+    impl = {"kernels": choice.kernel_configs,
+            "chunk_elements": choice.cpu_config.get("chunk_elements")}
+    return n_features, bucket_size, n_hashes, impl
+
+
+def run_method(q, k, v, *, backend, return_weights, impl=None, **kwargs):
+    """Dispatch one validated call to the torch core or the Triton kernels; ``impl``
+    holds implementation settings that never change the result."""
+    impl = impl or {}
     chosen = resolve_backend(backend, q)
     if chosen == "triton":
         if return_weights:
@@ -146,5 +200,6 @@ def run_method(q, k, v, *, backend, return_weights, **kwargs):
                                "install sbbench[triton] or use backend='torch'")
         from sbbench.kernels import scatterbrain_forward
 
-        return scatterbrain_forward(q, k, v, **kwargs)
-    return attend(q, k, v, return_weights=return_weights, **kwargs)
+        return scatterbrain_forward(q, k, v, configs=impl.get("kernels") or None, **kwargs)
+    return attend(q, k, v, return_weights=return_weights,
+                  chunk_elements=impl.get("chunk_elements"), **kwargs)

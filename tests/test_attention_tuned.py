@@ -1,0 +1,69 @@
+"""Runtime use of the tuned tables: ScatterbrainAttention.from_tuned and config="tuned"."""
+
+import pytest
+import torch
+
+from sbbench import tuned
+from sbbench.attention import ScatterbrainAttention, scatterbrain_attention
+
+
+def _entry(seq_len, method, n_features, bucket_size, error, time_ms, max_error=0.05):
+    return {"seq_len": seq_len, "head_dim": 32, "max_error": max_error, "method": method,
+            "n_features": n_features, "bucket_size": bucket_size,
+            "n_hashes": 1 if bucket_size else 0, "error": error, "time_ms": time_ms,
+            "exact_time_ms": 10.0}
+
+
+@pytest.fixture
+def table_dir(tmp_path, monkeypatch):
+    """A cpu table (in a temp folder named by SBBENCH_TUNING_DIR) with two budgets."""
+    monkeypatch.setenv(tuned.ENV_DIR, str(tmp_path))
+    tuned.write_section("cpu", "budgets", [
+        _entry(256, "scatterbrain", 16, 32, error=0.03, time_ms=1.0),
+        _entry(4096, "scatterbrain", 64, 64, error=0.04, time_ms=5.0),
+    ])
+    return tmp_path
+
+
+def test_from_tuned_takes_the_budget_of_the_nearest_shape(table_dir):
+    layer = ScatterbrainAttention.from_tuned("cpu", seq_len=300, head_dim=32, num_heads=2)
+    assert (layer.n_features, layer.bucket_size, layer.n_hashes) == (16, 32, 1)
+    assert layer.embed_dim == 64 and layer.head_dim == 32
+    out = layer(torch.randn(1, 300, 64))
+    assert out.shape == (1, 300, 64) and torch.isfinite(out).all()
+    big = ScatterbrainAttention.from_tuned("cpu", seq_len=4096, head_dim=32, num_heads=2)
+    assert (big.n_features, big.bucket_size) == (64, 64)
+
+
+def test_from_tuned_refuses_a_target_nothing_meets(table_dir):
+    with pytest.raises(ValueError, match="max_error=0.01"):
+        ScatterbrainAttention.from_tuned("cpu", seq_len=300, head_dim=32, max_error=0.01)
+
+
+def test_config_tuned_picks_the_budget_and_matches_the_explicit_call(table_dir):
+    q, k, v = (torch.randn(1, 2, 250, 32) for _ in range(3))
+    tuned_out = scatterbrain_attention(q, k, v, config="tuned",
+                                       generator=torch.Generator().manual_seed(3))
+    explicit = scatterbrain_attention(q, k, v, n_features=16, bucket_size=32,
+                                      generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(tuned_out, explicit, rtol=0, atol=0)
+
+
+def test_config_validation():
+    q = k = v = torch.randn(1, 1, 20, 8)
+    with pytest.raises(ValueError, match="n_features and bucket_size are required"):
+        scatterbrain_attention(q, k, v)
+    with pytest.raises(ValueError, match="config must be"):
+        scatterbrain_attention(q, k, v, n_features=4, bucket_size=4, config="fast")
+    with pytest.raises(ValueError, match="config keys"):
+        scatterbrain_attention(q, k, v, n_features=4, bucket_size=4, config={"tiles": 1})
+
+
+def test_chunk_elements_from_config_does_not_change_the_result():
+    q, k, v = (torch.randn(1, 2, 130, 16) for _ in range(3))
+    outs = [scatterbrain_attention(q, k, v, n_features=8, bucket_size=16, n_hashes=2,
+                                   generator=torch.Generator().manual_seed(0),
+                                   config={"chunk_elements": ce})
+            for ce in (1, 4096, None)]
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], rtol=1e-6, atol=1e-6)
