@@ -16,13 +16,25 @@ from .errors import UserError
 
 # One module per command, in the order the help lists them.
 _COMMAND_MODULES = (
+    "cli_sweep",
+    "cli_report",
+    "cli_accuracy",
+    "cli_tune",
+    "cli_select",
+    "cli_check",
+    "cli_devices",
 )
 
 _EPILOG = """examples:
-  sbbench sweep --grid quick --gpu cpu        small CPU sweep, results in sbbench-results.sqlite
+  sbbench sweep --gpu cpu --grid quick --report   small CPU sweep + report in reports/cpu/
+  sbbench sweep --gpu h100 --grid full            on an H100 (refuses on another device)
+  sbbench sweep --gpu a100 --model-only           predict from the cost model, rows marked modeled
   sbbench report --store sbbench-results.sqlite
-  sbbench accuracy --out reports/accuracy     accuracy study (error vs attention entropy)
-  sbbench devices                             the GPU profiles sbbench knows
+  sbbench select --gpu cpu                        budgets per error target -> tuning_configs/
+  sbbench tune --gpu cpu                          tune the torch path (GPU: kernel tiles)
+  sbbench check --baseline A.json --current B.json  regression check (exit 1 on regression)
+  sbbench accuracy --out reports/accuracy         accuracy study (error vs attention entropy)
+  sbbench devices                                 the GPU profiles sbbench knows
 """
 
 
