@@ -140,7 +140,7 @@ class CpuCase:
         kwargs = dict(scale=self.scale, projections=self.projections, hashes=self.hashes,
                       bucket_size=b.bucket_size or None,
                       sparse="lsh" if b.bucket_size else None, causal=False,
-                      key_padding_mask=None, chunk_elements=chunk_elements)
+                      key_padding_mask=None, impl={"chunk_elements": chunk_elements})
 
         def run():
             with torch.inference_mode():
