@@ -1,1 +1,63 @@
-"""Triton kernels of Scatterbrain attention (imported as ``sbbench.kernels``)."""
+"""Triton kernels of Scatterbrain attention (imported as ``sbbench.kernels``).
+
+Files, in the order of the computation:
+
+- ``feature_map.py``  per-row log-scales of the random features (and the shared
+  projection helper);
+- ``lowrank.py``      phi(K)^T V / phi(K)^T 1 state, phi(Q)(...) output, causal prefix sums;
+- ``sparse.py``       per-bucket residual, duplicate-pair correction, masks, per-query
+  scale, merge with the low-rank part, write-back in original order (LSH and local);
+- ``scatterbrain.py`` ``scatterbrain_forward``: the whole forward (what backend="triton"
+  runs);
+- ``static.py``       ahead-of-time compile for sm_80 / sm_90: shared memory, registers,
+  spills per config (``compile_config``, ``sweep``; table: scripts/static_compile.py);
+- ``testing.py``      interpreter set-up and dtype-derived tolerances of the kernel tests.
+
+Each kernel file holds its search space (``SPACE``), default config, ``keep(config,
+limits, shape)`` predicate and a ``KernelSpec``; ``SEARCH_SPACES`` collects them. Without
+triton, importing this package still works (``HAVE_TRITON`` is False; only the device
+limits and shapes are exported) and ``scatterbrain_forward`` is absent, so backend="auto"
+falls back to the torch path.
+"""
+
+from ._common import (
+    SM80,
+    SM90,
+    DeviceLimits,
+    KernelShape,
+    KernelSpec,
+    expand_space,
+    limits_for,
+)
+
+try:
+    import triton  # noqa: F401
+except ImportError:  # pragma: no cover - exercised only without triton
+    HAVE_TRITON = False
+else:
+    HAVE_TRITON = True
+
+__all__ = ["HAVE_TRITON", "SM80", "SM90", "DeviceLimits", "KernelShape", "KernelSpec",
+           "expand_space", "limits_for"]
+
+if HAVE_TRITON:
+    from . import feature_map, lowrank, sparse
+    from .feature_map import FeatureWeights, feature_stats, key_log_scale, scaled_projections
+    from .lowrank import lowrank_apply, lowrank_causal, lowrank_state
+    from .scatterbrain import KERNEL_NAMES, scatterbrain_forward
+    from .sparse import fuse_by_default, sparse_attention
+
+    # name -> KernelSpec (search space, default, keep, static-compile plan)
+    SEARCH_SPACES = {
+        spec.name: spec
+        for spec in (feature_map.SPEC, lowrank.STATE_SPEC, lowrank.APPLY_SPEC,
+                     lowrank.CAUSAL_SPEC, sparse.SPEC)
+    }
+    DEFAULT_CONFIGS = {name: dict(spec.default) for name, spec in SEARCH_SPACES.items()}
+
+    __all__ += [
+        "DEFAULT_CONFIGS", "KERNEL_NAMES", "SEARCH_SPACES", "FeatureWeights", "feature_stats",
+        "fuse_by_default", "key_log_scale",
+        "lowrank_apply", "lowrank_causal", "lowrank_state", "scaled_projections",
+        "scatterbrain_forward", "sparse_attention",
+    ]

@@ -1,0 +1,114 @@
+"""The full forward on the kernels: the function ``run_method`` calls for backend="triton".
+
+Pipeline for one call (q, k, v: [batch, heads, seq, d]):
+
+    feature_stats(q), feature_stats(k)   row shift / bias; lk = masked max (torch, O(seq))
+    lowrank_state                         kv = kh^T V, ks = kh^T 1          (non-causal)
+      lowrank_apply(sums=True)            phi(Q) kv, phi(Q) ks per row      (unless fused)
+      or lowrank_causal                   prefix-sum num / den per row      (causal)
+    lsh_order (torch: hash + sort)        sorted positions per round        (sparse="lsh")
+    sparse_attention                      one launch per round: residual on the buckets,
+                                          merged with the low-rank part, out written
+                                          in original order by the last round
+
+Performer only (sparse None): lowrank_apply writes out (non-causal), or out = num / den
+after lowrank_causal. Hashing uses the float32 copies of q and k, exactly as the torch
+core, so both backends put every query in the same bucket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from sbbench.attention.lsh import HashFunctions, lsh_order
+
+from ._common import TINY, Config, check_kernel_inputs
+from .feature_map import feature_stats, key_log_scale, scaled_projections
+from .lowrank import lowrank_apply, lowrank_causal, lowrank_state
+from .sparse import fuse_by_default, sparse_attention
+
+KERNEL_NAMES = ("feature_stats", "lowrank_state", "lowrank_apply", "lowrank_causal", "sparse")
+
+
+def scatterbrain_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    projections: torch.Tensor | None,
+    hashes: HashFunctions | None,
+    bucket_size: int | None,
+    sparse: str | None,
+    causal: bool,
+    key_padding_mask: torch.Tensor | None,
+    configs: Mapping[str, Config] | None = None,
+    fuse_lowrank: bool | None = None,
+) -> torch.Tensor:
+    """Scatterbrain / Performer / LSH / local+low-rank forward on the Triton kernels.
+
+    q, k: [batch, heads, seq, head_dim]; v: [batch, heads, seq, head_dim_v] (float32,
+    float16 or bfloat16, any strides); key_padding_mask: [batch, seq] bool, True = keep.
+    projections: [n_features // 2, head_dim] or None (no low-rank part); sparse: "lsh"
+    (needs ``hashes``), "local" or None (Performer only). configs: tile config per kernel
+    name (see KERNEL_NAMES; missing ones use each kernel's default). fuse_lowrank:
+    non-causal Scatterbrain computes the low-rank numerator phi(Q)(phi(K)^T V) inside the
+    sparse kernel's first round (saves a pass over q and a float32 [seq, dv] round trip)
+    rather than in lowrank_apply; None = as sparse.fuse_by_default decides (dv <= 64).
+    Returns [batch, heads, seq, head_dim_v] in q's dtype; same math as
+    sbbench.attention.core.attend.
+    """
+    check_kernel_inputs(q, k, v)
+    configs = dict(configs or {})
+    unknown = set(configs) - set(KERNEL_NAMES)
+    if unknown:
+        raise ValueError(f"unknown kernel names in configs: {sorted(unknown)}; "
+                         f"valid: {', '.join(KERNEL_NAMES)}")
+    if projections is None and sparse is None:
+        raise ValueError("nothing to compute: projections and sparse are both None")
+    if sparse not in (None, "lsh", "local"):
+        raise ValueError(f"sparse must be None, 'lsh' or 'local', got {sparse!r}")
+    if sparse == "lsh" and hashes is None:
+        raise ValueError("sparse='lsh' needs hashes")
+
+    lowrank = None
+    if projections is not None:
+        weights = scaled_projections(projections, scale, q.device, q.dtype)
+        cfg = configs.get("feature_stats")
+        q_shift, q_bias = feature_stats(q, weights, scale, cfg)
+        k_shift, k_bias = feature_stats(k, weights, scale, cfg)
+        lk = key_log_scale(k_shift, k_bias, key_padding_mask)
+        lowrank = dict(weights=weights, q_shift=q_shift, q_bias=q_bias, k_bias=k_bias, lk=lk)
+        if causal:
+            num, den = lowrank_causal(q, k, v, weights, q_shift, k_bias, lk, key_padding_mask,
+                                      config=configs.get("lowrank_causal"))
+            if sparse is None:
+                return (num / den.clamp_min(TINY)[..., None]).to(q.dtype)
+            lowrank.update(num=num, den=den)
+        else:
+            kv, ks = lowrank_state(k, v, weights, k_bias, lk, key_padding_mask,
+                                   config=configs.get("lowrank_state"))
+            if sparse is None:
+                return lowrank_apply(q, weights, q_shift, kv, ks,
+                                     config=configs.get("lowrank_apply"))
+            if fuse_lowrank is None:
+                fuse_lowrank = fuse_by_default(v.shape[-1])
+            if fuse_lowrank:
+                lowrank.update(kv=kv, ks=ks)
+            else:
+                num, den = lowrank_apply(q, weights, q_shift, kv, ks, sums=True,
+                                         config=configs.get("lowrank_apply"))
+                lowrank.update(num=num, den=den)
+
+    if bucket_size is None or bucket_size < 1:
+        raise ValueError(f"the sparse part needs bucket_size >= 1, got {bucket_size}")
+    q_order = k_order = None
+    if sparse == "lsh":
+        # float32 hashing, as the torch core (which hashes its float32 working copies)
+        q_order, k_order = lsh_order(q.float(), k.float(), hashes.to(q.device), bucket_size,
+                                     key_padding_mask)
+    return sparse_attention(q, k, v, scale=scale, bucket_size=bucket_size, q_order=q_order,
+                            k_order=k_order, causal=causal, key_padding_mask=key_padding_mask,
+                            lowrank=lowrank, config=configs.get("sparse"))

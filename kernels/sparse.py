@@ -1,0 +1,446 @@
+"""The sparse part: one program per (batch * head, bucket) of one hash round.
+
+For the ``bucket_size`` queries and keys of bucket c (positions read from the sorted
+orders of sbbench.attention.lsh.lsh_order, or consecutive blocks for the local variant):
+
+    s_ij     = tau q_i . k_j - log(count_ij)          (-inf for masked / causal / padding)
+    count_ij = number of rounds in which i and j share a bucket (a pair counts once)
+    l_i      = lq_i + lk                                (low-rank log-scale of row i)
+    lambda_i = max(max_j s_ij, l_i)                     (0 if not finite)
+    r_ij     = exp(s_ij - lambda_i) - (qh_i . kh_j) exp(l_i - lambda_i) / count_ij
+    num_i    = sum_j r_ij v_j,   den_i = sum_j r_ij     (in the scale exp(lambda_i))
+
+and then merges (num, den, lambda) into the row's running sums in original order, as an
+online softmax over the low-rank term and the rounds (SCATTERBRAIN.md 4): the first round
+starts from the low-rank numerator / denominator (computed here from the kv state, or read
+from the causal kernel), the last round writes ``out = num / max(den, tiny)``. With one
+round nothing but ``out`` is written. Features qh, kh are recomputed from q, k and W_s.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    Config,
+    DeviceLimits,
+    KernelShape,
+    KernelSpec,
+    Launch,
+    empty,
+    feature_precision,
+    fits_registers,
+    next_pow2,
+    resolve_config,
+)
+from .feature_map import (
+    FLOAT32_TINY,
+    MAX_COMBINE,
+    SUM_COMBINE,
+    interpreted,
+    meta_weights,
+    mma,
+    project,
+    weight_args,
+)
+
+NO_LOWRANK, LOWRANK_FROM_STATE, LOWRANK_FROM_SUMS = 0, 1, 2
+
+
+@triton.jit
+def _bucket_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr,
+    q_order_ptr, k_order_ptr, q_bucket_ptr, k_bucket_ptr, keep_ptr,
+    w_ptr, w_lo_ptr, qshift_ptr, qbias_ptr, kbias_ptr, lk_ptr,
+    kv_ptr, ks_ptr, lrnum_ptr, lrden_ptr,
+    acc_num_ptr, acc_den_ptr, acc_lam_ptr,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    heads, seq, seq_pad, head_dim, head_dim_v, n_proj, bucket_size, round_idx, scale,
+    N_ROUNDS: tl.constexpr, LOCAL: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr, LOWRANK: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_P: tl.constexpr, PREC: tl.constexpr, PREC_F: tl.constexpr, SPLIT: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    bucket = tl.program_id(1)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    offs = tl.arange(0, BLOCK_B)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    d_ok = offs_d < head_dim
+    dv_ok = offs_dv < head_dim_v
+    slot_ok = offs < bucket_size
+    slot = bucket * bucket_size + offs
+    # ---- gather: positions (in the padded sequence) of the bucket's queries and keys
+    if LOCAL:
+        q_pos = slot
+        k_pos = slot
+    else:
+        order_row = pid_bh * N_ROUNDS * seq_pad + round_idx * seq_pad
+        q_pos = tl.load(q_order_ptr + order_row + slot, mask=slot_ok, other=0)
+        k_pos = tl.load(k_order_ptr + order_row + slot, mask=slot_ok, other=0)
+    q_ok = slot_ok & (q_pos < seq)  # rows to compute and write
+    key_ok = slot_ok & (k_pos < seq)
+    if HAS_MASK:
+        key_ok = key_ok & (tl.load(keep_ptr + b * seq + k_pos, mask=key_ok, other=0) != 0)
+    qb = tl.load(q_ptr + b * stride_qb + h * stride_qh + q_pos[:, None] * stride_qn
+                 + offs_d[None, :] * stride_qd, mask=q_ok[:, None] & d_ok[None, :], other=0.0)
+    kb = tl.load(k_ptr + b * stride_kb + h * stride_kh + k_pos[:, None] * stride_kn
+                 + offs_d[None, :] * stride_kd, mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+    # ---- low-rank estimate on the bucket's pairs, est_ij = qh_i . kh_j, and in the first
+    # round of a non-causal call the row's low-rank numerator / denominator from the kv
+    # state. First, so that only q, k (input dtype) and the accumulators live through the
+    # feature loop; the logits, masks and v come after it.
+    if LOWRANK != 0:
+        qshift = tl.load(qshift_ptr + pid_bh * seq + q_pos, mask=q_ok, other=0.0)
+        kbias = tl.load(kbias_ptr + pid_bh * seq + k_pos, mask=key_ok, other=0.0)
+        lk = tl.load(lk_ptr + pid_bh)
+        est = tl.full([BLOCK_B, BLOCK_B], 0.0, tl.float32)
+        if LOWRANK == 1 and FIRST:
+            lr_num = tl.full([BLOCK_B, BLOCK_DV], 0.0, tl.float32)
+            lr_den = tl.full([BLOCK_B], 0.0, tl.float32)
+        n_feat = 2 * n_proj
+        for p0 in range(0, n_proj, BLOCK_P):
+            offs_p = p0 + tl.arange(0, BLOCK_P)
+            p_ok = offs_p < n_proj
+            proj_q = project(qb, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D, BLOCK_P,
+                             PREC_F, SPLIT, UPCAST)  # [B, P]
+            qp = tl.where(p_ok[None, :], tl.exp(proj_q - qshift[:, None]), 0.0)
+            qm = tl.where(p_ok[None, :], tl.exp(-proj_q - qshift[:, None]), 0.0)
+            proj_k = project(kb, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D, BLOCK_P,
+                             PREC_F, SPLIT, UPCAST)
+            base = kbias[:, None] + lk
+            use = key_ok[:, None] & p_ok[None, :]
+            kp = tl.where(use, tl.exp(proj_k - base), 0.0)
+            km = tl.where(use, tl.exp(-proj_k - base), 0.0)
+            # [B, P] @ [P, B] -> [B, B]
+            est += tl.dot(qp, tl.trans(kp), input_precision=PREC_F)
+            est += tl.dot(qm, tl.trans(km), input_precision=PREC_F)
+            if LOWRANK == 1 and FIRST:
+                rows = kv_ptr + pid_bh * n_feat * head_dim_v + offs_dv[None, :]
+                tile_ok = p_ok[:, None] & dv_ok[None, :]
+                kv_plus = tl.load(rows + offs_p[:, None] * head_dim_v, mask=tile_ok, other=0.0)
+                kv_minus = tl.load(rows + (n_proj + offs_p[:, None]) * head_dim_v,
+                                   mask=tile_ok, other=0.0)
+                ks_plus = tl.load(ks_ptr + pid_bh * n_feat + offs_p, mask=p_ok, other=0.0)
+                ks_minus = tl.load(ks_ptr + pid_bh * n_feat + n_proj + offs_p, mask=p_ok,
+                                   other=0.0)
+                # [B, P] @ [P, DV] -> [B, DV]
+                lr_num += tl.dot(qp, kv_plus, input_precision=PREC_F)
+                lr_num += tl.dot(qm, kv_minus, input_precision=PREC_F)
+                lr_den += tl.reduce(qp * ks_plus[None, :], 1, SUM_COMBINE) \
+                    + tl.reduce(qm * ks_minus[None, :], 1, SUM_COMBINE)
+    # ---- logits: [B, D] @ [D, B] -> [B, B]
+    logits = mma(qb, tl.trans(kb), PREC, UPCAST) * scale
+    valid = key_ok[None, :] & q_ok[:, None]
+    if CAUSAL:
+        valid = valid & (k_pos[None, :] <= q_pos[:, None])
+    if N_ROUNDS > 1:  # a pair found in c rounds counts 1/c in each
+        count = tl.full([BLOCK_B, BLOCK_B], 0.0, tl.float32)
+        for rr in tl.static_range(N_ROUNDS):
+            ids = pid_bh * N_ROUNDS * seq_pad + rr * seq_pad
+            q_id = tl.load(q_bucket_ptr + ids + q_pos, mask=slot_ok, other=-1)
+            k_id = tl.load(k_bucket_ptr + ids + k_pos, mask=slot_ok, other=-2)
+            count += (q_id[:, None] == k_id[None, :]).to(tl.float32)
+        count = tl.maximum(count, 1.0)
+        logits = logits - tl.log(count)
+    logits = tl.where(valid, logits, float("-inf"))
+    lam = tl.reduce(logits, 1, MAX_COMBINE)  # [B]; a max, never a log-sum-exp
+    if LOWRANK != 0:
+        qbias = tl.load(qbias_ptr + pid_bh * seq + q_pos, mask=q_ok, other=0.0)
+        log_lr = qshift - qbias + lk  # l_i
+        lam = tl.maximum(lam, log_lr)
+        lam = tl.where((lam == lam) & (tl.abs(lam) < float("inf")), lam, 0.0)
+        est = est * tl.exp(log_lr - lam)[:, None]
+        if N_ROUNDS > 1:
+            est = est / count
+        resid = tl.where(valid, tl.exp(logits - lam[:, None]) - est, 0.0)
+    else:
+        lam = tl.where((lam == lam) & (tl.abs(lam) < float("inf")), lam, 0.0)
+        resid = tl.exp(logits - lam[:, None])  # 0 where invalid (logit -inf)
+    # ---- this round's numerator / denominator: [B, B] @ [B, DV] -> [B, DV]
+    vb = tl.load(v_ptr + b * stride_vb + h * stride_vh + k_pos[:, None] * stride_vn
+                 + offs_dv[None, :] * stride_vd, mask=key_ok[:, None] & dv_ok[None, :],
+                 other=0.0)
+    if LOWRANK != 0:
+        # the residual is a difference (exact minus estimate) and can exceed the row's
+        # final denominator: rounding it to 8 bits would cost several times the error of
+        # the half-precision inputs, so the product stays in fp32 (tf32 on tensor cores)
+        num = mma(resid, vb.to(tl.float32), PREC_F, False)
+    else:  # softmax weights in [0, 1], as flash attention: half-precision product
+        num = mma(resid.to(vb.dtype), vb, PREC, UPCAST)
+    den = tl.reduce(resid, 1, SUM_COMBINE)
+    # ---- merge into the row's running sums (online over low-rank + rounds)
+    row_ok = q_ok[:, None] & dv_ok[None, :]
+    acc_rows = pid_bh * seq + q_pos
+    if FIRST:
+        if LOWRANK == 1:
+            old_num = lr_num
+            old_den = lr_den
+            old_lam = log_lr
+        elif LOWRANK == 2:
+            old_num = tl.load(lrnum_ptr + acc_rows[:, None] * head_dim_v + offs_dv[None, :],
+                              mask=row_ok, other=0.0)
+            old_den = tl.load(lrden_ptr + acc_rows, mask=q_ok, other=0.0)
+            old_lam = log_lr
+        else:
+            old_num = tl.full([BLOCK_B, BLOCK_DV], 0.0, tl.float32)
+            old_den = tl.full([BLOCK_B], 0.0, tl.float32)
+            old_lam = tl.full([BLOCK_B], float("-inf"), tl.float32)
+    else:
+        old_num = tl.load(acc_num_ptr + acc_rows[:, None] * head_dim_v + offs_dv[None, :],
+                          mask=row_ok, other=0.0)
+        old_den = tl.load(acc_den_ptr + acc_rows, mask=q_ok, other=0.0)
+        old_lam = tl.load(acc_lam_ptr + acc_rows, mask=q_ok, other=0.0)
+    new_lam = tl.maximum(old_lam, lam)
+    keep_old = tl.exp(old_lam - new_lam)
+    take_new = tl.exp(lam - new_lam)
+    num = old_num * keep_old[:, None] + num * take_new[:, None]
+    den = old_den * keep_old + den * take_new
+    if LAST:
+        out = num / tl.maximum(den, FLOAT32_TINY)[:, None]
+        tl.store(out_ptr + b * stride_ob + h * stride_oh + q_pos[:, None] * stride_on
+                 + offs_dv[None, :] * stride_od, out.to(out_ptr.dtype.element_ty), mask=row_ok)
+    else:
+        tl.store(acc_num_ptr + acc_rows[:, None] * head_dim_v + offs_dv[None, :], num,
+                 mask=row_ok)
+        tl.store(acc_den_ptr + acc_rows, den, mask=q_ok)
+        tl.store(acc_lam_ptr + acc_rows, new_lam, mask=q_ok)
+
+
+# ---------------------------------------------------------------- launcher
+
+
+def _int32_rows(name: str, t: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+    if t is None:
+        return None
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must be {list(shape)}, got {tuple(t.shape)}")
+    return t.to(torch.int32).contiguous()
+
+
+def _f32_rows(name: str, t: torch.Tensor | None, shape: tuple[int, ...]) -> None:
+    if t is not None and (tuple(t.shape) != shape or t.dtype != torch.float32
+                          or not t.is_contiguous()):
+        raise ValueError(f"{name} must be contiguous float32 {list(shape)}, got "
+                         f"{t.dtype} {tuple(t.shape)}")
+
+
+class SparseState:
+    """What the rounds of one forward share: the running sums between rounds and the
+    int32 orders / bucket ids (built once, reused by every round's launch)."""
+
+    def __init__(self, q, k, v, *, bucket_size, q_order=None, k_order=None,
+                 key_padding_mask=None, out=None):
+        batch, heads, seq, _ = q.shape
+        head_dim_v = v.shape[-1]
+        self.seq_pad = -(-seq // bucket_size) * bucket_size
+        self.local = q_order is None
+        self.n_rounds = 1 if self.local else q_order.shape[2]
+        order_shape = (batch, heads, self.n_rounds, self.seq_pad)
+        self.q_order = _int32_rows("q_order", q_order, order_shape)
+        self.k_order = _int32_rows("k_order", k_order, order_shape)
+        self.q_bucket = self.k_bucket = None
+        if self.n_rounds > 1:
+            ids = torch.arange(self.seq_pad, device=q.device, dtype=torch.int32) // bucket_size
+            ids = ids.expand(order_shape).contiguous()
+            # bucket of every position = inverse of the sorted order (lsh.bucket_ids)
+            self.q_bucket = torch.empty_like(ids).scatter_(-1, self.q_order.long(), ids)
+            self.k_bucket = torch.empty_like(ids).scatter_(-1, self.k_order.long(), ids)
+        self.keep = None
+        if key_padding_mask is not None:
+            if key_padding_mask.shape != (batch, seq) or key_padding_mask.dtype != torch.bool:
+                raise ValueError(f"key_padding_mask must be bool [{batch}, {seq}], got "
+                                 f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
+            self.keep = key_padding_mask.to(torch.int8).contiguous()
+        if out is None:
+            out = empty((batch, heads, seq, head_dim_v), q.dtype, q.device)
+        self.out = out
+        self.acc = None
+        if self.n_rounds > 1:
+            self.acc = (empty((batch, heads, seq, head_dim_v), torch.float32, q.device),
+                        empty((batch, heads, seq), torch.float32, q.device),
+                        empty((batch, heads, seq), torch.float32, q.device))
+
+
+def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_size, causal,
+                  lowrank, config) -> Launch:
+    """lowrank: None, or a dict with weights, q_shift, q_bias, k_bias, lk and either
+    (kv, ks) (non-causal) or (num, den) (causal sums)."""
+    batch, heads, seq, head_dim = q.shape
+    head_dim_v = v.shape[-1]
+    out = state.out
+    dummy = out
+    mode = NO_LOWRANK
+    lr = lowrank or {}
+    if lowrank is not None:
+        mode = LOWRANK_FROM_STATE if "kv" in lr else LOWRANK_FROM_SUMS
+        n_proj = lr["weights"].n_proj
+        rows = (batch, heads, seq)
+        for name in ("q_shift", "q_bias", "k_bias"):
+            _f32_rows(name, lr[name], rows)
+        _f32_rows("lk", lr["lk"], (batch, heads))
+        if mode == LOWRANK_FROM_STATE:
+            _f32_rows("kv", lr["kv"], (batch, heads, 2 * n_proj, head_dim_v))
+            _f32_rows("ks", lr["ks"], (batch, heads, 2 * n_proj))
+        else:
+            _f32_rows("num", lr["num"], (batch, heads, seq, head_dim_v))
+            _f32_rows("den", lr["den"], rows)
+    else:
+        n_proj = 0
+    acc = state.acc or (dummy, dummy, dummy)
+    args = dict(
+        q_ptr=q, k_ptr=k, v_ptr=v, out_ptr=out,
+        q_order_ptr=state.q_order if state.q_order is not None else dummy,
+        k_order_ptr=state.k_order if state.k_order is not None else dummy,
+        q_bucket_ptr=state.q_bucket if state.q_bucket is not None else dummy,
+        k_bucket_ptr=state.k_bucket if state.k_bucket is not None else dummy,
+        keep_ptr=state.keep if state.keep is not None else dummy,
+        qshift_ptr=lr.get("q_shift", dummy),
+        qbias_ptr=lr.get("q_bias", dummy), kbias_ptr=lr.get("k_bias", dummy),
+        lk_ptr=lr.get("lk", dummy), kv_ptr=lr.get("kv", dummy), ks_ptr=lr.get("ks", dummy),
+        lrnum_ptr=lr.get("num", dummy), lrden_ptr=lr.get("den", dummy),
+        acc_num_ptr=acc[0], acc_den_ptr=acc[1], acc_lam_ptr=acc[2],
+        stride_qb=q.stride(0), stride_qh=q.stride(1), stride_qn=q.stride(2),
+        stride_qd=q.stride(3),
+        stride_kb=k.stride(0), stride_kh=k.stride(1), stride_kn=k.stride(2),
+        stride_kd=k.stride(3),
+        stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
+        stride_vd=v.stride(3),
+        stride_ob=out.stride(0), stride_oh=out.stride(1), stride_on=out.stride(2),
+        stride_od=out.stride(3),
+        heads=heads, seq=seq, seq_pad=state.seq_pad, head_dim=head_dim, head_dim_v=head_dim_v,
+        n_proj=n_proj, bucket_size=bucket_size, round_idx=round_idx, scale=float(scale),
+        N_ROUNDS=state.n_rounds, LOCAL=state.local, CAUSAL=bool(causal),
+        HAS_MASK=state.keep is not None, LOWRANK=mode, FIRST=round_idx == 0,
+        LAST=round_idx == state.n_rounds - 1,
+        BLOCK_B=next_pow2(bucket_size), BLOCK_D=next_pow2(head_dim),
+        BLOCK_DV=next_pow2(head_dim_v), BLOCK_P=config["BLOCK_P"],
+        PREC=feature_precision(q.dtype), PREC_F=feature_precision(q.dtype),
+    )
+    if lowrank is not None:
+        args.update(weight_args(lr["weights"], q, _bucket_kernel))
+    else:
+        args.update(w_ptr=dummy, w_lo_ptr=dummy, SPLIT=False,
+                    UPCAST=q.dtype == torch.bfloat16 and interpreted(_bucket_kernel))
+    grid = (batch * heads, state.seq_pad // bucket_size)
+    return Launch(_bucket_kernel, grid, args, config["num_warps"], config["num_stages"],
+                  outputs=(out,))
+
+
+def sparse_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, bucket_size: int,
+    q_order: torch.Tensor | None = None, k_order: torch.Tensor | None = None,
+    causal: bool = False, key_padding_mask: torch.Tensor | None = None,
+    lowrank: dict | None = None, config: Config | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sparse part over every round, merged with the low-rank part if given.
+
+    q, k: [batch, heads, seq, head_dim]; v: [batch, heads, seq, head_dim_v].
+    q_order, k_order: [batch, heads, n_hashes, seq_pad] sorted positions (lsh_order), or
+    None for the local variant (consecutive blocks of ``bucket_size``, one round).
+    lowrank: None (LSH / local softmax only) or a dict: weights (feature_map.
+    scaled_projections for q's dtype), float32 q_shift, q_bias, k_bias [batch, heads, seq],
+    lk [batch, heads], and either kv
+    [batch, heads, 2m, dv] with ks [batch, heads, 2m] (non-causal state) or num
+    [batch, heads, seq, dv] with den [batch, heads, seq] (causal sums, hat scale).
+    Returns [batch, heads, seq, head_dim_v] in q's dtype.
+    """
+    config = resolve_config(config, DEFAULT, SPACE)
+    if bucket_size < 1 or bucket_size > MAX_BUCKET:
+        raise ValueError(f"bucket_size must be in 1..{MAX_BUCKET} for the kernel, "
+                         f"got {bucket_size}")
+    state = SparseState(q, k, v, bucket_size=bucket_size, q_order=q_order, k_order=k_order,
+                        key_padding_mask=key_padding_mask, out=out)
+    for r in range(state.n_rounds):
+        _round_launch(q, k, v, state, r, scale=scale, bucket_size=bucket_size, causal=causal,
+                      lowrank=lowrank, config=config).run()
+    return state.out
+
+
+def fuse_by_default(head_dim_v: int) -> bool:
+    """Whether the first round computes the low-rank numerator phi(Q) kv itself (non-causal).
+
+    Fused, the kernel holds a [bucket, dv] float32 accumulator and streams kv through the
+    feature loop: at dv <= 64 that compiles without spills on sm_80 and sm_90 (bucket 64);
+    at dv = 128 the sm_80 build spills kilobytes per thread, so lowrank_apply(sums=True)
+    computes it in its own pass (reports/kernels/static_resources.md).
+    """
+    return next_pow2(head_dim_v) <= 64
+
+
+# ---------------------------------------------------------------- search space
+#
+# The bucket fixes the tile rows (BLOCK_B = next power of two of bucket_size) and the
+# problem fixes d and dv, so the free knobs are the projection block (2 x BLOCK_P features
+# per step of the feature loop: fewer trips vs. more live [B, P] tiles) and the warps
+# that share the [B, B] score / estimate tiles. Each program loads q, k, v once, so the
+# only pipelined loads are the W (and, in the first round, kv) blocks of the feature loop:
+# 1-3 stages. Buckets above 256 would make [B, B] fp32 tiles spill on every config.
+
+MAX_BUCKET = 256
+SPACE = {
+    "BLOCK_P": (16, 32, 64),
+    "num_warps": (2, 4, 8),
+    "num_stages": (1, 2, 3),
+}
+# the default compiles without spills at head_dim 64 and 128 on sm_80 and sm_90
+# (reports/kernels/static_resources.md); 4 warps spill 192 B at head_dim 128 on sm_80
+DEFAULT = {"BLOCK_P": 16, "num_warps": 8, "num_stages": 2}
+
+
+def keep(config: Config, limits: DeviceLimits, shape: KernelShape | None = None) -> bool:
+    """Drop configs whose live fp32 tiles (logits and estimate [B, B], four [B, P] feature
+    tiles, q / k in the input dtype and, when fused, the [B, dv] low-rank accumulator with
+    its kv tiles) cannot fit in registers, or whose pipelined weight / kv blocks overflow
+    shared memory."""
+    shape = shape or KernelShape(head_dim=128, head_dim_v=128)
+    block_b = next_pow2(shape.bucket_size)
+    block_d, block_dv = next_pow2(shape.head_dim), next_pow2(shape.head_dim_v)
+    p, warps = config["BLOCK_P"], config["num_warps"]
+    fused = fuse_by_default(shape.head_dim_v)
+    live = 2 * block_b * block_b + 4 * block_b * p + block_b * block_d \
+        + (block_b * block_dv + 2 * p * block_dv if fused else 0)
+    if not fits_registers(live, warps, limits):
+        return False
+    shared = config["num_stages"] * (2 * shape.dtype_bytes * block_d * p
+                                     + (8 * p * block_dv if fused else 0)) \
+        + shape.dtype_bytes * block_b * (2 * block_d + block_dv) + 4 * block_b * block_b
+    return shared <= limits.shared_bytes
+
+
+def plan(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
+    """First-round launch of a non-causal Scatterbrain forward with ``shape.n_hashes``
+    rounds (low-rank fused or from sums as :func:`fuse_by_default` picks; one round: writes
+    out; several: the duplicate count, accumulators) on meta tensors, for the static
+    compiler."""
+    dtype = torch.float32 if shape.dtype_bytes == 4 else torch.bfloat16
+    q = torch.empty(1, 1, seq, shape.head_dim, dtype=dtype, device="meta")
+    v = torch.empty(1, 1, seq, shape.head_dim_v, dtype=dtype, device="meta")
+    order = torch.empty(1, 1, shape.n_hashes, seq, dtype=torch.int32, device="meta")
+    state = SparseState(q, q, v, bucket_size=shape.bucket_size, q_order=order, k_order=order)
+    m = shape.n_features // 2
+    rows = torch.empty(1, 1, seq, device="meta")
+    lowrank = dict(weights=meta_weights(shape), q_shift=rows, q_bias=rows, k_bias=rows,
+                   lk=torch.empty(1, 1, device="meta"))
+    if fuse_by_default(shape.head_dim_v):
+        lowrank.update(kv=torch.empty(1, 1, 2 * m, shape.head_dim_v, device="meta"),
+                       ks=torch.empty(1, 1, 2 * m, device="meta"))
+    else:
+        lowrank.update(num=torch.empty(1, 1, seq, shape.head_dim_v, device="meta"), den=rows)
+    return _round_launch(q, q, v, state, 0, scale=1.0 / math.sqrt(shape.head_dim),
+                         bucket_size=shape.bucket_size, causal=False, lowrank=lowrank,
+                         config=config)
+
+
+SPEC = KernelSpec("sparse", SPACE, DEFAULT, keep, plan)
