@@ -368,6 +368,12 @@ def test_slowed_takes_factor_times_as_long():
     assert 2.9 < per_call_ms < 3.5
 
 
+# .ci/run checks time at x1.2: on the shared 2-core CI machine, separate processes of an
+# unchanged tree differ by up to ~10% even in ratio mode (measured 2026-11-29), while the
+# injected 30% slowdown must still fail.
+CI_TIME_FACTOR = 1.2
+
+
 def _short_run(inject: float = 1.0) -> ResultSet:
     options = ci_bench.Options(seconds=1.2, min_rounds=20, warmup_ms=20, processes=0,
                                shapes=(Problem(seq_len=256, head_dim=64, batch=1, heads=4),),
@@ -386,11 +392,12 @@ def test_ci_benchmark_passes_unchanged_and_fails_on_an_injected_slowdown():
     assert methods == {"exact", "performer", "lsh", "scatterbrain", CALIBRATION}
     assert all(r.status == "ok" and len(r.time_samples_ms) >= 20 for r in baseline.records)
     assert baseline.meta["timer"] == "thread_time_ns" and baseline.interleaved
-    unchanged = compare(baseline, _short_run())
+    ci = {"time": CI_TIME_FACTOR}  # the factor .ci/run uses on the shared CPU
+    unchanged = compare(baseline, _short_run(), factors=ci)
     if not unchanged.ok:  # one noise event; .ci/run confirms with another run
-        unchanged = confirm([unchanged, compare(baseline, _short_run())])
+        unchanged = confirm([unchanged, compare(baseline, _short_run(), factors=ci)])
     assert unchanged.ok, [f for f in unchanged.findings if f.failing]
-    slowed = compare(baseline, _short_run(inject=1.3))
+    slowed = compare(baseline, _short_run(inject=1.3), factors=ci)
     assert not slowed.ok
     assert {f.point.split()[0] for f in slowed.regressions} <= {
         "exact", "performer", "lsh", "scatterbrain"}
