@@ -29,22 +29,28 @@ def call_method(
     generator: torch.Generator | None = None,
     backend: str = "auto",
     return_weights: bool | str = False,
+    projections: torch.Tensor | None = None,
+    hashes=None,
 ):
-    """q, k, v: [batch, heads, seq, head_dim] -> output (and weights if asked)."""
+    """q, k, v: [batch, heads, seq, head_dim] -> output (and weights if asked).
+
+    ``projections`` / ``hashes``: randomness drawn beforehand (else from ``generator``)."""
     common = dict(causal=causal, key_padding_mask=key_padding_mask,
                   softmax_scale=softmax_scale, return_weights=return_weights)
     if budget.method == "exact":
         return exact_attention(q, k, v, **common)
     common.update(generator=generator, backend=backend)
     if budget.method == "performer":
-        return performer_attention(q, k, v, n_features=budget.n_features, **common)
+        return performer_attention(q, k, v, n_features=budget.n_features,
+                                   projections=projections, **common)
     if budget.method == "lsh":
         return lsh_attention(q, k, v, bucket_size=budget.bucket_size,
-                             n_hashes=budget.n_hashes, **common)
+                             n_hashes=budget.n_hashes, hashes=hashes, **common)
     sparse = "local" if budget.method == "scatterbrain_local" else "lsh"
     return scatterbrain_attention(q, k, v, n_features=budget.n_features,
                                   bucket_size=budget.bucket_size, n_hashes=budget.n_hashes,
-                                  sparse=sparse, **common)
+                                  sparse=sparse, projections=projections, hashes=hashes,
+                                  **common)
 
 
 def split_budget(method: str, memory_per_query: int, *, n_hashes: int = 1,

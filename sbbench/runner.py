@@ -42,10 +42,10 @@ import torch
 from . import costmodel
 from .accuracy import relative_error
 from .attention import draw_hashes, draw_projections, exact_attention
-from .attention.baselines import lsh_attention, performer_attention
-from .attention.scatterbrain import scatterbrain_attention, triton_available
+from .attention.scatterbrain import triton_available
 from .grid import Point
 from .inputs import make_qkv
+from .methods import call_method
 from .records import Record, code_version, git_revision, now_utc
 from .store import Store
 from .telemetry import NullObserver, device_state, make_observer, measure_energy
@@ -122,26 +122,13 @@ def make_call(point: Point, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """
     b, causal, backend = point.budget, point.problem.causal, point.backend
     head_dim = q.shape[-1]
-    if b.method == "exact":
-        return lambda return_weights=False: exact_attention(
-            q, k, v, causal=causal, return_weights=return_weights)
     projections = (draw_projections(b.n_features, head_dim, generator=generator,
                                     device=q.device) if b.n_features else None)
     hashes = (draw_hashes(b.n_hashes, head_dim, generator=generator, device=q.device)
               if b.method in ("lsh", "scatterbrain") else None)
-    if b.method == "performer":
-        return lambda return_weights=False: performer_attention(
-            q, k, v, n_features=b.n_features, causal=causal, backend=backend,
-            projections=projections, return_weights=return_weights)
-    if b.method == "lsh":
-        return lambda return_weights=False: lsh_attention(
-            q, k, v, bucket_size=b.bucket_size, n_hashes=b.n_hashes, causal=causal,
-            backend=backend, hashes=hashes, return_weights=return_weights)
-    sparse = "local" if b.method == "scatterbrain_local" else "lsh"
-    return lambda return_weights=False: scatterbrain_attention(
-        q, k, v, n_features=b.n_features, bucket_size=b.bucket_size, n_hashes=b.n_hashes,
-        sparse=sparse, causal=causal, backend=backend, projections=projections,
-        hashes=hashes, return_weights=return_weights)
+    return lambda return_weights=False: call_method(
+        b, q, k, v, causal=causal, backend=backend, projections=projections, hashes=hashes,
+        return_weights=return_weights)
 
 
 def inputs_for(problem: Problem, settings: Settings, seed: int):
