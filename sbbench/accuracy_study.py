@@ -36,12 +36,9 @@ from .attention import (
     draw_hashes,
     draw_projections,
     exact_attention,
-    lsh_attention,
-    performer_attention,
-    scatterbrain_attention,
 )
 from .inputs import KINDS, make_qkv
-from .methods import split_budget
+from .methods import call_method, split_budget
 from .oracle import ORACLES, oracle_approximations
 from .types import DTYPES, Budget, Problem
 
@@ -195,19 +192,11 @@ def draw_randomness(budget: Budget, head_dim: int, seed: int):
 
 def run_budget(budget: Budget, q, k, v, projections, hashes, return_weights):
     """One approximate method with explicit randomness (torch backend) -> (out, weights)."""
-    common = dict(backend="torch", return_weights=return_weights)
-    if budget.method == "performer":
-        return performer_attention(q, k, v, n_features=budget.n_features,
-                                   projections=projections, **common)
-    if budget.method == "lsh":
-        return lsh_attention(q, k, v, bucket_size=budget.bucket_size,
-                             n_hashes=budget.n_hashes, hashes=hashes, **common)
-    if budget.method == "scatterbrain":
-        return scatterbrain_attention(q, k, v, n_features=budget.n_features,
-                                      bucket_size=budget.bucket_size, n_hashes=budget.n_hashes,
-                                      projections=projections, hashes=hashes, **common)
-    raise ValueError(f"the accuracy study runs performer, lsh and scatterbrain, "
-                     f"got {budget.method!r}")
+    if budget.method not in ("performer", "lsh", "scatterbrain"):
+        raise ValueError(f"the accuracy study runs performer, lsh and scatterbrain, "
+                         f"got {budget.method!r}")
+    return call_method(budget, q, k, v, backend="torch", projections=projections,
+                       hashes=hashes, return_weights=return_weights)
 
 
 def evaluate_budget(budget: Budget, q, k, v, ref: Reference, seed: int, *,

@@ -10,6 +10,7 @@ from pathlib import Path
 from .errors import UserError
 from .executors import add_executor_arguments, executor_words
 from .grid import OVERRIDE_FLAGS, apply_overrides, expand, load_grid, shipped_grids
+from .types import budget_label
 
 DEFAULT_STORE = "sbbench-results.sqlite"
 
@@ -186,7 +187,7 @@ def dry_run_text(expansion, settings, spec, store_path: Path, model_only: bool) 
         if not in_store:
             todo.append(point)
         table.append([
-            number, b.method, point.backend, _budget(b), p.seq_len, p.head_dim,
+            number, b.method, point.backend, budget_label(b), p.seq_len, p.head_dim,
             f"{p.batch}x{p.heads}", p.dtype, "yes" if p.causal else "",
             f"{costmodel.flops(p, b) / 1e9:.3g}", f"{costmodel.bytes_moved(p, b) / 2**20:.3g}",
             f"{costmodel.working_set_bytes(p, b) / 2**20:.3g}",
@@ -205,13 +206,3 @@ def dry_run_text(expansion, settings, spec, store_path: Path, model_only: bool) 
                      f"(time budgets and seeds only; large sizes take longer)")
     return "\n".join(lines)
 
-
-def _budget(budget) -> str:
-    parts = []
-    if budget.n_features:
-        parts.append(f"f={budget.n_features}")
-    if budget.bucket_size:
-        parts.append(f"bucket={budget.bucket_size}")
-    if budget.n_hashes and budget.method != "scatterbrain_local":
-        parts.append(f"hashes={budget.n_hashes}")
-    return " ".join(parts) or "-"

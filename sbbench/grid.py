@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
-from .types import DTYPES, METHODS, Budget, Problem
+from .types import DTYPES, METHODS, Budget, Problem, budget_label
 
 GRID_DIR = Path(__file__).parent / "data" / "grids"
 BACKENDS = ("torch", "triton")
@@ -73,12 +73,8 @@ class Point:
     def label(self) -> str:
         p, b = self.problem, self.budget
         parts = [f"{b.method}/{self.backend}", f"seq={p.seq_len}", f"d={p.head_dim}"]
-        if b.n_features:
-            parts.append(f"f={b.n_features}")
-        if b.bucket_size:
-            parts.append(f"bucket={b.bucket_size}")
-        if b.n_hashes and b.method != "scatterbrain_local":
-            parts.append(f"hashes={b.n_hashes}")
+        if b.method != "exact":
+            parts.append(budget_label(b))
         if p.batch != 1 or p.heads != 4:
             parts.append(f"bxh={p.batch}x{p.heads}")
         if p.dtype != "float32":

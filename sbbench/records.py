@@ -10,12 +10,12 @@ measured is ``None`` (SQL NULL), never a made-up number.
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
+from .telemetry import git_revision as telemetry_git_revision
 
 STATUSES = ("ok", "failed", "oom", "skipped")
 SOURCES = ("measured", "modeled")
@@ -120,17 +120,9 @@ def now_utc() -> str:
 
 
 def git_revision(repo_dir: str | Path | None = None) -> str:
-    """Short commit of the sbbench checkout, "+dirty" if tracked files changed; "unknown"
-    outside a git checkout (an installed wheel)."""
-    cwd = Path(repo_dir) if repo_dir else Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd,
-                             capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    """Short commit of the sbbench checkout ("+dirty" if tracked files changed);
+    "unknown" outside a git checkout (an installed wheel)."""
+    return telemetry_git_revision(repo_dir) or "unknown"
 
 
 def code_version(revision: str | None = None) -> str:

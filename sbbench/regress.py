@@ -42,6 +42,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .records import COLUMNS, KEY_FIELDS, Record
+from .types import budget_label
 
 CALIBRATION = "calibration"  # method name of the calibration kernel's row
 METRICS = ("time", "error", "memory", "energy")
@@ -261,12 +262,8 @@ def point_label(record: Record) -> str:
         return " ".join(parts)
     if record.backend != "torch":
         parts[0] += f"/{record.backend}"
-    if record.n_features:
-        parts.append(f"f={record.n_features}")
-    if record.bucket_size:
-        parts.append(f"bucket={record.bucket_size}")
-    if record.n_hashes and record.method != "scatterbrain_local":
-        parts.append(f"hashes={record.n_hashes}")
+    if record.method != "exact" and budget_label(record) != "-":
+        parts.append(budget_label(record))
     parts.append(f"L={record.seq_len} d={record.head_dim} {record.batch}x{record.heads}")
     if record.dtype != "float32":
         parts.append(record.dtype)

@@ -28,6 +28,7 @@ from tabulate import tabulate
 from .errors import UserError
 from .records import COLUMNS, JSON_FIELDS
 from .store import Store
+from .types import budget_label
 
 SHAPE = ["seq_len", "head_dim", "batch", "heads", "dtype", "causal"]
 FAMILY = ["head_dim", "batch", "heads", "dtype", "causal", "inputs"]  # one plot panel each
@@ -91,17 +92,6 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.sort_values(["dtype", "causal", "batch", "heads", "head_dim", "seq_len",
                                "_order", "backend", "n_features", "bucket_size", "n_hashes"])
     return frame.drop(columns="_order").reset_index(drop=True)
-
-
-def budget_label(row) -> str:
-    parts = []
-    if row.n_features:
-        parts.append(f"f={row.n_features}")
-    if row.bucket_size:
-        parts.append(f"bucket={row.bucket_size}")
-    if row.n_hashes and row.method != "scatterbrain_local":
-        parts.append(f"hashes={row.n_hashes}")
-    return " ".join(parts) or "-"
 
 
 def series_label(row) -> str:

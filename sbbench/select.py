@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .types import budget_label as types_budget_label
 
 DEFAULT_TARGETS = (0.01, 0.02, 0.05, 0.10)
 SHAPE = ["device", "dtype", "causal", "seq_len", "head_dim", "batch", "heads"]
@@ -427,14 +428,10 @@ def select(frame: pd.DataFrame, *, device: str, targets=DEFAULT_TARGETS) -> Sele
 # ---------------------------------------------------------------------------------------
 
 def budget_label(row) -> str:
+    """The budget's label plus its kernel config, if any."""
     get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
-    parts = []
-    if get("n_features"):
-        parts.append(f"f={int(get('n_features'))}")
-    if get("bucket_size"):
-        parts.append(f"bucket={int(get('bucket_size'))}")
-    if get("n_hashes") and get("method") != "scatterbrain_local":
-        parts.append(f"hashes={int(get('n_hashes'))}")
+    label = types_budget_label(row)
+    parts = [] if label == "-" else [label]
     config = get("kernel_config")
     if config:
         try:

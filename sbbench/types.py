@@ -78,6 +78,22 @@ class Budget:
         return asdict(self)
 
 
+def budget_label(budget) -> str:
+    """Short label of a budget, e.g. "f=64 bucket=32 hashes=2" ("-" for exact).
+
+    ``budget``: anything with method, n_features, bucket_size and n_hashes (a Budget, a
+    Record, a DataFrame row or a dict)."""
+    get = budget.get if isinstance(budget, dict) else lambda name: getattr(budget, name)
+    parts = []
+    if get("n_features"):
+        parts.append(f"f={int(get('n_features'))}")
+    if get("bucket_size"):
+        parts.append(f"bucket={int(get('bucket_size'))}")
+    if get("n_hashes") and get("method") != "scatterbrain_local":
+        parts.append(f"hashes={int(get('n_hashes'))}")
+    return " ".join(parts) or "-"
+
+
 @dataclass(frozen=True)
 class KernelConfig:
     """Tile sizes and launch settings of one Triton kernel (values are kernel-specific)."""
