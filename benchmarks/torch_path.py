@@ -37,7 +37,7 @@ def run_point(method: str, seq: int, args: argparse.Namespace) -> dict:
         exact_attention,
         scatterbrain_attention,
     )
-    from sbbench.timing import time_fn
+    from sbbench.measure.timing import time_fn
 
     torch.manual_seed(0)
     shape = (1, args.heads, seq, args.head_dim)
@@ -128,7 +128,7 @@ def _report(rows: list[dict], args: argparse.Namespace, command: str) -> str:
         f"- problem: float32, batch 1, {args.heads} heads, head_dim {args.head_dim}; "
         f"scatterbrain n_features {args.features}, bucket_size {args.bucket_size}, "
         f"{args.hashes} hash round(s), backend torch",
-        "- timing: sbbench.timing.time_fn (warm-up, then >= "
+        "- timing: sbbench.measure.timing.time_fn (warm-up, then >= "
         f"{args.min_samples} samples; median with p20-p80); projections and hash functions "
         "drawn outside the timed call, hashing and sorting inside",
         "- memory: peak resident set (ru_maxrss) of a child process that ran only that point "

@@ -20,7 +20,7 @@ limits and shapes are exported) and ``scatterbrain_forward`` is absent, so backe
 falls back to the torch path.
 """
 
-from ._common import (
+from sbbench.kernels._common import (
     SM80,
     SM90,
     DeviceLimits,
@@ -41,11 +41,16 @@ __all__ = ["HAVE_TRITON", "SM80", "SM90", "DeviceLimits", "KernelShape", "Kernel
            "expand_space", "limits_for"]
 
 if HAVE_TRITON:
-    from . import feature_map, lowrank, sparse
-    from .feature_map import FeatureWeights, feature_stats, key_log_scale, scaled_projections
-    from .lowrank import lowrank_apply, lowrank_causal, lowrank_state
-    from .scatterbrain import KERNEL_NAMES, scatterbrain_forward
-    from .sparse import fuse_by_default, sparse_attention
+    from sbbench.kernels import feature_map, lowrank, sparse
+    from sbbench.kernels.feature_map import (
+        FeatureWeights,
+        feature_stats,
+        key_log_scale,
+        scaled_projections,
+    )
+    from sbbench.kernels.lowrank import lowrank_apply, lowrank_causal, lowrank_state
+    from sbbench.kernels.scatterbrain import KERNEL_NAMES, scatterbrain_forward
+    from sbbench.kernels.sparse import fuse_by_default, sparse_attention
 
     # name -> KernelSpec (search space, default, keep, static-compile plan)
     SEARCH_SPACES = {

@@ -21,10 +21,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from triton.language.standard import _elementwise_max as MAX_COMBINE
-from triton.language.standard import _sum_combine as SUM_COMBINE
-
-from ._common import (
+from sbbench.kernels._common import (
     TINY,
     Config,
     DeviceLimits,
@@ -37,6 +34,8 @@ from ._common import (
     next_pow2,
     resolve_config,
 )
+from triton.language.standard import _elementwise_max as MAX_COMBINE
+from triton.language.standard import _sum_combine as SUM_COMBINE
 
 # Reductions are written tl.reduce(x, axis, SUM_COMBINE / MAX_COMBINE), with triton's own
 # combine functions, instead of tl.sum / tl.max (which is what those do): tl.sum and

@@ -19,8 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from ._common import (
+from sbbench.kernels._common import (
     Config,
     DeviceLimits,
     KernelShape,
@@ -32,7 +31,7 @@ from ._common import (
     next_pow2,
     resolve_config,
 )
-from .feature_map import (
+from sbbench.kernels.feature_map import (
     FLOAT32_TINY,
     SUM_COMBINE,
     FeatureWeights,

@@ -21,13 +21,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from sbbench.kernels._common import TINY, Config, check_kernel_inputs
+from sbbench.kernels.feature_map import feature_stats, key_log_scale, scaled_projections
+from sbbench.kernels.lowrank import lowrank_apply, lowrank_causal, lowrank_state
+from sbbench.kernels.sparse import fuse_by_default, sparse_attention
 
 from sbbench.attention.lsh import HashFunctions, lsh_order
-
-from ._common import TINY, Config, check_kernel_inputs
-from .feature_map import feature_stats, key_log_scale, scaled_projections
-from .lowrank import lowrank_apply, lowrank_causal, lowrank_state
-from .sparse import fuse_by_default, sparse_attention
 
 KERNEL_NAMES = ("feature_stats", "lowrank_state", "lowrank_apply", "lowrank_causal", "sparse")
 

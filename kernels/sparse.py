@@ -24,8 +24,7 @@ import math
 import torch
 import triton
 import triton.language as tl
-
-from ._common import (
+from sbbench.kernels._common import (
     Config,
     DeviceLimits,
     KernelShape,
@@ -37,7 +36,7 @@ from ._common import (
     next_pow2,
     resolve_config,
 )
-from .feature_map import (
+from sbbench.kernels.feature_map import (
     FLOAT32_TINY,
     MAX_COMBINE,
     SUM_COMBINE,

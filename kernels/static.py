@@ -29,8 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-
-from ._common import Config, KernelShape, expand_space, limits_for
+from sbbench.kernels._common import Config, KernelShape, expand_space, limits_for
 
 _DTYPE_CODES = {
     torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
@@ -62,7 +61,7 @@ class ResourceUsage:
 
 def kernels_interpreted() -> bool:
     """Whether this process's kernels were decorated under TRITON_INTERPRET=1."""
-    from . import feature_map
+    from sbbench.kernels import feature_map
 
     return feature_map.interpreted(feature_map._feature_stats_kernel)
 
@@ -155,7 +154,7 @@ def compile_config(kernel_name: str, config: Config, arch: int | str,
 
 
 def _compile_one(kernel_name: str, config: Config, arch: int, shape: KernelShape) -> ResourceUsage:
-    from . import SEARCH_SPACES
+    from sbbench.kernels import SEARCH_SPACES
 
     spec = SEARCH_SPACES[kernel_name]
     full = dict(spec.default)
@@ -236,7 +235,7 @@ def sweep(kernel_names=None, archs=(80, 90), shape: KernelShape | None = None,
     jobs > 1 compiles in worker processes (spawned: the compiler is single-threaded)."""
     shape = shape or KernelShape()
     archs = [parse_arch(a) for a in archs]
-    from . import SEARCH_SPACES
+    from sbbench.kernels import SEARCH_SPACES
 
     names = list(kernel_names or SEARCH_SPACES)
     work = []

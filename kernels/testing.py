@@ -40,7 +40,7 @@ def kernels_for_tests():
     package = importlib.import_module("sbbench.kernels")
     if not getattr(package, "HAVE_TRITON", False):
         return package
-    from .feature_map import _feature_stats_kernel, interpreted
+    from sbbench.kernels.feature_map import _feature_stats_kernel, interpreted
 
     if not torch.cuda.is_available() and not interpreted(_feature_stats_kernel):
         for name in KERNEL_MODULES:
@@ -52,7 +52,7 @@ def kernels_for_tests():
 @contextlib.contextmanager
 def nan_filled_outputs() -> Iterator[None]:
     """Every buffer a kernel must write completely starts as NaN (STYLE.md 6)."""
-    from . import _common
+    from sbbench.kernels import _common
 
     previous = _common.FILL_UNWRITTEN_WITH_NAN
     _common.FILL_UNWRITTEN_WITH_NAN = True

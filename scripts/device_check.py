@@ -124,7 +124,7 @@ def device_profile(device):
     try:
         import torch
 
-        from sbbench.devices import get_device, match_profile
+        from sbbench.core.devices import get_device, match_profile
 
         name = match_profile(torch.cuda.get_device_name(device))
         return get_device(name) if name else None
@@ -230,8 +230,8 @@ def model_numbers(method, causal, seq, head_dim, heads, args, dtype_name, profil
     """FLOPs and bytes of the cost model, and its roofline time (s) on this GPU."""
     if method is None:
         return None, None, None
-    from sbbench import costmodel
-    from sbbench.types import Budget, Problem
+    from sbbench.core.types import Budget, Problem
+    from sbbench.measure import costmodel
 
     problem = Problem(seq_len=seq, head_dim=head_dim, batch=1, heads=heads, dtype=dtype_name,
                       causal=causal)
@@ -259,7 +259,7 @@ def main(argv=None) -> int:
     import torch
     from sbbench.kernels.testing import kernels_for_tests
 
-    from sbbench.timing import time_fn
+    from sbbench.measure.timing import time_fn
 
     if not args.dry_run and not torch.cuda.is_available():
         print("device_check: no CUDA GPU here; use --dry-run to check the script on the CPU",

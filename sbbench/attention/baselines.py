@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import torch
 
-from .checks import check_mask, check_n_features, check_positive_int, check_qkv, softmax_scale_for
-from .lsh import HashFunctions
-from .scatterbrain import (
+from sbbench.attention.checks import (
+    check_mask,
+    check_n_features,
+    check_positive_int,
+    check_qkv,
+    softmax_scale_for,
+)
+from sbbench.attention.lsh import HashFunctions
+from sbbench.attention.scatterbrain import (
     check_return_weights,
     resolve_hashes,
     resolve_projections,

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from .features import key_features, query_features
-from .lsh import HashFunctions, bucket_ids, local_order, lsh_order, padded_length
+from sbbench.attention.features import key_features, query_features
+from sbbench.attention.lsh import HashFunctions, bucket_ids, local_order, lsh_order, padded_length
 
 CAUSAL_CHUNK = 64  # chunk of the prefix-sum form of causal low-rank attention
 CHUNK_ELEMENTS = 1 << 20  # default size of the sparse loop's temporaries (see buckets_per_chunk)

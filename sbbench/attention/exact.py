@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks import check_mask, check_qkv, softmax_scale_for
+from sbbench.attention.checks import check_mask, check_qkv, softmax_scale_for
 
 
 def keep_mask(

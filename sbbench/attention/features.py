@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .checks import check_n_features, check_positive_int
+from sbbench.attention.checks import check_n_features, check_positive_int
 
 
 def draw_projections(

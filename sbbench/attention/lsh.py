@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import check_positive_int
+from sbbench.attention.checks import check_positive_int
 
 
 @dataclass(frozen=True)

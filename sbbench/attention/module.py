@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .checks import check_n_features, check_positive_int
-from .features import draw_projections
-from .lsh import HashFunctions, draw_hashes
-from .scatterbrain import SPARSE_KINDS, scatterbrain_attention
+from sbbench.attention.checks import check_n_features, check_positive_int
+from sbbench.attention.features import draw_projections
+from sbbench.attention.lsh import HashFunctions, draw_hashes
+from sbbench.attention.scatterbrain import SPARSE_KINDS, scatterbrain_attention
 
 
 class ScatterbrainAttention(nn.Module):

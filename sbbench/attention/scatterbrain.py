@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import torch
 
-from .checks import (
+from sbbench.attention.checks import (
     check_mask,
     check_n_features,
     check_positive_int,
     check_qkv,
     softmax_scale_for,
 )
-from .core import attend
-from .features import draw_projections
-from .lsh import HashFunctions, draw_hashes
+from sbbench.attention.core import attend
+from sbbench.attention.features import draw_projections
+from sbbench.attention.lsh import HashFunctions, draw_hashes
 
 BACKENDS = ("auto", "torch", "triton")
 SPARSE_KINDS = ("lsh", "local")

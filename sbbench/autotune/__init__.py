@@ -12,10 +12,15 @@
 - :mod:`.run`: a whole ``sbbench tune`` run.
 """
 
-from .cache import CachedEvaluator, TuneCache
-from .evaluators import MeasuredEvaluator, SimulatedEvaluator, load_recorded, output_mismatch
-from .pruning import PruneResult, keep_check, prune, resource_check, resource_reason
-from .strategies import (
+from sbbench.autotune.cache import CachedEvaluator, TuneCache
+from sbbench.autotune.evaluators import (
+    MeasuredEvaluator,
+    SimulatedEvaluator,
+    load_recorded,
+    output_mismatch,
+)
+from sbbench.autotune.pruning import PruneResult, keep_check, prune, resource_check, resource_reason
+from sbbench.autotune.strategies import (
     STRATEGIES,
     Evaluation,
     Trial,

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from .strategies import Evaluate, Evaluation, config_key
+from sbbench.autotune.strategies import Evaluate, Evaluation, config_key
 
 
 def cache_key(*, device: str, target: str, shape: dict, context: dict, config: dict,

@@ -2,7 +2,7 @@
 
 - :class:`MeasuredEvaluator`: builds the call for a config, checks its output against
   the reference first (a config that changes the result gets no time, MEASUREMENT.md),
-  then times it with the one timing wrapper (``sbbench.timing.time_fn``), spending
+  then times it with the one timing wrapper (``sbbench.measure.timing.time_fn``), spending
   ``budget_hint`` of the full warm-up and repetition budget.
 - :class:`SimulatedEvaluator`: replays recorded timings from a YAML / JSON / CSV table
   (KernelTuner's ``runners/simulation.py``), so strategies and pruning are tested on a
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import UserError
-from .strategies import Evaluation, config_key
+from sbbench.autotune.strategies import Evaluation, config_key
+from sbbench.core.errors import UserError
 
 # Absolute tolerance floor of the output check, as a multiple of max |reference|, by the
 # dtype the call accumulates in: a few units in the last place of a long dot product.
@@ -87,7 +87,7 @@ class MeasuredEvaluator:
         effort = min(1.0, max(budget_hint, 1e-3))
         timer = self._time_fn
         if timer is None:
-            from ..timing import time_fn as timer
+            from sbbench.measure.timing import time_fn as timer
         context = self.setup(config) if self.setup else contextlib.nullcontext()
         try:
             with context:

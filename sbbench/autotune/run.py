@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import tuned
-from ..errors import UserError
-from ..records import code_version, now_utc
-from ..tuned import ShapeBucket
-from .cache import TuneCache
-from .strategies import TuneOptions
-from .tuner import RUNNER_UP_WITHIN, BucketOutcome, merge_target, tune_case
+from sbbench import tuned
+from sbbench.autotune.cache import TuneCache
+from sbbench.autotune.strategies import TuneOptions
+from sbbench.autotune.tuner import RUNNER_UP_WITHIN, BucketOutcome, merge_target, tune_case
+from sbbench.core.errors import UserError
+from sbbench.core.record import code_version, now_utc
+from sbbench.tuned.table import ShapeBucket
 
 Progress = Callable[[str], None]
 
@@ -78,7 +78,7 @@ def _load_average() -> list[float] | None:
 
 def metadata(request: TuneRequest, *, source: str, load_before, torch_device: str) -> dict:
     """Who wrote the kernels section, when, on what, how (MEASUREMENT.md: record the state)."""
-    from ..telemetry import device_state, versions
+    from sbbench.measure.telemetry import device_state, versions
 
     meta = {
         "date": now_utc(),
@@ -165,7 +165,7 @@ def write_outcomes(request: TuneRequest, outcomes: list[BucketOutcome],
 def cpu_cases(request: TuneRequest):
     """(method, shape) pairs to tune, deduplicated (lsh ignores features, performer the
     bucket size) and without buckets as long as the sequence."""
-    from .cpu import CPU_METHODS, shape_for
+    from sbbench.autotune.torch_path import CPU_METHODS, shape_for
 
     for method in request.methods:
         if method not in CPU_METHODS:
@@ -189,7 +189,7 @@ def tune_cpu(request: TuneRequest, progress: Progress | None = None, *,
     """Tune chunk_elements and threads of the torch path per method and shape bucket."""
     import torch
 
-    from .cpu import CpuCase, cpu_space
+    from sbbench.autotune.torch_path import CpuCase, cpu_space
 
     pairs, skipped = cpu_cases(request)
     _notes(skipped, progress)
@@ -239,14 +239,14 @@ def _cpu_axes(request: TuneRequest) -> dict:
 def tune_gpu(request: TuneRequest, progress: Progress | None = None, *,
              write: bool = True) -> TuneReport:
     """Tune each kernel's tiles per shape bucket on the GPU (or replay recorded timings)."""
-    from .gpu import gpu_cases
+    from sbbench.autotune.triton_tiles import gpu_cases
 
     cache = _cache(request)
     version = code_version()
     cases, skipped = gpu_cases(request, cache=cache, code_version=version, progress=progress)
     _notes(skipped, progress)
     if request.dry_run:
-        from .pruning import prune
+        from sbbench.autotune.pruning import prune
 
         for case in cases:
             result = prune(case.space(), case.checks())

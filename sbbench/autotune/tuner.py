@@ -21,10 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..timing import quantile
-from .cache import CachedEvaluator, TuneCache
-from .pruning import PruneResult, prune
-from .strategies import (
+from sbbench.autotune.cache import CachedEvaluator, TuneCache
+from sbbench.autotune.pruning import PruneResult, prune
+from sbbench.autotune.strategies import (
     STRATEGIES,
     Evaluation,
     Trial,
@@ -33,6 +32,7 @@ from .strategies import (
     config_key,
     halving_schedule,
 )
+from sbbench.measure.timing import quantile
 
 RUNNER_UP_WITHIN = 0.03  # runner-ups: within 3% of the best median
 MAX_LISTED = 50  # pruned / rejected configs listed in the file per bucket (all are counted)

@@ -1,0 +1,7 @@
+"""``python -m sbbench``: the same as the ``sbbench`` command."""
+
+import sys
+
+from sbbench.cli.main import main
+
+sys.exit(main())

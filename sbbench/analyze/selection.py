@@ -1,0 +1,540 @@
+"""Budget selection from sweep results (layer 4): Pareto fronts, the cheapest budget per
+error target, and where exact attention is simply faster.
+
+Input: the DataFrame of ``records.Record`` rows (``Store.to_dataframe()``). Only measured
+rows with status ok, a time and an output error count; cost-model rows have no error.
+
+1. :func:`candidates`: one row per shape x candidate. A *shape* is (device, dtype,
+   causal, seq_len, head_dim, batch, heads); a *candidate* is (method, backend,
+   n_features, bucket_size, n_hashes, kernel_config). A store holding several code
+   versions of a point keeps the latest row. Measured on several input regimes, a
+   candidate's error is the worst regime's (a budget must meet its target on every
+   input measured) and its time the median over regimes. Exact attention's error
+   (float32 vs the float64 reference, ~1e-7) is kept; where missing it is 0.
+2. :func:`pareto_fronts`: per shape, the candidates no other candidate beats in every
+   objective: error and time (``on_front``), and error, time, peak memory and energy
+   where every candidate of the shape has them (``on_front_all``).
+3. :func:`cheapest_meeting`: per shape and error target (default 1%, 2%, 5%, 10%
+   relative output error) the fastest candidate whose error is <= the target. Exact
+   attention meets every target, so where it is the fastest it is the answer.
+4. :func:`exact_thresholds`: per shape family (all but seq_len), the sequence length
+   below which exact attention is simply faster than every approximation measured (and,
+   per target, faster than every approximation meeting it), with a log-log
+   interpolated crossover estimate.
+5. :func:`budget_entries`: the ``budgets:`` section of ``tuning_configs/<device>.yaml``
+   (``tuned.write_section``): one entry per (seq_len, head_dim, dtype, causal) and target.
+
+``sbbench select`` (cli_select.py) writes the entries and ``reports/<device>/budgets.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from sbbench.core.errors import UserError
+from sbbench.core.types import budget_label as types_budget_label
+
+DEFAULT_TARGETS = (0.01, 0.02, 0.05, 0.10)
+SHAPE = ["device", "dtype", "causal", "seq_len", "head_dim", "batch", "heads"]
+FAMILY = ["device", "dtype", "causal", "head_dim", "batch", "heads"]  # SHAPE but seq_len
+CANDIDATE = ["method", "backend", "n_features", "bucket_size", "n_hashes", "kernel_config"]
+OBJECTIVES = ["error", "time_ms", "memory_bytes", "energy_j"]
+METHOD_ORDER = {"exact": 0, "performer": 1, "lsh": 2, "scatterbrain": 3,
+                "scatterbrain_local": 4}
+
+
+# ---------------------------------------------------------------------------------------
+# Candidates
+# ---------------------------------------------------------------------------------------
+
+def candidates(frame: pd.DataFrame, *, device: str | None = None) -> pd.DataFrame:
+    """One row per shape x candidate with columns SHAPE + CANDIDATE + error, error_std,
+    time_ms, p20_ms, p80_ms, memory_bytes, energy_j, inputs, code_version, n_rows."""
+    columns = SHAPE + CANDIDATE + ["error", "error_std", "time_ms", "p20_ms", "p80_ms",
+                                   "memory_bytes", "energy_j", "inputs", "code_version",
+                                   "n_rows"]
+    if frame is None or frame.empty:
+        return pd.DataFrame(columns=columns)
+    rows = frame
+    if device is not None:
+        rows = rows[rows["device"] == device]
+    rows = rows[(rows["source"] == "measured") & (rows["status"] == "ok")
+                & rows["time_median_ms"].notna() & (rows["time_median_ms"] > 0)]
+    rows = rows.copy()
+    is_exact = rows["method"] == "exact"
+    rows.loc[is_exact & rows["error_mean"].isna(), "error_mean"] = 0.0
+    rows = rows[rows["error_mean"].notna()]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    # Several code versions of one point: keep the latest measurement.
+    point = SHAPE + CANDIDATE + ["inputs"]
+    rows = rows.sort_values("timestamp", kind="stable").drop_duplicates(point, keep="last")
+    memory = (rows["peak_memory_delta_bytes"] if "peak_memory_delta_bytes" in rows
+              else pd.Series(np.nan, index=rows.index))
+    rows = rows.assign(memory_bytes=pd.to_numeric(memory, errors="coerce"),
+                       energy_j=pd.to_numeric(rows["energy_j"], errors="coerce"))
+    out = []
+    for key, group in rows.groupby(SHAPE + CANDIDATE, sort=False, dropna=False):
+        worst = group.loc[group["error_mean"].idxmax()]
+        out.append(dict(
+            zip(SHAPE + CANDIDATE, key, strict=True),
+            error=float(worst["error_mean"]),
+            error_std=_float(worst["error_std"]),
+            time_ms=float(group["time_median_ms"].median()),
+            p20_ms=_float(group["time_p20_ms"].median()),
+            p80_ms=_float(group["time_p80_ms"].median()),
+            memory_bytes=_float(group["memory_bytes"].max()),
+            energy_j=_float(group["energy_j"].median()),
+            inputs=",".join(sorted(set(group["inputs"]))),
+            code_version=",".join(sorted(set(group["code_version"]))),
+            n_rows=len(group),
+        ))
+    result = pd.DataFrame(out, columns=columns)
+    result["causal"] = result["causal"].astype(bool)
+    return _sorted(result)
+
+
+def _float(value) -> float | None:
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    if frame.empty:
+        return frame
+    order = frame["method"].map(METHOD_ORDER).fillna(99)
+    return (frame.assign(_order=order)
+            .sort_values(SHAPE + ["_order", "n_features", "bucket_size", "n_hashes",
+                                  "backend"], kind="stable")
+            .drop(columns="_order").reset_index(drop=True))
+
+
+# ---------------------------------------------------------------------------------------
+# Pareto fronts
+# ---------------------------------------------------------------------------------------
+
+def pareto_mask(values) -> np.ndarray:
+    """values: [n, k] costs to minimise -> [n] bool, True where no other row is <= in
+    every column and < in at least one. Equal rows do not dominate each other."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2:
+        raise ValueError(f"values must be [n, k], got shape {values.shape}")
+    if np.isnan(values).any():
+        raise ValueError("pareto_mask: values contain NaN (drop the unmeasured objective)")
+    n = len(values)
+    keep = np.ones(n, dtype=bool)
+    for i in range(n):
+        no_worse = (values <= values[i]).all(axis=1)
+        better = (values < values[i]).any(axis=1)
+        if (no_worse & better).any():
+            keep[i] = False
+    return keep
+
+
+def measured_objectives(group: pd.DataFrame) -> list[str]:
+    """error and time always; memory and energy where every candidate has them."""
+    return [name for name in OBJECTIVES
+            if name in ("error", "time_ms") or group[name].notna().all()]
+
+
+def pareto_fronts(cands: pd.DataFrame) -> pd.DataFrame:
+    """``cands`` with two bool columns: ``on_front`` (error vs time) and ``on_front_all``
+    (error, time, and memory / energy where measured for the whole shape), and
+    ``front_objectives`` naming the objectives of the second."""
+    if cands.empty:
+        return cands.assign(on_front=pd.Series(dtype=bool), on_front_all=pd.Series(dtype=bool),
+                            front_objectives=pd.Series(dtype=str))
+    parts = []
+    for _, group in cands.groupby(SHAPE, sort=False, dropna=False):
+        objectives = measured_objectives(group)
+        parts.append(group.assign(
+            on_front=pareto_mask(group[["error", "time_ms"]].to_numpy()),
+            on_front_all=pareto_mask(group[objectives].to_numpy()),
+            front_objectives=",".join(objectives)))
+    return pd.concat(parts).sort_index()
+
+
+# ---------------------------------------------------------------------------------------
+# Error targets
+# ---------------------------------------------------------------------------------------
+
+def check_targets(targets) -> tuple[float, ...]:
+    values = tuple(sorted({float(t) for t in targets}))
+    if not values or any(not (0 < t and math.isfinite(t)) for t in values):
+        raise UserError(f"error targets must be numbers > 0, got {list(targets)}")
+    return values
+
+
+def parse_targets(text: str) -> tuple[float, ...]:
+    """"1%,2%,0.05" -> (0.01, 0.02, 0.05): percentages or fractions."""
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            values.append(float(part[:-1]) / 100 if part.endswith("%") else float(part))
+        except ValueError:
+            raise UserError(f"--targets: {part!r} is not a number or a percentage") from None
+    return check_targets(values)
+
+
+def cheapest_meeting(cands: pd.DataFrame, targets=DEFAULT_TARGETS) -> pd.DataFrame:
+    """Per shape and target: the fastest candidate with error <= target (ties: lower
+    error), with exact attention's time at that shape (``exact_time_ms``, NaN if not
+    measured) and ``met`` False where no candidate meets the target."""
+    targets = check_targets(targets)
+    rows = []
+    for key, group in cands.groupby(SHAPE, sort=False, dropna=False):
+        exact = group[group["method"] == "exact"]
+        exact_ms = float(exact["time_ms"].min()) if not exact.empty else math.nan
+        exact_error = float(exact["error"].min()) if not exact.empty else math.nan
+        for target in targets:
+            meeting = group[group["error"] <= target]
+            base = dict(zip(SHAPE, key, strict=True), max_error=target, exact_time_ms=exact_ms,
+                        exact_error=exact_error)
+            if meeting.empty:
+                rows.append({**base, "met": False})
+                continue
+            best = meeting.sort_values(["time_ms", "error"], kind="stable").iloc[0]
+            rows.append({**base, **{name: best[name] for name in CANDIDATE},
+                         "error": best["error"], "error_std": best["error_std"],
+                         "time_ms": best["time_ms"], "p20_ms": best["p20_ms"],
+                         "p80_ms": best["p80_ms"], "memory_bytes": best["memory_bytes"],
+                         "energy_j": best["energy_j"], "inputs": best["inputs"],
+                         "met": True})
+    columns = SHAPE + ["max_error", "met"] + CANDIDATE + [
+        "error", "error_std", "time_ms", "p20_ms", "p80_ms", "memory_bytes", "energy_j",
+        "inputs", "exact_time_ms", "exact_error"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ---------------------------------------------------------------------------------------
+# Where exact attention is faster
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Threshold:
+    """Exact vs the best approximation along seq_len, for one shape family.
+
+    ``exact_faster_below``: the shortest measured seq_len from which on an approximation
+    is faster at every longer measured length (exact is faster below it); None if exact
+    is faster at the longest length measured. ``crossover``: log-log interpolation of
+    where time(best approximation) / time(exact) crosses 1, between the last length
+    where exact wins and ``exact_faster_below``; None when exact never loses or wins.
+    ``monotone``: False when exact wins again above a length where it lost (noise, or a
+    real bump: the rows say which). A ratio is inf where no approximation qualifies.
+    """
+
+    family: dict
+    criterion: str  # "any budget" or "max_error <= x"
+    seq_lens: tuple[int, ...]
+    ratios: tuple[float | None, ...]  # best approximation / exact, per seq_len
+    exact_faster_below: int | None
+    crossover: float | None
+    monotone: bool
+
+    def describe(self) -> str:
+        if not self.seq_lens:
+            return "exact attention not measured in this family"
+        if all(math.isinf(r) for r in self.ratios):
+            return "no approximation qualifies at any measured length: exact"
+        longest, shortest = self.seq_lens[-1], self.seq_lens[0]
+        if self.exact_faster_below is None:
+            return f"exact is faster at every measured length (up to {longest})"
+        if self.exact_faster_below == shortest:
+            return f"an approximation is faster at every measured length (from {shortest})"
+        text = f"exact is faster below {self.exact_faster_below}"
+        if self.crossover is not None:
+            text += f" (crossover ~{self.crossover:.0f})"
+        if not self.monotone:
+            text += "; not monotone, see the ratios"
+        return text
+
+
+def threshold_along(seq_lens, exact_ms, approx_ms, *, family: dict | None = None,
+                    criterion: str = "any budget") -> Threshold:
+    """The Threshold of one family from per-length exact and best-approximation times.
+
+    A length without an exact time is left out; a length with exact but no qualifying
+    approximation (NaN/None: none measured, or none meets the target) counts as exact
+    being faster there (ratio inf).
+    """
+    points = []
+    for length, exact, approx in zip(seq_lens, exact_ms, approx_ms, strict=True):
+        if not (_finite(exact) and float(exact) > 0):
+            continue
+        ratio = float(approx) / float(exact) if _finite(approx) else math.inf
+        points.append((int(length), ratio))
+    points.sort()
+    lengths = tuple(p[0] for p in points)
+    ratios = tuple(p[1] for p in points)
+    if not points:
+        return Threshold(family or {}, criterion, (), (), None, None, True)
+    exact_wins = [r >= 1.0 for r in ratios]
+    below = None
+    for i in range(len(points) - 1, -1, -1):  # walk down from the longest length
+        if exact_wins[i]:
+            break
+        below = lengths[i]
+    monotone = all(not exact_wins[j] or all(exact_wins[:j]) for j in range(len(points)))
+    crossover = None
+    if below is not None and below != lengths[0]:
+        i = lengths.index(below)
+        (l0, r0), (l1, r1) = (lengths[i - 1], ratios[i - 1]), (lengths[i], ratios[i])
+        if math.isfinite(r0) and r0 > 0 and r1 > 0 and r0 != r1:
+            t = math.log(r0) / (math.log(r0) - math.log(r1))
+            crossover = math.exp(math.log(l0) + t * (math.log(l1) - math.log(l0)))
+    return Threshold(family or {}, criterion, lengths, ratios, below, crossover, monotone)
+
+
+def _finite(value) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def exact_thresholds(cands: pd.DataFrame, targets=DEFAULT_TARGETS) -> list[Threshold]:
+    """Per family: the Threshold against every approximation ("any budget"), and against
+    the approximations meeting each target."""
+    targets = check_targets(targets)
+    out = []
+    for key, group in cands.groupby(FAMILY, sort=False, dropna=False):
+        family = dict(zip(FAMILY, key, strict=True))
+        criteria = [("any budget", math.inf)] + [(f"max_error <= {t:g}", t) for t in targets]
+        for criterion, limit in criteria:
+            lengths, exact_ms, approx_ms = [], [], []
+            for length, at in group.groupby("seq_len"):
+                exact = at[at["method"] == "exact"]
+                approx = at[(at["method"] != "exact") & (at["error"] <= limit)]
+                lengths.append(length)
+                exact_ms.append(exact["time_ms"].min() if not exact.empty else math.nan)
+                approx_ms.append(approx["time_ms"].min() if not approx.empty else math.nan)
+            out.append(threshold_along(lengths, exact_ms, approx_ms, family=family,
+                                       criterion=criterion))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The budgets section
+# ---------------------------------------------------------------------------------------
+
+def representative_shapes(choices: pd.DataFrame) -> pd.DataFrame:
+    """The choices of one (batch, heads) per (device, dtype, causal, seq_len, head_dim):
+    the largest batch * heads measured (the run-time lookup is by seq_len and head_dim,
+    and times of different batch sizes must not compete)."""
+    if choices.empty:
+        return choices
+    keys = ["device", "dtype", "causal", "seq_len", "head_dim"]
+    size = choices["batch"] * choices["heads"]
+    largest = choices.assign(_size=size).groupby(keys, dropna=False)["_size"].transform("max")
+    chosen = choices[size == largest]
+    # Two (batch, heads) of one size (2x4 and 4x2): keep the first measured.
+    first = chosen.drop_duplicates(keys)[keys + ["batch", "heads"]]
+    return chosen.merge(first, on=keys + ["batch", "heads"]).reset_index(drop=True)
+
+
+def budget_entries(choices: pd.DataFrame) -> list[dict]:
+    """Entries for ``tuned.write_section(device, "budgets", entries)``: one per shape and
+    met target, in the schema of tuned.py (required keys, plus dtype, causal, batch,
+    heads, error_std, p20_ms, p80_ms, exact_error, memory_bytes, energy_j, inputs,
+    speedup where known)."""
+    entries = []
+    for row in representative_shapes(choices[choices["met"]]).itertuples(index=False):
+        method = row.method
+        exact_ms = _float(row.exact_time_ms)
+        entry = dict(seq_len=int(row.seq_len), head_dim=int(row.head_dim),
+                     max_error=float(row.max_error), method=str(method),
+                     n_features=int(row.n_features), bucket_size=int(row.bucket_size),
+                     n_hashes=int(row.n_hashes), error=_round(row.error),
+                     time_ms=_round(row.time_ms), exact_time_ms=_round(exact_ms),
+                     dtype=str(row.dtype), causal=bool(row.causal), batch=int(row.batch),
+                     heads=int(row.heads))
+        optional = dict(error_std=_float(row.error_std), p20_ms=_float(row.p20_ms),
+                        p80_ms=_float(row.p80_ms), exact_error=_float(row.exact_error),
+                        memory_bytes=_float(row.memory_bytes), energy_j=_float(row.energy_j))
+        for name, value in optional.items():
+            if value is not None and value >= 0:
+                entry[name] = int(value) if name == "memory_bytes" else _round(value)
+        entry["inputs"] = str(row.inputs)
+        if exact_ms:
+            entry["speedup"] = _round(exact_ms / float(row.time_ms))
+        entries.append(entry)
+    return entries
+
+
+def _round(value, digits: int = 6):
+    """Significant digits, so the YAML stays readable (None stays None)."""
+    value = _float(value)
+    if value is None or value == 0:
+        return value
+    return float(f"{value:.{digits}g}")
+
+
+# ---------------------------------------------------------------------------------------
+# Everything at once
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class Selection:
+    targets: tuple[float, ...]
+    candidates: pd.DataFrame
+    fronts: pd.DataFrame
+    choices: pd.DataFrame
+    thresholds: list[Threshold]
+    entries: list[dict]
+    notes: list[str] = field(default_factory=list)
+
+
+def select(frame: pd.DataFrame, *, device: str, targets=DEFAULT_TARGETS) -> Selection:
+    """Run the whole selection on the measured rows of ``device``; UserError if none."""
+    targets = check_targets(targets)
+    if frame is None or frame.empty or device not in set(frame["device"]):
+        present = sorted(set(frame["device"])) if frame is not None and not frame.empty else []
+        raise UserError(f"the store has no rows for device {device!r}"
+                        + (f"; it has: {', '.join(present)}" if present else "; it is empty")
+                        + " (run `sbbench sweep` first)")
+    cands = candidates(frame, device=device)
+    if cands.empty:
+        raise UserError(f"the store has no measured ok rows with a time and an error for "
+                        f"{device!r} (cost-model rows have no error: run a measured sweep)")
+    notes = []
+    no_exact = cands.groupby(SHAPE, dropna=False)["method"].apply(lambda m: "exact" not in set(m))
+    for key in no_exact[no_exact].index:
+        shape = dict(zip(SHAPE, key, strict=True))
+        notes.append(f"no exact row at {_shape_text(shape)}: exact_time_ms "
+                     f"is null there and exact cannot be chosen")
+    choices = cheapest_meeting(cands, targets)
+    for row in choices[~choices["met"]].itertuples(index=False):
+        notes.append(f"nothing measured meets max_error {row.max_error:g} at "
+                     f"{_shape_text(row._asdict())}")
+    return Selection(targets, cands, pareto_fronts(cands), choices,
+                     exact_thresholds(cands, targets), budget_entries(choices), notes)
+
+
+# ---------------------------------------------------------------------------------------
+# The readable table: reports/<device>/budgets.md
+# ---------------------------------------------------------------------------------------
+
+def budget_label(row) -> str:
+    """The budget's label plus its kernel config, if any."""
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    label = types_budget_label(row)
+    parts = [] if label == "-" else [label]
+    config = get("kernel_config")
+    if config:
+        try:
+            parts.append(" ".join(f"{k}={v}" for k, v in json.loads(config).items()))
+        except (json.JSONDecodeError, AttributeError):
+            parts.append(str(config))
+    return " ".join(parts) or "-"
+
+
+def _shape_text(row: dict) -> str:
+    causal = ", causal" if row.get("causal") else ""
+    return (f"seq_len {row['seq_len']}, head_dim {row['head_dim']}, {row['batch']}x"
+            f"{row['heads']}, {row['dtype']}{causal}")
+
+
+def _family_text(row: dict) -> str:
+    causal = ", causal" if row.get("causal") else ""
+    return f"head_dim {row['head_dim']}, {row['batch']}x{row['heads']}, {row['dtype']}{causal}"
+
+
+def _num(value, digits: int = 3, scale: float = 1.0) -> str:
+    value = _float(value)
+    return "" if value is None else f"{value * scale:.{digits}g}"
+
+
+def _pct(value) -> str:
+    value = _float(value)
+    return "" if value is None else f"{value * 100:.3g}%"
+
+
+def budgets_markdown(selection: Selection, *, device: str, command: str, date: str,
+                     store: str, tuning_file: str | None = None) -> str:
+    from tabulate import tabulate
+
+    cands = selection.candidates
+    versions = sorted({v for text in cands["code_version"] for v in text.split(",")})
+    lines = [f"# Budget selection: {device}", "",
+             f"- command: `{command}`", f"- date: {date}", f"- device: {device}",
+             f"- store: `{store}` ({int(cands['n_rows'].sum())} measured ok rows, "
+             f"{len(cands)} shape x budget candidates)",
+             f"- code versions: {', '.join(versions)}",
+             f"- error targets: {', '.join(_pct(t) for t in selection.targets)} relative "
+             f"Frobenius error of the output against exact attention (mean over seeds; the "
+             f"worst input regime where several were measured)"]
+    if tuning_file:
+        lines.append(f"- budgets section written to `{tuning_file}`")
+    lines += ["", "## Cheapest budget meeting each error target", "",
+              "Time is the median; exact attention meets every target (its error is "
+              "float32 rounding), so it is the answer where it is the fastest.", ""]
+    table = []
+    for row in selection.choices.itertuples(index=False):
+        if not row.met:
+            table.append([row.seq_len, row.head_dim, f"{row.batch}x{row.heads}", row.dtype,
+                          "yes" if row.causal else "", _pct(row.max_error), "(none)", "", "",
+                          "", _num(row.exact_time_ms), ""])
+            continue
+        speedup = (_num(row.exact_time_ms / row.time_ms)
+                   if _finite(row.exact_time_ms) else "")
+        method = row.method + ("" if row.backend == "torch" else f"/{row.backend}")
+        table.append([row.seq_len, row.head_dim, f"{row.batch}x{row.heads}", row.dtype,
+                      "yes" if row.causal else "", _pct(row.max_error), method,
+                      budget_label(row), _pct(row.error), _num(row.time_ms),
+                      _num(row.exact_time_ms), speedup])
+    lines.append(tabulate(table, headers=["seq_len", "head_dim", "b x h", "dtype", "causal",
+                                          "max error", "method", "budget", "error",
+                                          "time ms", "exact ms", "speedup"],
+                          tablefmt="github", disable_numparse=True))
+    lines += ["", "## Where exact attention is simply faster", "",
+              "Per shape family, along the measured sequence lengths: against every "
+              "approximation measured, and against those meeting each target. Ratios are "
+              "time(best approximation) / time(exact); > 1 means exact is faster.", ""]
+    table = []
+    for threshold in selection.thresholds:
+        ratios = " ".join(f"{length}:{ratio:.2f}" if math.isfinite(ratio) else f"{length}:-"
+                          for length, ratio
+                          in zip(threshold.seq_lens, threshold.ratios, strict=True))
+        table.append([_family_text(threshold.family), threshold.criterion,
+                      threshold.describe(), ratios])
+    lines.append(tabulate(table, headers=["family", "against", "threshold",
+                                          "ratio per seq_len"],
+                          tablefmt="github", disable_numparse=True))
+    lines += ["", "## Pareto fronts", "",
+              "Candidates no other candidate beats on error and time (front), and on "
+              "error, time, peak memory added by the call and energy where those were "
+              "measured for every candidate of the shape (front, all).", ""]
+    for key, group in selection.fronts.groupby(SHAPE, sort=False, dropna=False):
+        shape = dict(zip(SHAPE, key, strict=True))
+        front = group[group["on_front"] | group["on_front_all"]].sort_values("time_ms")
+        objectives = group["front_objectives"].iloc[0]
+        lines += [f"### {_shape_text(shape)}", "",
+                  f"{len(front)} of {len(group)} candidates on a front (all: "
+                  f"{objectives.replace('_ms', '').replace('_bytes', '').replace('_j', '')})",
+                  ""]
+        table = [[row.method + ("" if row.backend == "torch" else f"/{row.backend}"),
+                  budget_label(row), _pct(row.error), _num(row.time_ms),
+                  _num(row.memory_bytes, scale=1 / 2**20), _num(row.energy_j, scale=1e3),
+                  "yes" if row.on_front else "", "yes" if row.on_front_all else ""]
+                 for row in front.itertuples(index=False)]
+        lines.append(tabulate(table, headers=["method", "budget", "error", "time ms",
+                                              "peak +MiB", "energy mJ", "front",
+                                              "front, all"],
+                              tablefmt="github", disable_numparse=True))
+        lines.append("")
+    if selection.notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in selection.notes] + [""]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,192 @@
+"""``sbbench accuracy``: the accuracy study from the command line (parsing only).
+
+Flags are read as text and checked here, so a bad value ends in one line
+(``UserError``) rather than argparse's usage block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+from sbbench.core.errors import UserError
+
+_DESCRIPTION = """\
+Accuracy study (the Scatterbrain paper's regime experiment): sweep the softmax
+temperature of seeded synthetic q, k (i.i.d. gaussian and clustered) from near-uniform
+to near one-hot attention, and report the relative Frobenius error of Performer (all
+low-rank), LSH (all sparse) and Scatterbrain (split) against exact float64 attention at
+one attention-memory budget per query, with oracles at the same budget, the share of
+attention mass the hash buckets catch, the ratio Scatterbrain / better baseline per
+regime, and the best split of the budget where Scatterbrain loses. Writes a report
+(README.md), markdown tables, CSV files and a plot into --out."""
+
+_EPILOG = """\
+examples:
+  sbbench accuracy                            default study (a few minutes on a 2-core CPU)
+  sbbench accuracy --quick --out /tmp/acc     tiny smoke run (seconds)
+  sbbench accuracy --seq-len 512 --budget 16 --seeds 5
+  sbbench accuracy --temperatures 0.5,2,8 --kinds clustered --hashes 2
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "accuracy",
+        help="error of Performer / LSH / Scatterbrain vs exact attention across softmax "
+             "temperatures (writes a report)",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", default="reports/accuracy", metavar="DIR",
+                        help="output folder (default: reports/accuracy)")
+    parser.add_argument("--seq-len", metavar="N", help="sequence length (default 1024)")
+    parser.add_argument("--head-dim", metavar="D", help="head dimension (default 64)")
+    parser.add_argument("--heads", metavar="H", help="attention heads (default 4)")
+    parser.add_argument("--budget", metavar="B",
+                        help="attention memory per query, features + bucket_size * hashes "
+                             "(default seq_len / 16)")
+    parser.add_argument("--hashes", metavar="R",
+                        help="hash rounds of LSH and Scatterbrain (default 1)")
+    parser.add_argument("--seeds", metavar="N", help="number of seeds, 0 .. N-1 (default 3)")
+    parser.add_argument("--temperatures", metavar="T,T,...",
+                        help="softmax temperatures, > 0 (default 0.25,0.5,1,2,4,8)")
+    parser.add_argument("--kinds", metavar="KIND,...",
+                        help="input kinds: gaussian, clustered (default both)")
+    parser.add_argument("--clusters", metavar="C", help="clusters of the clustered kind "
+                                                        "(default 8)")
+    parser.add_argument("--no-oracles", action="store_true",
+                        help="skip the oracle approximations")
+    parser.add_argument("--no-split-sweep", action="store_true",
+                        help="skip the split sweep where Scatterbrain loses")
+    parser.add_argument("--threads", metavar="N", default="1",
+                        help="torch CPU threads (default 1: fastest on a shared machine; "
+                             "results change only by rounding)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny run (seq 128, head_dim 32, 2 heads, 2 seeds, 3 "
+                             "temperatures); explicit flags still apply")
+    parser.set_defaults(func=run)
+
+
+def _int(flag: str, text: str | None, minimum: int) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"{flag} must be an integer >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise UserError(f"{flag} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def _floats(flag: str, text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"{flag} must be comma-separated numbers > 0, got {text!r}") from None
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise UserError(f"{flag} must be comma-separated numbers > 0, got {text!r}")
+    return tuple(dict.fromkeys(values))
+
+
+def _kinds(text: str | None) -> tuple[str, ...] | None:
+    from sbbench.measure.inputs import KINDS
+
+    if text is None:
+        return None
+    kinds = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    bad = [k for k in kinds if k not in KINDS]
+    if not kinds or bad:
+        raise UserError(f"--kinds must be a comma-separated subset of {', '.join(KINDS)}, "
+                        f"got {text!r}")
+    return kinds
+
+
+def build_config(args: argparse.Namespace):
+    """The StudyConfig the flags ask for (UserError on bad values)."""
+    from sbbench.study.accuracy import QUICK, StudyConfig, with_overrides
+
+    base = QUICK if args.quick else StudyConfig()
+    seq_len = _int("--seq-len", args.seq_len, 8)
+    budget = _int("--budget", args.budget, 4)
+    if budget is None and seq_len is not None:  # keep the base's share of the sequence
+        budget = max(4, round(seq_len * base.budget / base.seq_len))
+    seeds = _int("--seeds", args.seeds, 1)
+    changes = dict(
+        seq_len=seq_len, budget=budget,
+        head_dim=_int("--head-dim", args.head_dim, 1),
+        heads=_int("--heads", args.heads, 1),
+        n_hashes=_int("--hashes", args.hashes, 1),
+        seeds=None if seeds is None else tuple(range(seeds)),
+        temperatures=_floats("--temperatures", args.temperatures),
+        kinds=_kinds(args.kinds),
+        n_clusters=_int("--clusters", args.clusters, 1),
+        oracles=False if args.no_oracles else None,
+        split_sweep=False if args.no_split_sweep else None,
+    )
+    try:
+        return with_overrides(base, **changes)
+    except ValueError as err:
+        raise UserError(str(err).replace("seq_len", "--seq-len").replace(
+            "budget", "--budget")) from None
+
+
+def command_line(config, out: str, threads: int) -> str:
+    """An explicit command that reproduces ``config`` (every flag spelled out)."""
+    parts = ["sbbench accuracy", f"--out {out}", f"--seq-len {config.seq_len}",
+             f"--head-dim {config.head_dim}", f"--heads {config.heads}",
+             f"--budget {config.budget}", f"--hashes {config.n_hashes}",
+             f"--seeds {len(config.seeds)}",
+             "--temperatures " + ",".join(f"{t:g}" for t in config.temperatures),
+             "--kinds " + ",".join(config.kinds), f"--clusters {config.n_clusters}"]
+    if not config.oracles:
+        parts.append("--no-oracles")
+    if not config.split_sweep:
+        parts.append("--no-split-sweep")
+    parts.append(f"--threads {threads}")
+    return " ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from sbbench.study.accuracy import run_study
+    from sbbench.study.report import write_outputs
+
+    config = build_config(args)
+    threads = _int("--threads", args.threads, 1)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".sbbench-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write to --out {args.out}: {err.strerror or err}") from None
+    torch.set_num_threads(threads)
+    command = command_line(config, args.out, threads)
+    started = time.perf_counter()
+
+    def progress(message: str) -> None:
+        print(f"sbbench accuracy: {time.perf_counter() - started:6.1f} s  {message}",
+              file=sys.stderr, flush=True)
+
+    settings = len(config.kinds) * len(config.temperatures) * len(config.seeds)
+    progress(f"{settings} settings (kind x temperature x seed), seq {config.seq_len}, "
+             f"budget {config.budget}; writing to {out}")
+    result = run_study(config, progress=progress)
+    paths = write_outputs(result, out, command=command)
+    ratios = result.ratios
+    for _, r in ratios.iterrows():
+        print(f"{r['kind']:>9}  T={r['temperature']:<5g} entropy {r['entropy']:5.2f}  "
+              f"scatterbrain / {r['best_baseline']:<9} = {r['ratio']:.2f}")
+    print(f"report: {paths['report']}  (tables {paths['markdown'].name}, "
+          f"{paths['summary'].name}; plot {paths['plot'].name})")
+    return 0

@@ -1,0 +1,106 @@
+"""``sbbench check``: compare a current result set with a baseline; exit 1 on regression."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sbbench.core.errors import UserError
+
+_DESCRIPTION = """\
+Compare a current result set with a baseline on the same points (the result key without
+the code version). A time regression is flagged only when the median grew by more than
+the factor AND a one-sided Mann-Whitney U test on the samples is significant (p < alpha).
+Accuracy drift (the output error against exact attention) is flagged when the error
+moved by more than its factor and by more than --error-atol; a larger error fails the
+check. A point that failed now, or vanished, fails it too.
+
+On CPU and CI result sets, times are compared as ratios measured in the same run (each
+time divided by the calibration kernel's, paired round by round when sampled
+interleaved, or by exact attention's at the same shape), so a uniformly slower machine
+is not a regression. Result sets: an SQLite results store or a JSON file written by
+`python -m sbbench.sweep.ci_bench`.
+
+exit status: 0 no regression, 1 regression, 2 usage error."""
+
+_EPILOG = """\
+examples:
+  python -m sbbench.sweep.ci_bench --out ci-current.json
+  sbbench check --baseline benchmarks/baseline_cpu.json --current ci-current.json
+  sbbench check --baseline benchmarks/baseline_cpu.json --current ci-1.json \
+      --current ci-2.json                      a regression must show in both runs
+  sbbench check --baseline old.sqlite --current new.sqlite --mode absolute \\
+      --metric-factor time=1.05,error=1.5
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "check", help="performance regression check of a result set against a baseline",
+        description=_DESCRIPTION, epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", required=True, metavar="PATH",
+                        help="baseline result set (JSON or SQLite store)")
+    parser.add_argument("--current", required=True, metavar="PATH", action="append",
+                        help="current result set (JSON or SQLite store); repeat it for "
+                             "confirmation runs: a regression must then fail in every one")
+    parser.add_argument("--factor", type=float, default=1.10, metavar="F",
+                        help="smallest change that counts, for every metric (default 1.10)")
+    parser.add_argument("--metric-factor", default=None, metavar="M=F,...",
+                        help="per-metric factors overriding --factor: time, error, memory, "
+                             "energy (e.g. time=1.1,error=1.2)")
+    parser.add_argument("--alpha", type=float, default=0.01,
+                        help="significance level of the one-sided Mann-Whitney U test "
+                             "(default 0.01)")
+    parser.add_argument("--mode", choices=("auto", "ratio", "absolute"), default="auto",
+                        help="compare times as ratios to a reference measured in the same "
+                             "run, or as absolute times; auto: ratio for CPU/CI sets "
+                             "(default: auto)")
+    parser.add_argument("--reference", choices=("auto", "calibration", "exact"),
+                        default="auto",
+                        help="ratio mode's reference; auto: the calibration kernel where "
+                             "both sets have one, else exact attention at the same shape")
+    parser.add_argument("--error-atol", type=float, default=None, metavar="E",
+                        help="changes of the relative output error below this are noise "
+                             "(default 1e-4)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="a baseline point missing from the current set is not a failure")
+    parser.add_argument("--only-changes", action="store_true",
+                        help="print only the rows that are not ok")
+    parser.set_defaults(func=run_check_command)
+
+
+def run_check_command(args) -> int:
+    from sbbench.analyze.regress import (
+        ERROR_ATOL,
+        compare,
+        confirm,
+        format_table,
+        load_result_set,
+        parse_metric_factors,
+        summary_line,
+    )
+
+    factors = parse_metric_factors(args.metric_factor, default=args.factor)
+    error_atol = ERROR_ATOL if args.error_atol is None else args.error_atol
+    if error_atol < 0:
+        raise UserError(f"--error-atol must be >= 0, got {error_atol}")
+    baseline = load_result_set(args.baseline)
+    currents = [load_result_set(path) for path in args.current]
+    result = confirm([compare(baseline, current, factors=factors, alpha=args.alpha,
+                              mode=args.mode, reference=args.reference,
+                              error_atol=error_atol, allow_missing=args.allow_missing)
+                      for current in currents])
+    for results in (baseline, *currents):
+        if results.meta.get("dropped_fields"):
+            print(f"sbbench check: note: {results.label}: columns this sbbench does not "
+                  f"know were ignored: {', '.join(results.meta['dropped_fields'])}",
+                  file=sys.stderr)
+        injected = results.meta.get("inject_slowdown")
+        if injected not in (None, 1, 1.0):
+            print(f"sbbench check: note: {results.label} was run with an injected slowdown "
+                  f"x{injected:g}", file=sys.stderr)
+    print(f"sbbench check: baseline {args.baseline}, current {', '.join(args.current)}")
+    print(format_table(result, show_all=not args.only_changes))
+    print(summary_line(result))
+    return 0 if result.ok else 1

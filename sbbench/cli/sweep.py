@@ -1,0 +1,208 @@
+"""``sbbench sweep``: measure a grid of points on one device into a results store."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from sbbench.core.errors import UserError
+from sbbench.core.types import budget_label
+from sbbench.sweep.executors import add_executor_arguments, executor_words
+from sbbench.sweep.grid import OVERRIDE_FLAGS, apply_overrides, expand, load_grid, shipped_grids
+
+DEFAULT_STORE = "sbbench-results.sqlite"
+
+_DESCRIPTION = """\
+Sweep sequence length, head dimension, methods and approximation budgets (random
+features, bucket size, hash rounds) on one device. Every point is checked against exact
+attention first (output error over seeds), then timed (median, p20/p80, all samples),
+with its peak memory, energy where NVML is available, and modeled FLOPs/bytes/roofline.
+Each row is committed as it is measured: an interrupted sweep keeps its rows, and
+running the same command again skips the points already in the store."""
+
+_EPILOG = """\
+examples:
+  sbbench sweep --gpu cpu --grid quick
+      the small CPU grid (a few minutes on 2 cores), into sbbench-results.sqlite
+  sbbench sweep --gpu cpu --grid quick --report
+      ... and write reports/cpu/ afterwards
+  sbbench sweep --gpu h100-sxm --grid full --seq-len 1024,4096 --features 64,128
+      the full grid on an H100, with two axes overridden
+  sbbench sweep --gpu a100-80gb --grid full --model-only
+      predict every point from the cost model (rows marked source=modeled)
+  sbbench sweep --gpu cpu --grid quick --dry-run
+      list the points and their modeled cost; measure nothing
+  sbbench sweep --gpu cpu --grid my_grid.yaml --redo failed
+      a grid file of your own; run failed/oom points again
+  sbbench sweep --executor ray --address auto --gpu a100-80gb,h100-sxm --grid full
+      one sweep across a Ray cluster, every listed GPU type at once, into one store
+
+grid axes (YAML keys; a flag replaces the grid's list):
+  seq_len head_dim batch heads dtype causal methods backends features bucket_size
+  hashes seeds inputs temperature warmup_ms rep_ms
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sweep", help="measure a grid of methods and budgets on one device",
+        description=_DESCRIPTION, epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", default="auto", metavar="NAME",
+                        help="device profile (see `sbbench devices`): cpu, a100-80gb, "
+                             "h100-sxm, ...; auto detects (default: auto); with --executor "
+                             "ray a comma-separated list, e.g. a100-80gb,h100-sxm")
+    parser.add_argument("--grid", default="quick", metavar="NAME|FILE",
+                        help=f"a shipped grid ({', '.join(shipped_grids())}) or a YAML "
+                             f"file (default: quick)")
+    parser.add_argument("--store", default=DEFAULT_STORE, metavar="PATH",
+                        help=f"SQLite results store (default: {DEFAULT_STORE})")
+    axes = parser.add_argument_group("axis overrides (comma-separated; replace the grid's)")
+    helps = {
+        "seq-len": "sequence lengths, e.g. 1024,4096", "head-dim": "head dimensions",
+        "batch": "batch sizes", "heads": "head counts",
+        "dtype": "float32, float16, bfloat16, float64", "causal": "true,false",
+        "methods": "exact, performer, lsh, scatterbrain, scatterbrain_local",
+        "backends": "torch, triton", "features": "random features (even), e.g. 64,128",
+        "bucket-size": "LSH bucket / local block sizes, e.g. 32,64",
+        "hashes": "hash rounds, e.g. 1,2", "seeds": "number of seeds for accuracy",
+        "inputs": "synthetic input kind: gaussian or clustered",
+        "temperature": "softmax temperature of the inputs",
+        "warmup-ms": "warm-up time budget per point", "rep-ms": "timing budget per point",
+    }
+    for flag in OVERRIDE_FLAGS:
+        axes.add_argument(f"--{flag}", metavar="V", default=None, help=helps[flag])
+    run = parser.add_argument_group("what to do")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list the points with their modeled cost and exit")
+    run.add_argument("--model-only", action="store_true",
+                     help="predict every point from the cost model (no measurement; "
+                          "works for a device that is not here); rows: source=modeled")
+    run.add_argument("--redo", choices=("none", "failed", "all"), default="none",
+                     help="measure points already in the store again: failed (failed/oom "
+                          "rows) or all; rows are replaced (default: none, resume)")
+    run.add_argument("--no-memory", action="store_true",
+                     help="skip the peak-memory measurement (CPU: one child process per point)")
+    run.add_argument("--no-energy", action="store_true",
+                     help="skip the >= 1 s energy window per point (GPU with NVML)")
+    run.add_argument("--threads", type=int, default=0, metavar="N",
+                     help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    run.add_argument("--report", action="store_true",
+                     help="write the report of the store after the sweep")
+    run.add_argument("--report-out", default="reports", metavar="DIR",
+                     help="where --report writes (default: reports)")
+    add_executor_arguments(parser)
+    parser.set_defaults(func=run_sweep_command)
+
+
+def command_line(args) -> str:
+    """The sweep as a canonical command (recorded in the store and the report)."""
+    words = ["sbbench", "sweep", "--gpu", args.gpu, "--grid", args.grid, "--store", args.store]
+    for flag in OVERRIDE_FLAGS:
+        value = getattr(args, flag.replace("-", "_"))
+        if value is not None:
+            words += [f"--{flag}", value]
+    for name in ("dry_run", "model_only", "no_memory", "no_energy"):
+        if getattr(args, name):
+            words.append("--" + name.replace("_", "-"))
+    if args.threads:
+        words += ["--threads", str(args.threads)]
+    if args.redo != "none":
+        words += ["--redo", args.redo]
+    words += executor_words(args)
+    return shlex.join(words)
+
+
+def run_sweep_command(args) -> int:
+    from sbbench.sweep.executors import executor_from_args, resolve_targets
+    from sbbench.sweep.runner import Settings
+    from sbbench.sweep.store import Store
+
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {args.threads}")
+    grid = load_grid(args.grid)
+    grid = apply_overrides(grid, {flag: getattr(args, flag.replace("-", "_"))
+                                  for flag in OVERRIDE_FLAGS})
+    expansion = expand(grid)
+    if not expansion.points:
+        raise UserError(f"grid {grid.name} has no points after overrides"
+                        + (f" ({'; '.join(expansion.dropped)})" if expansion.dropped else ""))
+    executor = executor_from_args(args)
+    template = Settings(
+        device="", seeds=grid.seeds, input_kind=grid.inputs, temperature=grid.temperature,
+        warmup_ms=grid.warmup_ms, rep_ms=grid.rep_ms,
+        measure_memory=not args.no_memory, measure_energy=not args.no_energy,
+        num_threads=args.threads)
+    # A dry run measures nothing, so it never needs the device to be here. Locally the
+    # device must be this machine's (the cpu profile's peaks are measured here); on Ray
+    # each worker checks its own device and measures its own CPU.
+    targets = resolve_targets(args.gpu, template, remote=args.executor == "ray",
+                              model_only=args.model_only or args.dry_run)
+    command = command_line(args)
+    if args.dry_run:
+        print("\n\n".join(dry_run_text(expansion, target.settings, target.spec,
+                                        Path(args.store), args.model_only)
+                           for target in targets))
+        return 0
+    names = ", ".join(target.spec.name for target in targets)
+    print(f"sbbench sweep: {len(expansion.points)} points of grid {grid.name} on {names}"
+          f" -> {args.store}" + (" (model only)" if args.model_only else "")
+          + (f" via {executor.name}" if executor.name != "local" else ""), file=sys.stderr)
+    for note in expansion.dropped:
+        print(f"sbbench sweep: note: {note}", file=sys.stderr)
+    with Store(args.store) as store, executor:
+        summary = executor.run_sweep(expansion.points, targets, store,
+                                     model_only=args.model_only, redo=args.redo,
+                                     progress=not args.no_progress, command=command)
+    print(f"sbbench sweep: {summary.line()}", file=sys.stderr)
+    if args.report:
+        from sbbench.analyze.report import write_report
+
+        for path in write_report(args.store, args.report_out, command=command,
+                                 devices=[target.spec.name for target in targets]):
+            print(f"sbbench sweep: report written to {path}/", file=sys.stderr)
+    return 0
+
+
+def dry_run_text(expansion, settings, spec, store_path: Path, model_only: bool) -> str:
+    from tabulate import tabulate
+
+    from sbbench.measure import costmodel
+    from sbbench.sweep.runner import estimate_seconds, point_key
+    from sbbench.sweep.store import Store
+
+    done: set = set()
+    if store_path.is_file():
+        with Store(store_path, readonly=True) as store:
+            done = store.done_keys()
+    source = "modeled" if model_only else "measured"
+    table, todo = [], []
+    for number, point in enumerate(expansion.points, 1):
+        p, b = point.problem, point.budget
+        roofline = costmodel.roofline_time_s(p, b, spec)
+        in_store = point_key(point, settings, source) in done
+        if not in_store:
+            todo.append(point)
+        table.append([
+            number, b.method, point.backend, budget_label(b), p.seq_len, p.head_dim,
+            f"{p.batch}x{p.heads}", p.dtype, "yes" if p.causal else "",
+            f"{costmodel.flops(p, b) / 1e9:.3g}", f"{costmodel.bytes_moved(p, b) / 2**20:.3g}",
+            f"{costmodel.working_set_bytes(p, b) / 2**20:.3g}",
+            f"{roofline * 1e3:.3g}" if roofline is not None else "",
+            "yes" if in_store else ""])
+    headers = ["#", "method", "backend", "budget", "seq_len", "head_dim", "b x h", "dtype",
+               "causal", "GFLOP", "MiB moved", "working set MiB", f"roofline ms ({spec.name})",
+               "in store"]
+    lines = [tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True), ""]
+    lines.append(f"{len(expansion.points)} points, {len(expansion.points) - len(todo)} already "
+                 f"in {store_path}; {len(todo)} to run")
+    for note in expansion.dropped:
+        lines.append(f"note: {note}")
+    if not model_only and todo:
+        lines.append(f"rough time to measure: ~{estimate_seconds(todo, settings) / 60:.1f} min "
+                     f"(time budgets and seeds only; large sizes take longer)")
+    return "\n".join(lines)
+

@@ -1,0 +1,135 @@
+"""One dataclass is the table schema (STYLE.md 11): a ``Record`` is one row of results.
+
+Field order is column order, in the store, the DataFrame, the CSV and the reports. The
+first fields (up to ``source``) are the key: a point is measured once per key, and a
+rerun of a sweep skips the keys already in the store. Everything after the key is a
+result. Units are in the names (``_ms``, ``_bytes``, ``_j``, ``_w``); a value that was not
+measured is ``None`` (SQL NULL), never a made-up number.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sbbench import __version__
+from sbbench.measure.telemetry import git_revision as telemetry_git_revision
+
+STATUSES = ("ok", "failed", "oom", "skipped")
+SOURCES = ("measured", "modeled")
+
+
+@dataclass
+class Record:
+    """One benchmark point: its key (device ... source) and everything measured about it."""
+
+    # --- key -------------------------------------------------------------------------
+    device: str  # device profile name from the registry ("cpu", "h100-sxm", ...)
+    method: str  # exact | performer | lsh | scatterbrain | scatterbrain_local
+    backend: str  # torch | triton
+    seq_len: int
+    head_dim: int
+    batch: int
+    heads: int
+    dtype: str
+    causal: bool
+    n_features: int  # 0 if the method has no low-rank part
+    bucket_size: int  # 0 if the method has no sparse part
+    n_hashes: int  # 0 if the method has no sparse part
+    kernel_config: str  # JSON of the kernel's tile sizes; "" = the backend's default
+    inputs: str  # synthetic input regime, e.g. "clustered:t=1" (accuracy depends on it)
+    code_version: str  # sbbench version + git revision: new code, new rows
+    source: str  # measured | modeled (cost model only); never mixed silently
+    # --- outcome ---------------------------------------------------------------------
+    status: str = "ok"  # ok | failed | oom | skipped
+    reason: str = ""  # why a point failed or was skipped; notes on an ok point
+    timed_region: str = ""  # what the timed closure contains (setup is outside unless said)
+    # --- time ------------------------------------------------------------------------
+    time_median_ms: float | None = None
+    time_p20_ms: float | None = None
+    time_p80_ms: float | None = None
+    time_samples_ms: list[float] = field(default_factory=list)  # every sample, untrimmed
+    n_warmup: int | None = None  # calls before the first sample (first call included)
+    first_call_ms: float | None = None  # the first call alone (compilation, autotuning)
+    timer: str = ""  # perf_counter_ns | cuda_event | roofline (modeled)
+    l2_flushed: bool | None = None
+    # --- memory ----------------------------------------------------------------------
+    peak_memory_bytes: int | None = None  # CUDA allocator peak / child-process peak RSS
+    baseline_memory_bytes: int | None = None  # same counter just before the call
+    peak_memory_delta_bytes: int | None = None  # peak - baseline: what the call added
+    memory_method: str = ""  # cuda_max_memory_allocated | child_peak_rss | ...
+    working_set_bytes: int | None = None  # modeled (costmodel.working_set_bytes)
+    # --- work and roofline -----------------------------------------------------------
+    flops: float | None = None  # modeled (costmodel.flops)
+    bytes_moved: float | None = None  # modeled (costmodel.bytes_moved)
+    achieved_flops_per_s: float | None = None
+    achieved_bytes_per_s: float | None = None
+    roofline_time_ms: float | None = None  # modeled lower bound on this device
+    roofline_fraction: float | None = None  # roofline_time / measured time
+    speedup_vs_exact: float | None = None  # exact's median / this median, same shape
+    # --- energy ----------------------------------------------------------------------
+    energy_j: float | None = None  # per call
+    avg_power_w: float | None = None
+    max_power_w: float | None = None
+    telemetry: str = ""  # "nvml", "unavailable: <reason>", window warnings
+    # --- accuracy (against exact attention on the same inputs) -------------------------
+    error_mean: float | None = None  # relative Frobenius error of the output
+    error_std: float | None = None
+    attn_error_mean: float | None = None  # of the attention matrix, where it fits
+    attn_error_std: float | None = None
+    reference_dtype: str = ""  # float64, or float32 on large sizes
+    n_seeds: int = 0
+    # --- provenance ------------------------------------------------------------------
+    device_state: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    git_revision: str = ""
+    timestamp: str = ""
+
+    def key(self) -> tuple:
+        return tuple(getattr(self, name) for name in KEY_FIELDS)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict) -> Record:
+        """Build from a dict (a store row, a worker's JSON); unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(row) - names)
+        if unknown:
+            raise ValueError(f"unknown Record fields: {', '.join(unknown)}")
+        return cls(**row)
+
+
+KEY_FIELDS: tuple[str, ...] = (
+    "device", "method", "backend", "seq_len", "head_dim", "batch", "heads", "dtype",
+    "causal", "n_features", "bucket_size", "n_hashes", "kernel_config", "inputs",
+    "code_version", "source",
+)
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Record))
+# Columns held as JSON text in the store (lists and dicts).
+JSON_FIELDS: tuple[str, ...] = ("time_samples_ms", "device_state", "versions")
+
+assert COLUMNS[: len(KEY_FIELDS)] == KEY_FIELDS, "key fields must come first, in order"
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def git_revision(repo_dir: str | Path | None = None) -> str:
+    """Short commit of the sbbench checkout ("+dirty" if tracked files changed);
+    "unknown" outside a git checkout (an installed wheel)."""
+    return telemetry_git_revision(repo_dir) or "unknown"
+
+
+def code_version(revision: str | None = None) -> str:
+    """The code part of the key: a changed checkout measures its points again."""
+    return f"{__version__}+{revision if revision is not None else git_revision()}"
+
+
+def dumps(value) -> str:
+    """Stable JSON for the store (sorted keys, so equal dicts give equal text)."""
+    return json.dumps(value, sort_keys=True, default=str)

@@ -1,0 +1,118 @@
+"""Seeded synthetic attention inputs with a controlled softmax temperature (layer 2).
+
+Shared by the benchmark harness and the accuracy study, so one seed means the same
+tensors everywhere. Random i.i.d. Gaussians alone flatter or punish methods
+unrealistically (MEASUREMENT.md, Accuracy), hence the ``"clustered"`` kind: keys and
+queries with structure that hashing can find and that is close to low rank.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+
+from sbbench.core.types import Problem
+
+KINDS = ("gaussian", "clustered")
+
+# Clustered inputs: share of each coordinate's variance that is noise around the centre
+# (the rest is the centre). 0.5 keeps same-cluster pairs clearly above the others
+# without making every cluster a single point.
+CLUSTER_NOISE = 0.5
+
+_TORCH_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def _non_negative_int(name: str, value) -> int:
+    """An int (or numpy integer) >= 0, else ValueError naming ``name``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value}")
+    return value
+
+
+def make_qkv(
+    problem: Problem,
+    *,
+    seed: int,
+    kind: str = "gaussian",
+    temperature: float = 1.0,
+    n_clusters: int = 8,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded q, k, v: three [batch, heads, seq, head_dim] tensors in ``problem.dtype``.
+
+    The generator, exactly. Every draw is float64 on a CPU ``torch.Generator`` seeded with
+    ``seed``, in the order listed; the tensors are then scaled, cast to ``problem.dtype``
+    and moved to ``device`` (so one seed gives the same inputs on every device). Shapes:
+    ``S = [batch, heads, seq_len, head_dim]``, ``d = head_dim``.
+
+    - ``"gaussian"``: ``x_q ~ N(0, 1)^S``, ``x_k ~ N(0, 1)^S``, ``v ~ N(0, 1)^S``, i.i.d.
+    - ``"clustered"``: centres ``c ~ N(0, 1)^[batch, heads, n_clusters, d]``; then one
+      cluster per position ``z ~ Uniform{0, ..., n_clusters - 1}^[batch, heads, seq_len]``
+      (shared by the query and the key of that position, drawn with ``torch.randint``);
+      then noises ``e_q ~ N(0, 1)^S``, ``e_k ~ N(0, 1)^S``; then ``v ~ N(0, 1)^S``;
+      ``x_q = sqrt(1 - s) c[z] + sqrt(s) e_q``, ``x_k = sqrt(1 - s) c[z] + sqrt(s) e_k``
+      with ``s = CLUSTER_NOISE = 0.5``.
+
+    In both kinds every coordinate of ``x_q`` and ``x_k`` has unit variance, and
+
+        q = sqrt(temperature) * x_q,   k = sqrt(temperature) * x_k,
+
+    so the logits of attention with the default scale ``tau = 1 / sqrt(d)`` are
+    ``tau q.k = temperature * x_q.x_k / sqrt(d)``: ``temperature`` multiplies them. Small
+    temperature -> near-uniform softmax rows, large -> near one-hot. For ``"gaussian"``
+    ``x_q.x_k / sqrt(d)`` has mean 0 and variance 1, so ``temperature`` is the logits'
+    standard deviation. For ``"clustered"`` a same-cluster pair has mean logit about
+    ``temperature * (1 - s) * sqrt(d)`` and a cross-cluster pair mean 0: each query's mass
+    goes first to its cluster, and at large temperature to a few keys inside it.
+    ``v`` is i.i.d. standard normal in both kinds and does not depend on ``temperature``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    seed = _non_negative_int("seed", seed)
+    n_clusters = _non_negative_int("n_clusters", n_clusters)
+    if n_clusters < 1:
+        raise ValueError(f"n_clusters must be an int >= 1, got {n_clusters}")
+    try:
+        value = float(temperature)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(temperature, bool) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    temperature = value
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    shape = (problem.batch, problem.heads, problem.seq_len, problem.head_dim)
+    f64 = torch.float64
+    if kind == "gaussian":
+        x_q = torch.randn(shape, generator=gen, dtype=f64)
+        x_k = torch.randn(shape, generator=gen, dtype=f64)
+        v = torch.randn(shape, generator=gen, dtype=f64)
+    else:
+        centres = torch.randn(problem.batch, problem.heads, n_clusters, problem.head_dim,
+                              generator=gen, dtype=f64)
+        z = torch.randint(0, n_clusters, shape[:3], generator=gen)
+        # [b, h, C, d] gathered at z -> [b, h, seq, d]: the centre of every position
+        centre = torch.gather(centres, 2, z[..., None].expand(shape))
+        e_q = torch.randn(shape, generator=gen, dtype=f64)
+        e_k = torch.randn(shape, generator=gen, dtype=f64)
+        v = torch.randn(shape, generator=gen, dtype=f64)
+        x_q = math.sqrt(1 - CLUSTER_NOISE) * centre + math.sqrt(CLUSTER_NOISE) * e_q
+        x_k = math.sqrt(1 - CLUSTER_NOISE) * centre + math.sqrt(CLUSTER_NOISE) * e_k
+    amplitude = math.sqrt(temperature)
+    dtype = _TORCH_DTYPES[problem.dtype]
+    return tuple(t.to(dtype=dtype, device=device)
+                 for t in (amplitude * x_q, amplitude * x_k, v))

@@ -1,0 +1,425 @@
+"""The accuracy study: the paper's regime experiment (SCATTERBRAIN.md 7; issue 2).
+
+Sweep the softmax temperature of seeded synthetic inputs from near-uniform to near one-hot
+attention, and measure, at one attention-memory budget per query, how far Performer (all
+low-rank), LSH (all sparse) and Scatterbrain (split) are from exact attention (float64):
+relative Frobenius error of the normalised attention matrix, of the unnormalised estimate
+of ``exp(tau q k^T)`` and of the output, per head, averaged over heads, over several
+seeds. Next to them: oracles at the same budget (what the budget allows), the share of
+attention mass the hash buckets catch against top-k with the same count, the ratio
+Scatterbrain / better baseline per regime, and, where Scatterbrain loses, a sweep of the
+split of the same budget between features and buckets (and hash rounds).
+
+Every approximation runs on the torch backend in the problem's dtype with its randomness
+drawn explicitly (projections, then hashes) from a generator seeded per input seed, so a
+row is reproducible from its seed alone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import pandas as pd
+import torch
+
+from sbbench.attention import (
+    draw_hashes,
+    draw_projections,
+    exact_attention,
+)
+from sbbench.core.types import DTYPES, Budget, Problem
+from sbbench.measure.accuracy import (
+    cumulative_mass,
+    mass_captured,
+    mean_slice_error,
+    row_entropy,
+    selected_pairs,
+)
+from sbbench.measure.calls import call_method, split_budget
+from sbbench.measure.inputs import KINDS, make_qkv
+from sbbench.study.oracle import ORACLES, oracle_approximations
+
+BASELINES = ("performer", "lsh")
+METHODS = (*BASELINES, "scatterbrain")
+MAX_SEQ_LEN = 4096  # the study builds dense [heads, seq, seq] float64 matrices
+METHOD_SEED_OFFSET = 1_000_003  # method randomness of input seed s: generator seed s + this
+
+# Columns of the per-seed table (one row per kind x temperature x seed x method/config).
+RAW_COLUMNS = (
+    "kind", "temperature", "seed", "entropy", "method", "n_features", "bucket_size",
+    "n_hashes", "memory_per_query", "lowrank_share", "attn_error", "unnorm_error",
+    "output_error", "mass_captured", "mass_topk", "detail",
+)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What the study runs. ``budget`` is the attention memory per query
+    (``n_features + bucket_size * n_hashes``) every method and oracle gets."""
+
+    seq_len: int = 1024
+    head_dim: int = 64
+    heads: int = 4
+    batch: int = 1
+    budget: int = 64
+    n_hashes: int = 1
+    lowrank_share: float = 0.5
+    seeds: tuple[int, ...] = (0, 1, 2)
+    temperatures: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    kinds: tuple[str, ...] = KINDS
+    n_clusters: int = 8
+    dtype: str = "float32"
+    oracles: bool = True
+    split_sweep: bool = True
+    split_shares: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75, 0.875)
+    split_hashes: tuple[int, ...] = (1, 2)
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "head_dim", "heads", "batch", "budget", "n_hashes",
+                     "n_clusters"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.seq_len > MAX_SEQ_LEN:
+            raise ValueError(f"seq_len must be <= {MAX_SEQ_LEN} (the study builds dense "
+                             f"seq x seq matrices), got {self.seq_len}")
+        if not 4 <= self.budget < self.seq_len:
+            raise ValueError(f"budget (memory per query) must be in [4, seq_len), got "
+                             f"{self.budget} for seq_len {self.seq_len}")
+        if self.budget < 2 * self.n_hashes + 2:
+            raise ValueError(f"budget {self.budget} is too small for {self.n_hashes} hash "
+                             f"rounds plus features (needs >= {2 * self.n_hashes + 2})")
+        if not 0.0 < self.lowrank_share < 1.0:
+            raise ValueError(f"lowrank_share must be in (0, 1), got {self.lowrank_share}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(
+                isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be distinct ints >= 0, got {self.seeds!r}")
+        if not self.temperatures or any(
+                not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0)
+                for t in self.temperatures):
+            raise ValueError(f"temperatures must be finite numbers > 0, got "
+                             f"{self.temperatures!r}")
+        if not self.kinds or any(kind not in KINDS for kind in self.kinds):
+            raise ValueError(f"kinds must be among {', '.join(KINDS)}, got {self.kinds!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if any(not 0.0 < s < 1.0 for s in self.split_shares):
+            raise ValueError(f"split_shares must be in (0, 1), got {self.split_shares!r}")
+        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1
+               for h in self.split_hashes):
+            raise ValueError(f"split_hashes must be ints >= 1, got {self.split_hashes!r}")
+
+    @property
+    def problem(self) -> Problem:
+        return Problem(self.seq_len, self.head_dim, batch=self.batch, heads=self.heads,
+                       dtype=self.dtype)
+
+    def main_budgets(self) -> list[Budget]:
+        """Performer, LSH and Scatterbrain at ``budget`` (the headline comparison)."""
+        return [split_budget(method, self.budget, n_hashes=self.n_hashes,
+                             lowrank_share=self.lowrank_share) for method in METHODS]
+
+    def sweep_budgets(self) -> list[Budget]:
+        """Scatterbrain at every split of ``budget`` (features vs buckets x hash rounds)
+        that fits, and LSH at each hash-round count the main comparison has not run, for
+        the regimes where it loses."""
+        budgets = [split_budget("lsh", self.budget, n_hashes=h) for h in self.split_hashes
+                   if h != self.n_hashes]
+        for n_hashes in self.split_hashes:
+            for share in self.split_shares:
+                try:
+                    b = split_budget("scatterbrain", self.budget, n_hashes=n_hashes,
+                                     lowrank_share=share)
+                except ValueError:
+                    continue
+                if b.memory_per_query <= self.budget and b.n_features < self.budget:
+                    budgets.append(b)
+        return list(dict.fromkeys(budgets))  # drop duplicate splits, keep order
+
+
+QUICK = StudyConfig(seq_len=128, head_dim=32, heads=2, budget=16, seeds=(0, 1),
+                    temperatures=(0.25, 1.0, 4.0), split_shares=(0.25, 0.5, 0.75))
+
+
+@dataclass
+class StudyResult:
+    """Tables of one study run (pandas DataFrames; column meanings in the report)."""
+
+    config: StudyConfig
+    raw: pd.DataFrame  # per seed: main methods and oracles
+    summary: pd.DataFrame  # mean (and std) over seeds per kind x temperature x method
+    ratios: pd.DataFrame  # per regime: Scatterbrain / better baseline, oracle ratios
+    sweep: pd.DataFrame  # split sweep (mean over seeds), regimes where Scatterbrain loses
+    splits: pd.DataFrame  # per losing regime: the best split and its ratio
+    elapsed_s: float = 0.0
+    timings: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- one evaluation
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Exact attention of one input, in float64."""
+
+    weights: torch.Tensor  # [b, h, seq, seq] normalised
+    unnormalized: torch.Tensor  # [b, h, seq, seq] exp(tau q k^T)
+    out: torch.Tensor  # [b, h, seq, head_dim]
+    cumulative: torch.Tensor  # [b, h, seq, seq] mass of each row's top-c entries at c - 1
+    entropy: float
+
+    @classmethod
+    def of(cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Reference:
+        q64, k64, v64 = (t.to(torch.float64) for t in (q, k, v))
+        out, weights = exact_attention(q64, k64, v64, return_weights=True)
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        unnormalized = torch.exp(scale * (q64 @ k64.mT))
+        return cls(weights, unnormalized, out, cumulative_mass(weights), row_entropy(weights))
+
+
+def draw_randomness(budget: Budget, head_dim: int, seed: int):
+    """(projections or None, hashes or None) of ``budget``, drawn in that order from a
+    generator seeded with ``seed + METHOD_SEED_OFFSET``."""
+    gen = torch.Generator(device="cpu").manual_seed(seed + METHOD_SEED_OFFSET)
+    projections = (draw_projections(budget.n_features, head_dim, generator=gen)
+                   if budget.n_features else None)
+    hashes = draw_hashes(budget.n_hashes, head_dim, generator=gen) if budget.n_hashes else None
+    return projections, hashes
+
+
+def run_budget(budget: Budget, q, k, v, projections, hashes, return_weights):
+    """One approximate method with explicit randomness (torch backend) -> (out, weights)."""
+    if budget.method not in ("performer", "lsh", "scatterbrain"):
+        raise ValueError(f"the accuracy study runs performer, lsh and scatterbrain, "
+                         f"got {budget.method!r}")
+    return call_method(budget, q, k, v, backend="torch", projections=projections,
+                       hashes=hashes, return_weights=return_weights)
+
+
+def evaluate_budget(budget: Budget, q, k, v, ref: Reference, seed: int, *,
+                    unnormalized: bool = True) -> dict:
+    """Errors of one method at one budget on one input (and the mass its buckets catch)."""
+    projections, hashes = draw_randomness(budget, q.shape[-1], seed)
+    out, weights = run_budget(budget, q, k, v, projections, hashes, True)
+    row = {
+        "method": budget.method, "n_features": budget.n_features,
+        "bucket_size": budget.bucket_size, "n_hashes": budget.n_hashes,
+        "memory_per_query": budget.memory_per_query,
+        "lowrank_share": budget.n_features / budget.memory_per_query,
+        "attn_error": mean_slice_error(weights, ref.weights),
+        "unnorm_error": math.nan,
+        "output_error": mean_slice_error(out, ref.out),
+        "mass_captured": math.nan, "mass_topk": math.nan, "detail": "",
+    }
+    del weights
+    if unnormalized:
+        _, estimate = run_budget(budget, q, k, v, projections, hashes, "unnormalized")
+        row["unnorm_error"] = mean_slice_error(estimate, ref.unnormalized)
+        del estimate
+    if hashes is not None:
+        selected = selected_pairs(q, k, hashes, budget.bucket_size)
+        row["mass_captured"], row["mass_topk"] = mass_captured(
+            ref.weights, selected, cumulative=ref.cumulative)
+    return row
+
+
+def evaluate_oracles(ref: Reference, v: torch.Tensor, budget: int) -> list[dict]:
+    """The three oracles of the normalised attention matrix at ``budget`` per row.
+
+    Their output error uses the approximate matrix as it is (not renormalised); they have
+    no unnormalised estimate."""
+    rows = []
+    v64 = v.to(torch.float64)
+    for name, (approx, detail) in oracle_approximations(ref.weights, budget).items():
+        rows.append({
+            "method": name, "n_features": 0, "bucket_size": 0, "n_hashes": 0,
+            "memory_per_query": budget, "lowrank_share": math.nan,
+            "attn_error": mean_slice_error(approx, ref.weights),
+            "unnorm_error": math.nan,
+            "output_error": mean_slice_error(approx.to(torch.float64) @ v64, ref.out),
+            "mass_captured": math.nan, "mass_topk": math.nan, "detail": detail,
+        })
+    return rows
+
+
+# ---------------------------------------------------------------- the study
+
+
+def run_study(config: StudyConfig, progress: Callable[[str], None] | None = None
+              ) -> StudyResult:
+    """Run the whole study; ``progress`` receives one line per step (the CLI prints it)."""
+    say = progress or (lambda message: None)
+    started = time.perf_counter()
+    timings = {"methods_s": 0.0, "oracles_s": 0.0, "sweep_s": 0.0}
+    settings = [(kind, t, s) for kind in config.kinds for t in config.temperatures
+                for s in config.seeds]
+    rows = []
+    for index, (kind, temperature, seed) in enumerate(settings, 1):
+        t0 = time.perf_counter()
+        q, k, v = make_qkv(config.problem, seed=seed, kind=kind, temperature=temperature,
+                           n_clusters=config.n_clusters)
+        ref = Reference.of(q, k, v)
+        base = {"kind": kind, "temperature": float(temperature), "seed": seed,
+                "entropy": ref.entropy}
+        for budget in config.main_budgets():
+            rows.append({**base, **evaluate_budget(budget, q, k, v, ref, seed)})
+        t1 = time.perf_counter()
+        timings["methods_s"] += t1 - t0
+        if config.oracles:
+            rows.extend({**base, **row} for row in evaluate_oracles(ref, v, config.budget))
+        timings["oracles_s"] += time.perf_counter() - t1
+        say(f"[{index}/{len(settings)}] {kind} temperature {temperature:g} seed {seed}: "
+            f"entropy {ref.entropy:.2f} nats ({time.perf_counter() - t0:.1f} s)")
+    raw = pd.DataFrame(rows, columns=list(RAW_COLUMNS))
+    summary = summarise(raw)
+    ratios = regime_ratios(raw, summary)
+
+    t0 = time.perf_counter()
+    sweep = pd.DataFrame(columns=list(RAW_COLUMNS))
+    losing = ratios[ratios["ratio"] > 1.0][["kind", "temperature"]]
+    if config.split_sweep and len(losing):
+        sweep = run_split_sweep(config, list(losing.itertuples(index=False, name=None)), say)
+    timings["sweep_s"] = time.perf_counter() - t0
+    sweep_summary = summarise(sweep) if len(sweep) else sweep
+    splits = best_splits(ratios, summary, sweep_summary)
+    return StudyResult(config, raw, summary, ratios, sweep_summary, splits,
+                       elapsed_s=time.perf_counter() - started, timings=timings)
+
+
+def run_split_sweep(config: StudyConfig, regimes: list[tuple[str, float]],
+                    say: Callable[[str], None]) -> pd.DataFrame:
+    """Every split of the budget (``config.sweep_budgets()``) in each of ``regimes``."""
+    budgets = config.sweep_budgets()
+    rows = []
+    for index, (kind, temperature) in enumerate(regimes, 1):
+        t0 = time.perf_counter()
+        for seed in config.seeds:
+            q, k, v = make_qkv(config.problem, seed=seed, kind=kind, temperature=temperature,
+                               n_clusters=config.n_clusters)
+            ref = Reference.of(q, k, v)
+            base = {"kind": kind, "temperature": float(temperature), "seed": seed,
+                    "entropy": ref.entropy}
+            for budget in budgets:
+                rows.append({**base, **evaluate_budget(budget, q, k, v, ref, seed,
+                                                       unnormalized=False)})
+        say(f"[split sweep {index}/{len(regimes)}] {kind} temperature {temperature:g}: "
+            f"{len(budgets)} configurations x {len(config.seeds)} seeds "
+            f"({time.perf_counter() - t0:.1f} s)")
+    return pd.DataFrame(rows, columns=list(RAW_COLUMNS))
+
+
+# ---------------------------------------------------------------- tables
+
+CONFIG_KEYS = ["kind", "temperature", "method", "n_features", "bucket_size", "n_hashes",
+               "memory_per_query"]
+
+
+def summarise(raw: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds (and std of the errors) per kind x temperature x method config."""
+    grouped = raw.groupby(CONFIG_KEYS, sort=False, dropna=False)
+    summary = grouped.agg(
+        entropy=("entropy", "mean"),
+        lowrank_share=("lowrank_share", "first"),
+        attn_error=("attn_error", "mean"),
+        attn_error_std=("attn_error", "std"),
+        unnorm_error=("unnorm_error", "mean"),
+        output_error=("output_error", "mean"),
+        output_error_std=("output_error", "std"),
+        mass_captured=("mass_captured", "mean"),
+        mass_topk=("mass_topk", "mean"),
+        seeds=("seed", "nunique"),
+        detail=("detail", lambda d: "; ".join(sorted({x for x in d if x}))),
+    ).reset_index()
+    return summary
+
+
+def _pivot(frame: pd.DataFrame, value: str) -> pd.DataFrame:
+    return frame.pivot_table(index=["kind", "temperature"], columns="method", values=value,
+                             sort=False, dropna=False)
+
+
+def regime_ratios(raw: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Per kind x temperature: each method's mean error, the better baseline, and
+    ``ratio = scatterbrain / better baseline`` (attention matrix; < 1 = Scatterbrain wins),
+    its min and max over seeds, the same ratio for the output and the unnormalised
+    estimate, and the oracle ratios."""
+    main = summary[summary["method"].isin(METHODS)]
+    attn, outp, unnorm = (_pivot(main, c) for c in ("attn_error", "output_error",
+                                                    "unnorm_error"))
+    table = pd.DataFrame(index=attn.index)
+    table["entropy"] = summary.groupby(["kind", "temperature"], sort=False)["entropy"].mean()
+    for method in METHODS:
+        table[method] = attn[method]
+    table["best_baseline"] = attn[list(BASELINES)].idxmin(axis=1)
+    table["ratio"] = attn["scatterbrain"] / attn[list(BASELINES)].min(axis=1)
+    per_seed = raw[raw["method"].isin(METHODS)].pivot_table(
+        index=["kind", "temperature", "seed"], columns="method", values="attn_error")
+    seed_ratio = (per_seed["scatterbrain"] / per_seed[list(BASELINES)].min(axis=1))
+    seed_ratio = seed_ratio.groupby(level=["kind", "temperature"])
+    table["ratio_min"] = seed_ratio.min()
+    table["ratio_max"] = seed_ratio.max()
+    table["output_ratio"] = outp["scatterbrain"] / outp[list(BASELINES)].min(axis=1)
+    table["unnorm_ratio"] = unnorm["scatterbrain"] / unnorm[list(BASELINES)].min(axis=1)
+    lsh = main[main["method"] == "lsh"].set_index(["kind", "temperature"])
+    table["lsh_mass"] = lsh["mass_captured"]
+    table["lsh_topk_mass"] = lsh["mass_topk"]
+    oracle = summary[summary["method"].isin(ORACLES)]
+    if len(oracle):
+        o_attn = _pivot(oracle, "attn_error")
+        for name in ORACLES:
+            table[name] = o_attn[name]
+        table["oracle_ratio"] = (o_attn["oracle_sparse_lowrank"]
+                                 / o_attn[["oracle_topk", "oracle_svd"]].min(axis=1))
+        table["headroom"] = attn["scatterbrain"] / o_attn["oracle_sparse_lowrank"]
+    return table.reset_index()
+
+
+def best_splits(ratios: pd.DataFrame, summary: pd.DataFrame,
+                sweep: pd.DataFrame) -> pd.DataFrame:
+    """Per regime of the sweep: the Scatterbrain split with the lowest attention error and
+    its ratio to the better baseline, the baselines now including LSH at every hash-round
+    count of the sweep (so a 2-round Scatterbrain meets a 2-round LSH)."""
+    columns = ["kind", "temperature", "entropy", "default_ratio", "best_n_features",
+               "best_bucket_size", "best_n_hashes", "best_lowrank_share", "best_attn_error",
+               "best_baseline", "best_baseline_error", "best_ratio", "best_output_ratio",
+               "best_mass_captured", "best_mass_topk"]
+    rows = []
+    if not len(sweep):
+        return pd.DataFrame(columns=columns)
+    for (kind, temperature), part in sweep.groupby(["kind", "temperature"], sort=False):
+        regime = ratios[(ratios["kind"] == kind) & (ratios["temperature"] == temperature)]
+        main = summary[(summary["kind"] == kind) & (summary["temperature"] == temperature)]
+        candidates = pd.concat([main[main["method"].isin(BASELINES)],
+                                part[part["method"] == "lsh"]], ignore_index=True)
+        label = candidates.apply(
+            lambda r: r["method"] if r["method"] == "performer"
+            else f"lsh {int(r['bucket_size'])}x{int(r['n_hashes'])}", axis=1)
+        best_base = candidates["attn_error"].idxmin()
+        sb = part[part["method"] == "scatterbrain"]
+        best = sb.loc[sb["attn_error"].idxmin()]
+        rows.append({
+            "kind": kind, "temperature": temperature,
+            "entropy": float(regime["entropy"].iloc[0]),
+            "default_ratio": float(regime["ratio"].iloc[0]),
+            "best_n_features": int(best["n_features"]),
+            "best_bucket_size": int(best["bucket_size"]),
+            "best_n_hashes": int(best["n_hashes"]),
+            "best_lowrank_share": float(best["lowrank_share"]),
+            "best_attn_error": float(best["attn_error"]),
+            "best_baseline": label[best_base],
+            "best_baseline_error": float(candidates.loc[best_base, "attn_error"]),
+            "best_ratio": float(best["attn_error"] / candidates["attn_error"].min()),
+            "best_output_ratio": float(best["output_error"]
+                                       / candidates["output_error"].min()),
+            "best_mass_captured": float(best["mass_captured"]),
+            "best_mass_topk": float(best["mass_topk"]),
+        })
+    return pd.DataFrame(rows, columns=columns)
+
+
+def with_overrides(config: StudyConfig, **changes) -> StudyConfig:
+    """``config`` with the given fields replaced (validated again)."""
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})

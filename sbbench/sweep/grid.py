@@ -1,0 +1,304 @@
+"""Sweep grids: YAML files of axes (``sbbench/data/grids/*.yaml``) expanded into points.
+
+A grid names the axes of a sweep: shapes (``seq_len``, ``head_dim``, ``batch``, ``heads``,
+``dtype``, ``causal``), methods and backends, and the approximation budgets
+(``features``, ``bucket_size``, ``hashes``), plus how each point is measured (``seeds``,
+``inputs``, ``temperature``, ``warmup_ms``, ``rep_ms``). Command-line flags override
+axes. Expansion crosses each method only with the budget axes it uses:
+
+    exact               one point per shape (always on the torch backend: SDPA)
+    performer           x features
+    lsh                 x bucket_size x hashes
+    scatterbrain        x features x bucket_size x hashes
+    scatterbrain_local  x features x bucket_size (fixed blocks: one round)
+
+Sparse budgets with ``bucket_size >= seq_len`` are dropped (one bucket is exact attention
+at the cost of a sort); ``expand`` says how many.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import yaml
+
+from sbbench.core.errors import UserError
+from sbbench.core.types import DTYPES, METHODS, Budget, Problem, budget_label
+
+GRID_DIR = Path(__file__).resolve().parent.parent / "data" / "grids"
+BACKENDS = ("torch", "triton")
+INPUT_KINDS = ("gaussian", "clustered")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The axes of one sweep; every tuple is crossed with the others (see module doc)."""
+
+    name: str
+    description: str = ""
+    seq_len: tuple[int, ...] = (1024,)
+    head_dim: tuple[int, ...] = (64,)
+    batch: tuple[int, ...] = (1,)
+    heads: tuple[int, ...] = (4,)
+    dtype: tuple[str, ...] = ("float32",)
+    causal: tuple[bool, ...] = (False,)
+    methods: tuple[str, ...] = METHODS
+    backends: tuple[str, ...] = ("torch",)
+    features: tuple[int, ...] = (64,)
+    bucket_size: tuple[int, ...] = (64,)
+    hashes: tuple[int, ...] = (1,)
+    seeds: tuple[int, ...] = (0, 1)  # accuracy is averaged over these seeds
+    inputs: str = "clustered"  # synthetic Q/K/V regime (sbbench.measure.inputs.make_qkv kind)
+    temperature: float = 1.0  # softmax temperature of the inputs (entropy regime)
+    warmup_ms: float = 25.0
+    rep_ms: float = 100.0
+
+    @property
+    def inputs_label(self) -> str:
+        """The ``inputs`` column of the rows: kind and temperature."""
+        return f"{self.inputs}:t={self.temperature:g}"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measurement: a shape, a method with its budget, a backend, a kernel config."""
+
+    problem: Problem
+    budget: Budget
+    backend: str = "torch"
+    kernel_config: str = ""  # JSON of tile sizes; "" = the backend's default
+
+    def label(self) -> str:
+        p, b = self.problem, self.budget
+        parts = [f"{b.method}/{self.backend}", f"seq={p.seq_len}", f"d={p.head_dim}"]
+        if b.method != "exact":
+            parts.append(budget_label(b))
+        if p.batch != 1 or p.heads != 4:
+            parts.append(f"bxh={p.batch}x{p.heads}")
+        if p.dtype != "float32":
+            parts.append(p.dtype)
+        if p.causal:
+            parts.append("causal")
+        return " ".join(parts)
+
+    def to_json(self) -> str:
+        return json.dumps({"problem": self.problem.as_dict(), "budget": self.budget.as_dict(),
+                           "backend": self.backend, "kernel_config": self.kernel_config})
+
+    @classmethod
+    def from_json(cls, text: str) -> Point:
+        data = json.loads(text)
+        return cls(Problem(**data["problem"]), Budget(**data["budget"]), data["backend"],
+                   data.get("kernel_config", ""))
+
+
+@dataclass
+class Expansion:
+    points: list[Point] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # why axes combinations were left out
+
+
+# ---------------------------------------------------------------------------------------
+# Loading and validation
+# ---------------------------------------------------------------------------------------
+
+_INT_AXES = ("seq_len", "head_dim", "batch", "heads", "features", "bucket_size", "hashes")
+_KEYS = tuple(f.name for f in fields(Grid) if f.name != "name")
+
+
+def shipped_grids() -> list[str]:
+    return sorted(p.stem for p in GRID_DIR.glob("*.yaml"))
+
+
+def load_grid(name_or_path: str) -> Grid:
+    """A shipped grid by name (``quick``, ``full``) or a YAML file by path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserError(f"grid file {name_or_path} does not exist")
+        name = path.stem
+    else:
+        path = GRID_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise UserError(f"unknown grid {name_or_path!r}; shipped grids: "
+                            f"{', '.join(shipped_grids())} (or give a path to a YAML file)")
+        name = name_or_path
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"grid {path}: not valid YAML ({first})") from None
+    return grid_from_dict(name, data if data is not None else {}, where=f"grid {path}")
+
+
+def grid_from_dict(name: str, data: dict, *, where: str = "grid") -> Grid:
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping of axes, got {type(data).__name__}")
+    unknown = [key for key in data if key not in _KEYS]
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(_KEYS)}")
+    values = {key: _check_value(key, value, where) for key, value in data.items()}
+    return Grid(name=name, **values)
+
+
+def _check_value(key: str, value, where: str):
+    """Normalise one axis (scalar or list) and check its type and range."""
+    if key in ("description", "inputs"):
+        if not isinstance(value, str):
+            raise UserError(f"{where}: {key} must be a string, got {value!r}")
+        if key == "inputs" and value not in INPUT_KINDS:
+            raise UserError(f"{where}: inputs must be one of {', '.join(INPUT_KINDS)}, "
+                            f"got {value!r}")
+        return value
+    if key in ("temperature", "warmup_ms", "rep_ms"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise UserError(f"{where}: {key} must be a positive number, got {value!r}")
+        return float(value)
+    if key == "seeds":
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise UserError(f"{where}: seeds must be a count >= 1 or a list of seeds, "
+                                f"got {value!r}")
+            return tuple(range(value))
+        items = _as_list(key, value, where)
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in items):
+            raise UserError(f"{where}: seeds must be a count or a list of ints >= 0, "
+                            f"got {value!r}")
+        return tuple(dict.fromkeys(items))
+    items = _as_list(key, value, where)
+    if key in _INT_AXES:
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, int) or item < 1:
+                raise UserError(f"{where}: {key} must hold ints >= 1, got {item!r}")
+        if key == "features":
+            odd = [f for f in items if f % 2]
+            if odd:
+                raise UserError(f"{where}: features must be even (phi(x) has a sin and a cos "
+                                f"or +/- pair per projection), got {odd[0]}")
+    elif key == "causal":
+        if not all(isinstance(item, bool) for item in items):
+            raise UserError(f"{where}: causal must hold true/false, got {value!r}")
+    else:
+        choices = {"dtype": DTYPES, "methods": METHODS, "backends": BACKENDS}[key]
+        for item in items:
+            if item not in choices:
+                raise UserError(f"{where}: {key} has {item!r}; valid: {', '.join(choices)}")
+    return tuple(dict.fromkeys(items))  # drop repeats, keep order
+
+
+def _as_list(key: str, value, where: str) -> list:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise UserError(f"{where}: {key} is empty")
+    return items
+
+
+# ---------------------------------------------------------------------------------------
+# Command-line overrides
+# ---------------------------------------------------------------------------------------
+
+# flag (without dashes) -> grid axis
+OVERRIDE_FLAGS = {
+    "seq-len": "seq_len", "head-dim": "head_dim", "batch": "batch", "heads": "heads",
+    "dtype": "dtype", "causal": "causal", "methods": "methods", "backends": "backends",
+    "features": "features", "bucket-size": "bucket_size", "hashes": "hashes",
+    "seeds": "seeds", "inputs": "inputs", "temperature": "temperature",
+    "warmup-ms": "warmup_ms", "rep-ms": "rep_ms",
+}
+
+
+def parse_flag(flag: str, text: str):
+    """Parse a flag's text (``1024,4096``; ``true,false``; ``3``) into a grid value."""
+    key = OVERRIDE_FLAGS[flag]
+    where = f"--{flag}"
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise UserError(f"{where} is empty")
+    if key in _INT_AXES or key == "seeds":
+        try:
+            values = [int(part) for part in parts]
+        except ValueError:
+            raise UserError(f"{where} takes comma-separated integers, got {text!r}") from None
+        if key == "seeds":
+            if len(values) != 1:
+                raise UserError(f"{where} takes the number of seeds, got {text!r}")
+            return values[0]
+        return values
+    if key in ("temperature", "warmup_ms", "rep_ms"):
+        try:
+            return float(text)
+        except ValueError:
+            raise UserError(f"{where} takes a number, got {text!r}") from None
+    if key == "causal":
+        table = {"true": True, "false": False, "1": True, "0": False}
+        try:
+            return [table[part.lower()] for part in parts]
+        except KeyError:
+            raise UserError(f"{where} takes true/false values, got {text!r}") from None
+    if key == "inputs":
+        return text.strip()
+    return parts
+
+
+def apply_overrides(grid: Grid, overrides: dict[str, str | None]) -> Grid:
+    """Replace the axes given on the command line ({flag: text}; None = not given)."""
+    changes = {}
+    for flag, text in overrides.items():
+        if text is None:
+            continue
+        key = OVERRIDE_FLAGS[flag]
+        changes[key] = _check_value(key, parse_flag(flag, text), f"--{flag}")
+    return replace(grid, **changes) if changes else grid
+
+
+# ---------------------------------------------------------------------------------------
+# Expansion
+# ---------------------------------------------------------------------------------------
+
+def budgets_for(method: str, grid: Grid) -> list[Budget]:
+    """The budgets of ``method`` the grid's axes give (see module doc)."""
+    if method == "exact":
+        return [Budget("exact")]
+    if method == "performer":
+        return [Budget("performer", n_features=f) for f in grid.features]
+    if method == "lsh":
+        return [Budget("lsh", bucket_size=b, n_hashes=h)
+                for b in grid.bucket_size for h in grid.hashes]
+    if method == "scatterbrain_local":
+        return [Budget(method, n_features=f, bucket_size=b, n_hashes=1)
+                for f in grid.features for b in grid.bucket_size]
+    return [Budget(method, n_features=f, bucket_size=b, n_hashes=h)
+            for f in grid.features for b in grid.bucket_size for h in grid.hashes]
+
+
+def expand(grid: Grid) -> Expansion:
+    """All points of the grid, ordered by shape then method (exact first, so the other
+    methods of a shape can be compared against its time)."""
+    result = Expansion()
+    too_large = 0
+    for dtype in grid.dtype:
+        for causal in grid.causal:
+            for batch in grid.batch:
+                for heads in grid.heads:
+                    for head_dim in grid.head_dim:
+                        for seq_len in grid.seq_len:
+                            problem = Problem(seq_len=seq_len, head_dim=head_dim, batch=batch,
+                                              heads=heads, dtype=dtype, causal=causal)
+                            for method in METHODS:
+                                if method not in grid.methods:
+                                    continue
+                                backends = ("torch",) if method == "exact" else grid.backends
+                                for budget in budgets_for(method, grid):
+                                    if budget.bucket_size >= seq_len:
+                                        too_large += 1
+                                        continue
+                                    for backend in backends:
+                                        result.points.append(Point(problem, budget, backend))
+    if too_large:
+        result.dropped.append(f"{too_large} sparse budget(s) with bucket_size >= seq_len")
+    if "exact" not in grid.methods:
+        result.dropped.append("no exact points: speedup vs exact is known only for shapes "
+                              "whose exact row is already in the store")
+    return result
