@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -26,6 +25,7 @@ from importlib import resources
 import yaml
 
 from sbbench.core.errors import UserError
+from sbbench.core.provenance import cpu_model_name  # noqa: F401 - re-exported
 
 PEAK_DTYPES = ("float32", "tf32", "float16", "bfloat16")
 KINDS = ("cuda", "cpu")
@@ -282,16 +282,6 @@ def match_profile(reported: str) -> str | None:
 
 # ---- what this machine has -------------------------------------------------------------
 
-def cpu_model_name() -> str:
-    """The CPU's model name ("AMD EPYC 7B13"), or the platform's best guess."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
 
 
 def _nvml_gpu_names() -> list[str]:

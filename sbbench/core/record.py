@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
-from pathlib import Path
 
-from sbbench import __version__
-from sbbench.measure.telemetry import git_revision as telemetry_git_revision
+from sbbench.core.provenance import code_version, now_utc  # noqa: F401 - re-exported
+from sbbench.core.provenance import revision_text as git_revision  # noqa: F401
 
 STATUSES = ("ok", "failed", "oom", "skipped")
 SOURCES = ("measured", "modeled")
@@ -113,21 +111,6 @@ COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Record))
 JSON_FIELDS: tuple[str, ...] = ("time_samples_ms", "device_state", "versions")
 
 assert COLUMNS[: len(KEY_FIELDS)] == KEY_FIELDS, "key fields must come first, in order"
-
-
-def now_utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def git_revision(repo_dir: str | Path | None = None) -> str:
-    """Short commit of the sbbench checkout ("+dirty" if tracked files changed);
-    "unknown" outside a git checkout (an installed wheel)."""
-    return telemetry_git_revision(repo_dir) or "unknown"
-
-
-def code_version(revision: str | None = None) -> str:
-    """The code part of the key: a changed checkout measures its points again."""
-    return f"{__version__}+{revision if revision is not None else git_revision()}"
 
 
 def dumps(value) -> str:

@@ -10,6 +10,9 @@ from dataclasses import asdict, dataclass, field
 
 METHODS = ("exact", "performer", "lsh", "scatterbrain", "scatterbrain_local")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
+LOWRANK_METHODS = ("performer", "scatterbrain", "scatterbrain_local")
+SPARSE_METHODS = ("lsh", "scatterbrain", "scatterbrain_local")
+HASHING_METHODS = ("lsh", "scatterbrain")
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class Budget:
 
     n_features: feature length of the low-rank part (0 if none); bucket_size, n_hashes:
     the sparse part (0 if none). ``memory_per_query`` is the budget methods are compared
-    at: n_features + bucket_size * n_hashes (SCATTERBRAIN.md 5).
+    at: n_features + bucket_size * n_hashes (docs/algorithm.md).
     """
 
     method: str
@@ -54,8 +57,7 @@ class Budget:
         if self.method not in METHODS:
             raise ValueError(f"Budget.method must be one of {', '.join(METHODS)}, "
                              f"got {self.method!r}")
-        uses_lowrank = self.method in ("performer", "scatterbrain", "scatterbrain_local")
-        uses_sparse = self.method in ("lsh", "scatterbrain", "scatterbrain_local")
+        uses_lowrank, uses_sparse = self.has_lowrank, self.has_sparse
         if uses_lowrank and (self.n_features < 2 or self.n_features % 2):
             raise ValueError(f"{self.method} needs an even n_features >= 2, "
                              f"got {self.n_features}")
@@ -69,6 +71,21 @@ class Budget:
         if not uses_sparse and (self.bucket_size or self.n_hashes):
             raise ValueError(f"{self.method} has no sparse part: bucket_size and n_hashes "
                              f"must be 0")
+
+    @property
+    def has_lowrank(self) -> bool:
+        """Whether the method has a low-rank (random-feature) part."""
+        return self.method in LOWRANK_METHODS
+
+    @property
+    def has_sparse(self) -> bool:
+        """Whether the method has a sparse part (buckets or local blocks)."""
+        return self.method in SPARSE_METHODS
+
+    @property
+    def draws_hashes(self) -> bool:
+        """Whether the method hashes (LSH rounds; local blocks need no hash functions)."""
+        return self.method in HASHING_METHODS
 
     @property
     def memory_per_query(self) -> int:

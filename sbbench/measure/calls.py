@@ -1,20 +1,45 @@
-"""Run a Budget (method + approximation budget) through the public attention API.
+"""The one "run a budget" path: draw the randomness from a generator, call the method.
 
-The one place that maps the benchmark's vocabulary (``Budget``) onto the attention
-functions, so the runner, the accuracy study and the tuner call methods the same way.
+Every caller that runs a ``Budget`` (the sweep runner, the CI benchmark, the accuracy
+study, the tuner, the tests) goes through here, so the same seed gives the same estimate
+everywhere: projections are drawn first, then hash functions, from one generator.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from sbbench.attention import (
+    draw_hashes,
+    draw_projections,
     exact_attention,
     lsh_attention,
     performer_attention,
     scatterbrain_attention,
 )
 from sbbench.core.types import Budget
+
+
+@dataclass(frozen=True)
+class Randomness:
+    """What a budget's method draws: random-feature projections and LSH hash functions
+    (None where the method has no such part)."""
+
+    projections: torch.Tensor | None = None
+    hashes: object | None = None
+
+
+def draw_randomness(budget: Budget, head_dim: int, generator: torch.Generator, *,
+                    device: torch.device | str | None = None) -> Randomness:
+    """The budget's randomness, drawn from ``generator``: projections, then hashes."""
+    projections = (draw_projections(budget.n_features, head_dim, generator=generator,
+                                    device=device) if budget.has_lowrank else None)
+    hashes = (draw_hashes(budget.n_hashes, head_dim, generator=generator, device=device)
+              if budget.draws_hashes else None)
+    return Randomness(projections, hashes)
 
 
 def call_method(
@@ -51,6 +76,31 @@ def call_method(
                                   bucket_size=budget.bucket_size, n_hashes=budget.n_hashes,
                                   sparse=sparse, projections=projections, hashes=hashes,
                                   **common)
+
+
+def make_call(budget: Budget, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+              generator: torch.Generator | None = None,
+              randomness: Randomness | None = None, causal: bool = False,
+              key_padding_mask: torch.Tensor | None = None,
+              softmax_scale: float | None = None,
+              backend: str = "auto") -> Callable[..., object]:
+    """``call(return_weights=False)`` running ``budget`` on q, k, v.
+
+    The randomness is drawn here, once (from ``generator``, unless ``randomness`` is
+    given) -- setup that a real model caches -- so the closure holds only the attention
+    call and can be timed as it is."""
+    if randomness is None:
+        if generator is None:
+            raise ValueError("make_call needs a generator or drawn randomness")
+        randomness = draw_randomness(budget, q.shape[-1], generator, device=q.device)
+
+    def call(return_weights: bool | str = False):
+        return call_method(budget, q, k, v, causal=causal, key_padding_mask=key_padding_mask,
+                           softmax_scale=softmax_scale, backend=backend,
+                           return_weights=return_weights,
+                           projections=randomness.projections, hashes=randomness.hashes)
+
+    return call
 
 
 def split_budget(method: str, memory_per_query: int, *, n_hashes: int = 1,

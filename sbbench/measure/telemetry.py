@@ -24,12 +24,17 @@ import importlib
 import os
 import platform
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+
+from sbbench.core.provenance import (  # noqa: F401 - re-exported
+    cuda_version_text,
+    git_revision,
+    package_version,
+    versions,
+)
 
 # The energy counter updates about every 100 ms: a window under 1 s is flagged.
 MIN_ENERGY_WINDOW_S = 1.0
@@ -417,7 +422,7 @@ def _nvml_state(index: int) -> dict:
         "name": lambda: _text(nvml.nvmlDeviceGetName(handle)),
         "uuid": lambda: _text(nvml.nvmlDeviceGetUUID(handle)),
         "driver_version": lambda: _text(nvml.nvmlSystemGetDriverVersion()),
-        "cuda_driver_version": lambda: _cuda_version_text(
+        "cuda_driver_version": lambda: cuda_version_text(
             nvml.nvmlSystemGetCudaDriverVersion()),
         "sm_clock_mhz": lambda: nvml.nvmlDeviceGetClockInfo(handle, clock_sm),
         "mem_clock_mhz": lambda: nvml.nvmlDeviceGetClockInfo(handle, clock_mem),
@@ -440,11 +445,6 @@ def _nvml_state(index: int) -> dict:
         except Exception:  # not supported on this GPU / driver: leave it out
             pass
     return state
-
-
-def _cuda_version_text(version: int) -> str:
-    """NVML's integer CUDA version (12040) -> "12.4"."""
-    return f"{version // 1000}.{(version % 1000) // 10}"
 
 
 def device_state(device="cpu") -> dict:
@@ -470,60 +470,3 @@ def device_state(device="cpu") -> dict:
     for key, value in _nvml_state(index).items():
         state.setdefault(key, value)  # torch's name wins; NVML adds the rest
     return state
-
-
-def _package_version(name: str) -> str | None:
-    """Installed version of a distribution, without importing it (importing triton
-    costs seconds)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def git_revision(repo_dir: str | os.PathLike | None = None) -> str | None:
-    """Short commit of the sbbench checkout, "+dirty" if tracked files changed; None
-    outside a git checkout (an installed wheel) or without git."""
-    cwd = Path(repo_dir) if repo_dir else Path(__file__).resolve().parents[2]
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd,
-                             capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-@functools.lru_cache(maxsize=1)
-def versions() -> dict:
-    """Versions a result depends on: torch, triton (None if absent), NVIDIA driver and
-    CUDA (None without them), sbbench, Python, and the git revision of this checkout.
-
-    Cached for the process (a sweep's code does not change under it); call
-    ``versions.cache_clear()`` to read them again.
-    """
-    import torch
-
-    from sbbench import __version__
-
-    driver = None
-    cuda_driver = None
-    try:
-        nvml = _load_nvml()
-        driver = _text(nvml.nvmlSystemGetDriverVersion())
-        cuda_driver = _cuda_version_text(nvml.nvmlSystemGetCudaDriverVersion())
-    except Exception:
-        pass
-    return {
-        "torch": torch.__version__,
-        "triton": _package_version("triton"),
-        "driver": driver,
-        "cuda": torch.version.cuda,  # the CUDA runtime torch was built with
-        "cuda_driver": cuda_driver,  # the newest CUDA the driver supports
-        "sbbench": __version__,
-        "python": platform.python_version(),
-        "git_revision": git_revision(),
-    }

@@ -39,13 +39,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from sbbench.attention import draw_hashes, draw_projections, exact_attention
+from sbbench.attention import exact_attention
 from sbbench.attention.scatterbrain import triton_available
 from sbbench.core.record import Record, code_version, git_revision, now_utc
 from sbbench.core.types import Budget, Problem
-from sbbench.measure import costmodel
+from sbbench.measure import calls, costmodel
 from sbbench.measure.accuracy import relative_error
-from sbbench.measure.calls import call_method
 from sbbench.measure.inputs import make_qkv
 from sbbench.measure.telemetry import NullObserver, device_state, make_observer, measure_energy
 from sbbench.measure.telemetry import versions as read_versions
@@ -114,21 +113,10 @@ def point_key(point: Point, settings: Settings, source: str = "measured") -> tup
 
 def make_call(point: Point, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               generator: torch.Generator) -> Callable[..., object]:
-    """``call(return_weights=False)`` running the point's method on q, k, v.
-
-    The randomness (projections, hash functions) is drawn here, once, from ``generator``
-    -- setup a real model caches -- so the returned closure holds only the attention call.
-    Draw order matches ``methods.call_method`` (projections, then hashes).
-    """
-    b, causal, backend = point.budget, point.problem.causal, point.backend
-    head_dim = q.shape[-1]
-    projections = (draw_projections(b.n_features, head_dim, generator=generator,
-                                    device=q.device) if b.n_features else None)
-    hashes = (draw_hashes(b.n_hashes, head_dim, generator=generator, device=q.device)
-              if b.method in ("lsh", "scatterbrain") else None)
-    return lambda return_weights=False: call_method(
-        b, q, k, v, causal=causal, backend=backend, projections=projections, hashes=hashes,
-        return_weights=return_weights)
+    """``call(return_weights=False)`` running the point's method on q, k, v; the
+    randomness is drawn once, outside the closure (``measure.calls.make_call``)."""
+    return calls.make_call(point.budget, q, k, v, generator=generator,
+                           causal=point.problem.causal, backend=point.backend)
 
 
 def inputs_for(problem: Problem, settings: Settings, seed: int):
