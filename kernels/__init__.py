@@ -4,7 +4,8 @@ Files, in the order of the computation:
 
 - ``feature_map.py``  per-row log-scales of the random features (and the shared
   projection helper);
-- ``lowrank.py``      phi(K)^T V / phi(K)^T 1 state, phi(Q)(...) output, causal prefix sums;
+- ``lowrank.py``      phi(K)^T V / phi(K)^T 1 state, phi(Q)(...) output;
+- ``causal_lowrank.py`` ``lowrank_causal``: the causal prefix-sum form of the low-rank part;
 - ``sparse.py``       per-bucket residual, duplicate-pair correction, masks, per-query
   scale, merge with the low-rank part, write-back in original order (LSH and local);
 - ``scatterbrain.py`` ``scatterbrain_forward``: the whole forward (what backend="triton"
@@ -41,14 +42,15 @@ __all__ = ["HAVE_TRITON", "SM80", "SM90", "DeviceLimits", "KernelShape", "Kernel
            "expand_space", "limits_for"]
 
 if HAVE_TRITON:
-    from sbbench.kernels import feature_map, lowrank, sparse
+    from sbbench.kernels import causal_lowrank, feature_map, lowrank, sparse
+    from sbbench.kernels.causal_lowrank import lowrank_causal
     from sbbench.kernels.feature_map import (
         FeatureWeights,
         feature_stats,
         key_log_scale,
         scaled_projections,
     )
-    from sbbench.kernels.lowrank import lowrank_apply, lowrank_causal, lowrank_state
+    from sbbench.kernels.lowrank import lowrank_apply, lowrank_state
     from sbbench.kernels.scatterbrain import KERNEL_NAMES, scatterbrain_forward
     from sbbench.kernels.sparse import fuse_by_default, sparse_attention
 
@@ -56,7 +58,7 @@ if HAVE_TRITON:
     SEARCH_SPACES = {
         spec.name: spec
         for spec in (feature_map.SPEC, lowrank.STATE_SPEC, lowrank.APPLY_SPEC,
-                     lowrank.CAUSAL_SPEC, sparse.SPEC)
+                     causal_lowrank.CAUSAL_SPEC, sparse.SPEC)
     }
     DEFAULT_CONFIGS = {name: dict(spec.default) for name, spec in SEARCH_SPACES.items()}
 

@@ -11,7 +11,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -21,6 +21,18 @@ Config = dict[str, int]
 TINY = torch.finfo(torch.float32).tiny
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class HashOrder(Protocol):
+    """The LSH hash functions as the kernels see them: they only need the sorted order
+    (``sbbench.attention.HashFunctions`` is one; the kernels import nothing from the
+    attention package, which imports them)."""
+
+    def order(self, q: torch.Tensor, k: torch.Tensor, bucket_size: int,
+              key_padding_mask: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two [batch, heads, n_hashes, seq_pad] long tensors of sorted positions."""
+        ...
 
 
 @dataclass(frozen=True)

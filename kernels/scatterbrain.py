@@ -6,7 +6,7 @@ Pipeline for one call (q, k, v: [batch, heads, seq, d]):
     lowrank_state                         kv = kh^T V, ks = kh^T 1          (non-causal)
       lowrank_apply(sums=True)            phi(Q) kv, phi(Q) ks per row      (unless fused)
       or lowrank_causal                   prefix-sum num / den per row      (causal)
-    lsh_order (torch: hash + sort)        sorted positions per round        (sparse="lsh")
+    hashes.order (torch: hash + sort)     sorted positions per round        (sparse="lsh")
     sparse_attention                      one launch per round: residual on the buckets,
                                           merged with the low-rank part, out written
                                           in original order by the last round
@@ -21,12 +21,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from sbbench.kernels._common import TINY, Config, check_kernel_inputs
+from sbbench.kernels._common import TINY, Config, HashOrder, check_kernel_inputs
+from sbbench.kernels.causal_lowrank import lowrank_causal
 from sbbench.kernels.feature_map import feature_stats, key_log_scale, scaled_projections
-from sbbench.kernels.lowrank import lowrank_apply, lowrank_causal, lowrank_state
+from sbbench.kernels.lowrank import lowrank_apply, lowrank_state
 from sbbench.kernels.sparse import fuse_by_default, sparse_attention
-
-from sbbench.attention.lsh import HashFunctions, lsh_order
 
 KERNEL_NAMES = ("feature_stats", "lowrank_state", "lowrank_apply", "lowrank_causal", "sparse")
 
@@ -38,7 +37,7 @@ def scatterbrain_forward(
     *,
     scale: float,
     projections: torch.Tensor | None,
-    hashes: HashFunctions | None,
+    hashes: HashOrder | None,
     bucket_size: int | None,
     sparse: str | None,
     causal: bool,
@@ -51,8 +50,10 @@ def scatterbrain_forward(
     q, k: [batch, heads, seq, head_dim]; v: [batch, heads, seq, head_dim_v] (float32,
     float16 or bfloat16, any strides); key_padding_mask: [batch, seq] bool, True = keep.
     projections: [n_features // 2, head_dim] or None (no low-rank part); sparse: "lsh"
-    (needs ``hashes``), "local" or None (Performer only). configs: tile config per kernel
-    name (see KERNEL_NAMES; missing ones use each kernel's default). fuse_lowrank:
+    (needs ``hashes``: a ``sbbench.attention.HashFunctions``, or anything with its
+    ``order(q, k, bucket_size, key_padding_mask)``), "local" or None (Performer only).
+    configs: tile config per kernel name (see KERNEL_NAMES; missing ones use each
+    kernel's default). fuse_lowrank:
     non-causal Scatterbrain computes the low-rank numerator phi(Q)(phi(K)^T V) inside the
     sparse kernel's first round (saves a pass over q and a float32 [seq, dv] round trip)
     rather than in lowrank_apply; None = as sparse.fuse_by_default decides (dv <= 64).
@@ -106,8 +107,7 @@ def scatterbrain_forward(
     q_order = k_order = None
     if sparse == "lsh":
         # float32 hashing, as the torch core (which hashes its float32 working copies)
-        q_order, k_order = lsh_order(q.float(), k.float(), hashes.to(q.device), bucket_size,
-                                     key_padding_mask)
+        q_order, k_order = hashes.order(q.float(), k.float(), bucket_size, key_padding_mask)
     return sparse_attention(q, k, v, scale=scale, bucket_size=bucket_size, q_order=q_order,
                             k_order=k_order, causal=causal, key_padding_mask=key_padding_mask,
                             lowrank=lowrank, config=configs.get("sparse"))

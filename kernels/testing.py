@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import torch
 
-KERNEL_MODULES = ("feature_map", "lowrank", "sparse", "scatterbrain")
+KERNEL_MODULES = ("feature_map", "lowrank", "causal_lowrank", "sparse", "scatterbrain")
 
 
 def device_for_tests() -> torch.device:

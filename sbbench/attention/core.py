@@ -15,6 +15,8 @@ the dense [seq, seq] matrix.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from sbbench.attention.features import key_features, query_features
@@ -84,6 +86,48 @@ def buckets_per_chunk(batch_heads: int, bucket_size: int, width: int,
     return max(1, (elements or CHUNK_ELEMENTS) // per_bucket)
 
 
+@dataclass
+class _LowRank:
+    """The low-rank part in the hat scale: phi(q_i).phi(k_j) = exp(log_lr_i) qh_i.kh_j."""
+
+    qh: torch.Tensor  # [b, h, n, F]
+    kh: torch.Tensor  # [b, h, n, F]
+    log_lr: torch.Tensor  # [b, h, n]
+    num: torch.Tensor  # [b, h, n, dv]
+    den: torch.Tensor  # [b, h, n]
+
+
+@dataclass
+class _Buckets:
+    """Where every query and key goes in the sparse part, and which pairs are valid."""
+
+    bucket_size: int
+    seq: int
+    seq_pad: int
+    q_order: torch.Tensor  # [b, h, R, seq_pad] sorted padded positions
+    k_order: torch.Tensor
+    key_ok: torch.Tensor  # [b, h, seq_pad] bool: a real, unmasked key
+    any_invalid: bool  # some pair must be masked (causal, padding or key mask)
+    causal: bool
+    q_bucket: torch.Tensor | None = None  # [b, h, R, seq_pad] bucket per position (R > 1)
+    k_bucket: torch.Tensor | None = None
+
+    @property
+    def n_rounds(self) -> int:
+        return self.q_order.shape[2]
+
+
+@dataclass
+class _Accumulators:
+    """Numerator, denominator and their log-scale over the padded rows in original order,
+    flattened to [b*h*seq_pad, ...] (a running max over the low-rank term and every round,
+    as in online softmax; any common scale gives the same ratio)."""
+
+    num: torch.Tensor  # [rows, dv]
+    den: torch.Tensor  # [rows]
+    lam: torch.Tensor  # [rows]
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -107,151 +151,196 @@ def attend(
     plus the dense weights if asked: normalised, or with ``return_weights="unnormalized"``
     the estimate of ``exp(tau q k^T)`` itself. ``chunk_elements`` sizes the bucket loop
     (see :func:`buckets_per_chunk`); it never changes the result.
+
+    Steps: features and the low-rank sums; the bucket order; the sparse residual chunk by
+    chunk, each merged into the accumulators; out = num / den.
     """
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     qf, kf, vf = q.to(acc), k.to(acc), v.to(acc)
-    b, h, n, d = q.shape
-    dv = v.shape[-1]
-    use_lowrank = projections is not None
-
-    if use_lowrank:
-        proj = projections.to(device=q.device, dtype=acc)
-        qh, lq = query_features(qf, proj, scale)  # [b,h,n,F], [b,h,n]
-        kh, lk = key_features(kf, proj, scale, key_padding_mask)  # [b,h,n,F], [b,h]
-        log_lr = lq + lk[..., None]  # phi(q_i).phi(k_j) = exp(log_lr_i) qh_i.kh_j
-        num_lr, den_lr = lowrank_sums(qh, kh, vf, causal)
+    lowrank = None
+    if projections is not None:
+        lowrank = _lowrank_part(qf, kf, vf, projections, scale, key_padding_mask, causal)
 
     if sparse is None:  # Performer: the scales cancel in the ratio
-        out = num_lr / den_lr.clamp_min(torch.finfo(acc).tiny)[..., None]
+        out = lowrank.num / lowrank.den.clamp_min(torch.finfo(acc).tiny)[..., None]
         if not return_weights:
             return out.to(q.dtype)
-        dense = torch.matmul(qh, kh.transpose(-1, -2))
+        dense = torch.matmul(lowrank.qh, lowrank.kh.transpose(-1, -2))
         if causal:
             dense = dense.tril()
-        return out.to(q.dtype), _finish_weights(dense, den_lr, log_lr, return_weights)
+        return out.to(q.dtype), _finish_weights(dense, lowrank.den, lowrank.log_lr,
+                                                return_weights)
 
-    # ---- sparse part: buckets of the padded sequence, streamed in chunks ----
-    seq_pad = padded_length(n, bucket_size)
-    if sparse == "local":
-        q_order, k_order = local_order(b, h, n, bucket_size, q.device)
-    else:
-        q_order, k_order = lsh_order(qf, kf, hashes.to(q.device), bucket_size, key_padding_mask)
-    n_rounds = q_order.shape[2]
-    key_ok = torch.zeros(b, seq_pad, dtype=torch.bool, device=q.device)
-    key_ok[:, :n] = True if key_padding_mask is None else key_padding_mask
-    key_ok = key_ok[:, None, :].expand(b, h, seq_pad)
-    any_invalid = causal or seq_pad > n or key_padding_mask is not None
-    if n_rounds > 1:
-        q_bucket = bucket_ids(q_order, bucket_size)  # [b,h,R,n_pad]
-        k_bucket = bucket_ids(k_order, bucket_size)
-
-    # Accumulators over the padded rows in original order, flattened to [b*h*n_pad, ...]:
-    # the numerator and denominator in the scale exp(acc_lam) (a running max over the
-    # low-rank term and every round, as in online softmax; any common scale gives the same
-    # ratio, SCATTERBRAIN.md's log-sum-exp of the rounds included).
-    rows_total = b * h * seq_pad
-    if use_lowrank:
-        acc_lam = _pad_seq(log_lr.detach()[..., None], seq_pad).reshape(rows_total).clone()
-        num0, den0 = num_lr, den_lr
-        if log_lr.requires_grad:  # value 1, gradient of exp(log_lr): keeps d(scale)/dq
-            unit = torch.exp(log_lr - log_lr.detach())
-            num0, den0 = num0 * unit[..., None], den0 * unit
-        acc_num = _pad_seq(num0, seq_pad).reshape(rows_total, dv)
-        acc_den = _pad_seq(den0[..., None], seq_pad).reshape(rows_total)
-    else:
-        acc_lam = qf.new_full((rows_total,), float("-inf"))
-        acc_num = qf.new_zeros(rows_total, dv)
-        acc_den = qf.new_zeros(rows_total)
-    row_offsets = torch.arange(0, rows_total, seq_pad, device=q.device).view(b, h, 1)
-    width = max(d, dv, qh.shape[-1] if use_lowrank else 0)
+    buckets = _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask)
+    b, h, n, d = q.shape
+    dv = v.shape[-1]
+    accs = _start_accumulators(qf, dv, buckets.seq_pad, lowrank)
+    row_offsets = torch.arange(0, b * h * buckets.seq_pad, buckets.seq_pad,
+                               device=q.device).view(b, h, 1)
+    width = max(d, dv, lowrank.qh.shape[-1] if lowrank is not None else 0)
     step = buckets_per_chunk(b * h, bucket_size, width, chunk_elements) * bucket_size
 
     pieces = []
-    for r in range(n_rounds):
-        for start in range(0, seq_pad, step):
-            q_pos = q_order[:, :, r, start:start + step]  # [b, h, slots], padded positions
-            k_pos = k_order[:, :, r, start:start + step]
-            g = q_pos.shape[-1] // bucket_size  # buckets in this chunk
-            # positions >= n read row n - 1 (finite); their keys are masked below and
-            # their query rows are cut off at the end
-            qi, ki = q_pos.clamp_max(n - 1), k_pos.clamp_max(n - 1)
-
-            def blocks(x, order, g=g):  # [b,h,n,f] -> [b,h,g,bucket,f] in sorted order
-                return _gather_seq(x, order).view(b, h, g, bucket_size, x.shape[-1])
-
-            qb_pos = q_pos.view(b, h, g, bucket_size)
-            kb_pos = k_pos.view(b, h, g, bucket_size)
-            # [.., bucket, d] @ [.., d, bucket] -> [b, h, g, bucket, bucket]
-            logits = torch.matmul(blocks(qf, qi), blocks(kf, ki).transpose(-1, -2)).mul_(scale)
-            valid = None
-            if any_invalid:
-                valid = torch.gather(key_ok, 2, k_pos).view(b, h, g, 1, bucket_size)
-                if causal:
-                    valid = valid & (kb_pos[..., None, :] <= qb_pos[..., :, None])
-                logits = logits.masked_fill(~valid, float("-inf"))
-            if n_rounds > 1:  # a pair found in c rounds counts 1/c in each
-                same = torch.gather(
-                    q_bucket, 3, q_pos[:, :, None].expand(b, h, n_rounds, -1)
-                ).view(b, h, n_rounds, g, bucket_size, 1) == torch.gather(
-                    k_bucket, 3, k_pos[:, :, None].expand(b, h, n_rounds, -1)
-                ).view(b, h, n_rounds, g, 1, bucket_size)
-                count = same.sum(dim=2).clamp_min(1).to(acc)
-                logits = logits - torch.log(count)
-            if use_lowrank:
-                log_lr_rows = torch.gather(log_lr, 2, qi).view(b, h, g, bucket_size)
-            with torch.no_grad():  # the stabiliser cancels: no gradient through it
-                lam = logits.amax(dim=-1)  # [b,h,g,bucket]; a max, never a log-sum-exp
-                if use_lowrank:
-                    lam = torch.maximum(lam, log_lr_rows)
-                lam = torch.where(torch.isfinite(lam), lam, torch.zeros_like(lam))
-            resid = torch.exp(logits - lam[..., None])  # 0 where invalid
-            if use_lowrank:
-                # [.., bucket, F] @ [.., F, bucket] -> [b, h, g, bucket, bucket]
-                est = torch.matmul(blocks(qh, qi), blocks(kh, ki).transpose(-1, -2))
-                est = est * torch.exp(log_lr_rows - lam)[..., None]
-                if n_rounds > 1:
-                    est = est / count
-                if valid is not None:
-                    est = est.masked_fill(~valid, 0.0)
-                resid = resid - est
-            # [.., bucket, bucket] @ [.., bucket, dv] -> [b, h, g, bucket, dv]
-            num_c = torch.matmul(resid, blocks(vf, ki)).reshape(-1, dv)
-            den_c = resid.sum(dim=-1).reshape(-1)
-            lam_c = lam.reshape(-1)
+    for r in range(buckets.n_rounds):
+        for start in range(0, buckets.seq_pad, step):
+            q_pos = buckets.q_order[:, :, r, start:start + step]  # [b, h, slots]
+            k_pos = buckets.k_order[:, :, r, start:start + step]
+            num_c, den_c, lam, resid = _sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets,
+                                                     lowrank)
             rows = (q_pos + row_offsets).reshape(-1)  # each query once per round
-            old_lam = acc_lam.index_select(0, rows)
-            new_lam = torch.maximum(old_lam, lam_c)
-            keep_old, take_new = torch.exp(old_lam - new_lam), torch.exp(lam_c - new_lam)
-            # in place (autograd-safe: no earlier op saved the accumulators for backward)
-            acc_num.index_copy_(0, rows, acc_num.index_select(0, rows) * keep_old[:, None]
-                                + num_c * take_new[:, None])
-            acc_den.index_copy_(0, rows, acc_den.index_select(0, rows) * keep_old
-                                + den_c * take_new)
-            acc_lam.index_copy_(0, rows, new_lam)
+            _merge(accs, rows, num_c, den_c, lam.reshape(-1))
             if return_weights:
-                pieces.append((qb_pos, kb_pos, resid, lam))
+                pieces.append((q_pos.view_as(lam), k_pos.view_as(lam), resid, lam))
 
-    num = acc_num.view(b, h, seq_pad, dv)[:, :, :n]
-    den = acc_den.view(b, h, seq_pad)[:, :, :n]
+    num = accs.num.view(b, h, buckets.seq_pad, dv)[:, :, :n]
+    den = accs.den.view(b, h, buckets.seq_pad)[:, :, :n]
     out = num / den.clamp_min(torch.finfo(acc).tiny)[..., None]
     if not return_weights:
         return out.to(q.dtype)
+    common = accs.lam.view(b, h, buckets.seq_pad)
+    dense = _dense_estimate(qf, lowrank, pieces, common, buckets)
+    return out.to(q.dtype), _finish_weights(dense, den, common[:, :, :n], return_weights)
 
-    # dense estimate in the scale exp(common_i): low-rank everywhere + residual on buckets
-    common = acc_lam.view(b, h, seq_pad)
+
+def _lowrank_part(qf, kf, vf, projections, scale, key_padding_mask, causal) -> _LowRank:
+    """Features of q and k and the low-rank numerator / denominator (hat scale)."""
+    proj = projections.to(device=qf.device, dtype=qf.dtype)
+    qh, lq = query_features(qf, proj, scale)  # [b,h,n,F], [b,h,n]
+    kh, lk = key_features(kf, proj, scale, key_padding_mask)  # [b,h,n,F], [b,h]
+    log_lr = lq + lk[..., None]  # phi(q_i).phi(k_j) = exp(log_lr_i) qh_i.kh_j
+    num, den = lowrank_sums(qh, kh, vf, causal)
+    return _LowRank(qh, kh, log_lr, num, den)
+
+
+def _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask) -> _Buckets:
+    """Buckets of the padded sequence: LSH (sorted hash order) or local blocks."""
+    b, h, n, _ = qf.shape
+    seq_pad = padded_length(n, bucket_size)
+    if sparse == "local":
+        q_order, k_order = local_order(b, h, n, bucket_size, qf.device)
+    else:
+        q_order, k_order = lsh_order(qf, kf, hashes.to(qf.device), bucket_size,
+                                     key_padding_mask)
+    key_ok = torch.zeros(b, seq_pad, dtype=torch.bool, device=qf.device)
+    key_ok[:, :n] = True if key_padding_mask is None else key_padding_mask
+    buckets = _Buckets(
+        bucket_size, n, seq_pad, q_order, k_order,
+        key_ok=key_ok[:, None, :].expand(b, h, seq_pad),
+        any_invalid=causal or seq_pad > n or key_padding_mask is not None, causal=causal)
+    if buckets.n_rounds > 1:
+        buckets.q_bucket = bucket_ids(q_order, bucket_size)  # [b,h,R,n_pad]
+        buckets.k_bucket = bucket_ids(k_order, bucket_size)
+    return buckets
+
+
+def _start_accumulators(qf, dv, seq_pad, lowrank: _LowRank | None) -> _Accumulators:
+    """The accumulators before the first chunk: the low-rank sums, or empty."""
+    b, h = qf.shape[:2]
+    rows_total = b * h * seq_pad
+    if lowrank is None:
+        return _Accumulators(qf.new_zeros(rows_total, dv), qf.new_zeros(rows_total),
+                             qf.new_full((rows_total,), float("-inf")))
+    log_lr = lowrank.log_lr
+    lam = _pad_seq(log_lr.detach()[..., None], seq_pad).reshape(rows_total).clone()
+    num0, den0 = lowrank.num, lowrank.den
+    if log_lr.requires_grad:  # value 1, gradient of exp(log_lr): keeps d(scale)/dq
+        unit = torch.exp(log_lr - log_lr.detach())
+        num0, den0 = num0 * unit[..., None], den0 * unit
+    return _Accumulators(_pad_seq(num0, seq_pad).reshape(rows_total, dv),
+                         _pad_seq(den0[..., None], seq_pad).reshape(rows_total), lam)
+
+
+def _sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: _Buckets,
+                  lowrank: _LowRank | None):
+    """The residual of one chunk of buckets of one round.
+
+    q_pos, k_pos: [b, h, g * bucket] padded positions in sorted order. Returns the
+    chunk's numerator [rows, dv], denominator [rows], log-scale lam [b, h, g, bucket] and
+    the residual weights [b, h, g, bucket, bucket] (in the scale exp(lam)).
+    """
+    b, h, n, _ = qf.shape
+    dv = vf.shape[-1]
+    bucket_size, n_rounds = buckets.bucket_size, buckets.n_rounds
+    g = q_pos.shape[-1] // bucket_size  # buckets in this chunk
+    # positions >= n read row n - 1 (finite); their keys are masked below and their
+    # query rows are cut off at the end
+    qi, ki = q_pos.clamp_max(n - 1), k_pos.clamp_max(n - 1)
+
+    def blocks(x, order):  # [b,h,n,f] -> [b,h,g,bucket,f] in sorted order
+        return _gather_seq(x, order).view(b, h, g, bucket_size, x.shape[-1])
+
+    qb_pos = q_pos.view(b, h, g, bucket_size)
+    kb_pos = k_pos.view(b, h, g, bucket_size)
+    # [.., bucket, d] @ [.., d, bucket] -> [b, h, g, bucket, bucket]
+    logits = torch.matmul(blocks(qf, qi), blocks(kf, ki).transpose(-1, -2)).mul_(scale)
+    valid = None
+    if buckets.any_invalid:
+        valid = torch.gather(buckets.key_ok, 2, k_pos).view(b, h, g, 1, bucket_size)
+        if buckets.causal:
+            valid = valid & (kb_pos[..., None, :] <= qb_pos[..., :, None])
+        logits = logits.masked_fill(~valid, float("-inf"))
+    if n_rounds > 1:  # a pair found in c rounds counts 1/c in each
+        same = torch.gather(
+            buckets.q_bucket, 3, q_pos[:, :, None].expand(b, h, n_rounds, -1)
+        ).view(b, h, n_rounds, g, bucket_size, 1) == torch.gather(
+            buckets.k_bucket, 3, k_pos[:, :, None].expand(b, h, n_rounds, -1)
+        ).view(b, h, n_rounds, g, 1, bucket_size)
+        count = same.sum(dim=2).clamp_min(1).to(qf.dtype)
+        logits = logits - torch.log(count)
+    if lowrank is not None:
+        log_lr_rows = torch.gather(lowrank.log_lr, 2, qi).view(b, h, g, bucket_size)
+    with torch.no_grad():  # the stabiliser cancels: no gradient through it
+        lam = logits.amax(dim=-1)  # [b,h,g,bucket]; a max, never a log-sum-exp
+        if lowrank is not None:
+            lam = torch.maximum(lam, log_lr_rows)
+        lam = torch.where(torch.isfinite(lam), lam, torch.zeros_like(lam))
+    resid = torch.exp(logits - lam[..., None])  # 0 where invalid
+    if lowrank is not None:
+        # [.., bucket, F] @ [.., F, bucket] -> [b, h, g, bucket, bucket]
+        est = torch.matmul(blocks(lowrank.qh, qi), blocks(lowrank.kh, ki).transpose(-1, -2))
+        est = est * torch.exp(log_lr_rows - lam)[..., None]
+        if n_rounds > 1:
+            est = est / count
+        if valid is not None:
+            est = est.masked_fill(~valid, 0.0)
+        resid = resid - est
+    # [.., bucket, bucket] @ [.., bucket, dv] -> [b, h, g, bucket, dv]
+    num_c = torch.matmul(resid, blocks(vf, ki)).reshape(-1, dv)
+    den_c = resid.sum(dim=-1).reshape(-1)
+    return num_c, den_c, lam, resid
+
+
+def _merge(accs: _Accumulators, rows, num_c, den_c, lam_c) -> None:
+    """Fold one chunk into the accumulators at ``rows``, rescaling both to the larger
+    log-scale (online softmax)."""
+    old_lam = accs.lam.index_select(0, rows)
+    new_lam = torch.maximum(old_lam, lam_c)
+    keep_old, take_new = torch.exp(old_lam - new_lam), torch.exp(lam_c - new_lam)
+    # in place (autograd-safe: no earlier op saved the accumulators for backward)
+    accs.num.index_copy_(0, rows, accs.num.index_select(0, rows) * keep_old[:, None]
+                         + num_c * take_new[:, None])
+    accs.den.index_copy_(0, rows, accs.den.index_select(0, rows) * keep_old
+                         + den_c * take_new)
+    accs.lam.index_copy_(0, rows, new_lam)
+
+
+def _dense_estimate(qf, lowrank: _LowRank | None, pieces, common, buckets: _Buckets):
+    """The dense [b, h, n, n] estimate in the scale exp(common_i): low-rank everywhere
+    plus the residual on the bucketed pairs (``return_weights`` only)."""
+    b, h, n, _ = qf.shape
+    seq_pad = buckets.seq_pad
     dense = qf.new_zeros(b, h, seq_pad, seq_pad)
-    if use_lowrank:
-        low = torch.matmul(qh, kh.transpose(-1, -2)) * torch.exp(log_lr - common[:, :, :n])[
-            ..., None]
-        dense[:, :, :n, :n] = low.tril() if causal else low
+    if lowrank is not None:
+        low = torch.matmul(lowrank.qh, lowrank.kh.transpose(-1, -2)) * torch.exp(
+            lowrank.log_lr - common[:, :, :n])[..., None]
+        dense[:, :, :n, :n] = low.tril() if buckets.causal else low
     dense = dense.reshape(b, h, seq_pad * seq_pad)
     for qb_pos, kb_pos, resid, lam in pieces:
         rel = lam - torch.gather(common, 2, qb_pos.reshape(b, h, -1)).view_as(lam)
         scaled = resid * torch.exp(rel)[..., None]
         flat = (qb_pos[..., :, None] * seq_pad + kb_pos[..., None, :]).reshape(b, h, -1)
         dense = dense.scatter_add(2, flat, scaled.reshape(b, h, -1))
-    dense = dense.view(b, h, seq_pad, seq_pad)[:, :, :n, :n]
-    return out.to(q.dtype), _finish_weights(dense, den, common[:, :, :n], return_weights)
+    return dense.view(b, h, seq_pad, seq_pad)[:, :, :n, :n]
 
 
 def _finish_weights(dense, den, log_scale, mode):

@@ -46,6 +46,13 @@ class HashFunctions:
     def to(self, device: torch.device | str) -> HashFunctions:
         return HashFunctions(self.directions.to(device), self.shifts.to(device))
 
+    def order(self, q: torch.Tensor, k: torch.Tensor, bucket_size: int,
+              key_padding_mask: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`lsh_order` with these functions (on q's device): what the Triton
+        forward calls, so the kernels need not import this module."""
+        return lsh_order(q, k, self.to(q.device), bucket_size, key_padding_mask)
+
 
 def draw_hashes(
     n_hashes: int,

@@ -9,6 +9,8 @@ from sbbench.attention.checks import check_n_features, check_positive_int
 from sbbench.attention.features import draw_projections
 from sbbench.attention.lsh import HashFunctions, draw_hashes
 from sbbench.attention.scatterbrain import SPARSE_KINDS, scatterbrain_attention
+from sbbench.attention.settings import ConfigRequest
+from sbbench.attention.settings import resolve as resolve_settings
 
 
 class ScatterbrainAttention(nn.Module):
@@ -83,22 +85,16 @@ class ScatterbrainAttention(nn.Module):
         Raises ValueError when the table holds no Scatterbrain budget meeting
         ``max_error`` at that shape (it then says whether exact attention is faster).
         """
-        from sbbench import tuned  # runtime use of the tuned tables (lazy: layer 2)
-
         method = "scatterbrain_local" if sparse == "local" else "scatterbrain"
-        choice = tuned.tuned_choice(device, seq_len=seq_len, head_dim=head_dim,
-                                    max_error=max_error, dtype=dtype, causal=causal,
-                                    method=method)
-        budget = choice.budget
-        if budget is None or budget.method != method:
-            found = "exact attention is faster there" if budget else "nothing meets it"
-            raise ValueError(
-                f"the {choice.device} tuned table has no {method} budget meeting "
-                f"max_error={max_error} at seq {seq_len}, head_dim {head_dim} ({found})")
-        config = {"kernels": choice.kernel_configs,
-                  "chunk_elements": choice.cpu_config.get("chunk_elements")}
-        return cls(head_dim * num_heads, num_heads, n_features=budget.n_features,
-                   bucket_size=budget.bucket_size, n_hashes=budget.n_hashes, sparse=sparse,
+        resolved = resolve_settings("tuned", ConfigRequest(
+            device, seq_len=seq_len, head_dim=head_dim, max_error=max_error, dtype=dtype,
+            causal=causal, method=method))
+        if not resolved.has_budget:
+            raise ValueError(resolved.no_budget)
+        config = {"kernels": resolved.impl.get("kernels") or {},
+                  "chunk_elements": resolved.impl.get("chunk_elements")}
+        return cls(head_dim * num_heads, num_heads, n_features=resolved.n_features,
+                   bucket_size=resolved.bucket_size, n_hashes=resolved.n_hashes, sparse=sparse,
                    causal=causal, config=config, **layer_kwargs)
 
     @torch.no_grad()

@@ -19,6 +19,8 @@ from sbbench.attention.checks import (
 from sbbench.attention.core import attend
 from sbbench.attention.features import draw_projections
 from sbbench.attention.lsh import HashFunctions, draw_hashes
+from sbbench.attention.settings import ConfigRequest
+from sbbench.attention.settings import resolve as resolve_settings
 
 BACKENDS = ("auto", "torch", "triton")
 SPARSE_KINDS = ("lsh", "local")
@@ -161,28 +163,20 @@ def resolve_config(config, q, *, n_features, bucket_size, n_hashes, sparse, caus
         return n_features, bucket_size, n_hashes, impl
     if config != "tuned":
         raise ValueError(f"config must be None, 'tuned' or a dict, got {config!r}")
-    # Runtime use of the tuned tables (ARCHITECTURE.md: "at run time ... reads
-    # tuning_configs/"): the one place the math layer reads them, imported lazily.
-    from sbbench import tuned
-
-    device = "auto" if q.is_cuda else "cpu"
     method = "scatterbrain_local" if sparse == "local" else "scatterbrain"
-    choice = tuned.tuned_choice(device, seq_len=q.shape[2], head_dim=q.shape[3],
-                                max_error=max_error, dtype=str(q.dtype).split(".")[-1],
-                                causal=causal, method=method)
+    resolved = resolve_settings("tuned", ConfigRequest(
+        "auto" if q.is_cuda else "cpu", seq_len=q.shape[2], head_dim=q.shape[3],
+        max_error=max_error, dtype=str(q.dtype).split(".")[-1], causal=causal,
+        method=method))
     if n_features is None or bucket_size is None:
-        budget = choice.budget
-        if budget is None or budget.method != method:
-            found = "exact attention is faster there" if budget else "nothing meets it"
-            raise ValueError(
-                f"config='tuned': the {choice.device} table has no {method} budget meeting "
-                f"max_error={max_error} at seq {q.shape[2]}, head_dim {q.shape[3]} "
-                f"({found}); pass n_features and bucket_size, or run sbbench sweep and "
-                f"sbbench select for this device")
-        n_features, bucket_size, n_hashes = (budget.n_features, budget.bucket_size,
-                                             budget.n_hashes)
-    impl = {"kernels": choice.kernel_configs,
-            "chunk_elements": choice.cpu_config.get("chunk_elements")}
+        if not resolved.has_budget:
+            raise ValueError(f"config='tuned': {resolved.no_budget}; pass n_features and "
+                             f"bucket_size, or run sbbench sweep and sbbench select for "
+                             f"this device")
+        n_features, bucket_size, n_hashes = (resolved.n_features, resolved.bucket_size,
+                                             resolved.n_hashes)
+    impl = {"kernels": resolved.impl.get("kernels") or {},
+            "chunk_elements": resolved.impl.get("chunk_elements")}
     return n_features, bucket_size, n_hashes, impl
 
 

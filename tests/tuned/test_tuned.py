@@ -12,7 +12,7 @@ from sbbench import tuned
 from sbbench.attention.core import CHUNK_ELEMENTS
 from sbbench.core.errors import UserError
 from sbbench.core.types import Budget, Problem
-from sbbench.tuned.table import ShapeBucket, TuningFileError
+from sbbench.tuned.schema import ShapeBucket, TuningFileError
 
 
 def bucket(seq_len, head_dim=64, n_features=64, bucket_size=64, dtype="float32", **best):
