@@ -185,6 +185,8 @@ def run_method(q, k, v, *, backend, return_weights, impl=None, **kwargs):
     holds implementation settings that never change the result."""
     impl = impl or {}
     chosen = resolve_backend(backend, q)
+    if q.shape[0] == 0 or q.shape[1] == 0:
+        return _empty_result(q, k, v, return_weights)
     if chosen == "triton":
         if return_weights:
             raise ValueError("return_weights needs backend='torch' (the dense matrix is "
@@ -197,3 +199,16 @@ def run_method(q, k, v, *, backend, return_weights, impl=None, **kwargs):
         return scatterbrain_forward(q, k, v, configs=impl.get("kernels") or None, **kwargs)
     return attend(q, k, v, return_weights=return_weights,
                   chunk_elements=impl.get("chunk_elements"), **kwargs)
+
+
+def _empty_result(q, k, v, return_weights):
+    """The output of a call with no batch or no heads (as exact attention gives it): an
+    empty [batch, heads, seq, head_dim_v] tensor, attached to the inputs' graph so a
+    backward through it works."""
+    batch, heads, seq, _ = q.shape
+    tie = (q.sum() + k.sum() + v.sum()).to(q.dtype) * 0  # a 0 with the inputs' grad_fn
+    out = q.new_zeros(batch, heads, seq, v.shape[-1]) + tie
+    if not return_weights:
+        return out
+    weights_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return out, q.new_zeros(batch, heads, seq, seq, dtype=weights_dtype)

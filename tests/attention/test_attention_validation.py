@@ -179,3 +179,23 @@ def test_valid_inputs_pass_the_checks():
 def test_bad_draw_arguments_are_named(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("shape", [(0, H, N, D), (B, 0, N, D)], ids=["batch0", "heads0"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("method", ALL)
+def test_no_batch_or_no_heads_gives_an_empty_output(method, causal, shape):
+    """Like exact attention: an empty output of the right shape, and backward works."""
+    q, k, v = (torch.randn(*shape[:3], 6, requires_grad=True) if i == 2
+               else torch.randn(*shape, requires_grad=True) for i in range(3))
+    out = CALLS[method](q, k, v, causal=causal)
+    assert out.shape == (*shape[:3], 6) and out.dtype == q.dtype
+    out.sum().backward()
+    assert q.grad.shape == q.shape and v.grad.shape == v.shape
+
+
+@pytest.mark.parametrize("method", ["performer", "lsh", "scatterbrain"])
+def test_no_batch_with_return_weights(method):
+    q, k, v = (torch.randn(0, H, N, D) for _ in range(3))
+    out, weights = CALLS[method](q, k, v, return_weights=True)
+    assert out.shape == (0, H, N, D) and weights.shape == (0, H, N, N)
