@@ -8,7 +8,7 @@ from torch import nn
 from sbbench.attention.checks import check_n_features, check_positive_int
 from sbbench.attention.features import draw_projections
 from sbbench.attention.lsh import HashFunctions, draw_hashes
-from sbbench.attention.scatterbrain import SPARSE_KINDS, scatterbrain_attention
+from sbbench.attention.scatterbrain import SPARSE_KINDS, impl_settings, scatterbrain_attention
 from sbbench.attention.settings import ConfigRequest
 from sbbench.attention.settings import resolve as resolve_settings
 
@@ -91,8 +91,7 @@ class ScatterbrainAttention(nn.Module):
             causal=causal, method=method))
         if not resolved.has_budget:
             raise ValueError(resolved.no_budget)
-        config = {"kernels": resolved.impl.get("kernels") or {},
-                  "chunk_elements": resolved.impl.get("chunk_elements")}
+        config = impl_settings(resolved)
         return cls(head_dim * num_heads, num_heads, n_features=resolved.n_features,
                    bucket_size=resolved.bucket_size, n_hashes=resolved.n_hashes, sparse=sparse,
                    causal=causal, config=config, **layer_kwargs)

@@ -7,6 +7,9 @@ same seed gives the same estimate on every backend.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from sbbench.attention.checks import (
@@ -23,6 +26,8 @@ from sbbench.attention.settings import ConfigRequest
 from sbbench.attention.settings import resolve as resolve_settings
 
 BACKENDS = ("auto", "torch", "triton")
+# implementation settings config= may hold; none of them changes the estimate
+IMPL_KEYS = ("kernels", "chunk_elements", "num_threads")
 SPARSE_KINDS = ("lsh", "local")
 
 
@@ -121,7 +126,9 @@ def scatterbrain_attention(
     ``$SBBENCH_TUNING_DIR``): kernel tile sizes on the triton backend, the bucket loop's
     ``chunk_elements`` on the torch path, and, when ``n_features`` / ``bucket_size`` are
     not given, the cheapest measured Scatterbrain budget meeting ``max_error`` (relative
-    output error) at this shape; a dict: ``{"kernels": {name: tiles}, "chunk_elements": N}``.
+    output error) at this shape, and torch's intra-op threads for the call where the table
+    tuned them (restored afterwards); a dict: ``{"kernels": {name: tiles},
+    "chunk_elements": N, "num_threads": T}``.
     """
     check_qkv(q, k, v)
     check_mask(key_padding_mask, q)
@@ -153,10 +160,15 @@ def resolve_config(config, q, *, n_features, bucket_size, n_hashes, sparse, caus
     """(n_features, bucket_size, n_hashes, implementation settings) for ``config``."""
     if config is None or isinstance(config, dict):
         impl = dict(config or {})
-        unknown = set(impl) - {"kernels", "chunk_elements"}
+        unknown = set(impl) - set(IMPL_KEYS)
         if unknown:
-            raise ValueError(f"config keys must be 'kernels' and/or 'chunk_elements', "
+            raise ValueError(f"config keys must be among {', '.join(IMPL_KEYS)}, "
                              f"got {sorted(unknown)}")
+        threads = impl.get("num_threads")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise ValueError(f"config num_threads must be an int >= 1 or None, got "
+                             f"{threads!r}")
         if n_features is None or bucket_size is None:
             raise ValueError("n_features and bucket_size are required unless "
                              "config='tuned' picks them from the tuned table")
@@ -175,9 +187,13 @@ def resolve_config(config, q, *, n_features, bucket_size, n_hashes, sparse, caus
                              f"this device")
         n_features, bucket_size, n_hashes = (resolved.n_features, resolved.bucket_size,
                                              resolved.n_hashes)
-    impl = {"kernels": resolved.impl.get("kernels") or {},
-            "chunk_elements": resolved.impl.get("chunk_elements")}
-    return n_features, bucket_size, n_hashes, impl
+    return n_features, bucket_size, n_hashes, impl_settings(resolved)
+
+
+def impl_settings(resolved) -> dict:
+    """The implementation settings of a resolver's answer, as ``config=`` takes them."""
+    return {name: resolved.impl.get(name) or ({} if name == "kernels" else None)
+            for name in IMPL_KEYS}
 
 
 def run_method(q, k, v, *, backend, return_weights, impl=None, **kwargs):
@@ -197,8 +213,25 @@ def run_method(q, k, v, *, backend, return_weights, impl=None, **kwargs):
         from sbbench.kernels import scatterbrain_forward
 
         return scatterbrain_forward(q, k, v, configs=impl.get("kernels") or None, **kwargs)
-    return attend(q, k, v, return_weights=return_weights,
-                  chunk_elements=impl.get("chunk_elements"), **kwargs)
+    with intra_op_threads(impl.get("num_threads")):
+        return attend(q, k, v, return_weights=return_weights,
+                      chunk_elements=impl.get("chunk_elements"), **kwargs)
+
+
+@contextlib.contextmanager
+def intra_op_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` for the block and restored after it
+    (None: leave torch's setting). A process-wide setting: the tuned value is what the
+    torch path was measured with, so it holds only for the call it was tuned for."""
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _empty_result(q, k, v, return_weights):

@@ -66,6 +66,8 @@ def load(device: str, *, folder: Path | str | None = None) -> TunedTable:
     a file that breaks the schema raises TuningFileError naming the key.
     """
     name = canonical_device(device)
+    if folder is None:
+        _check_override()
     path = file_for(name, folder)
     try:
         mtime = path.stat().st_mtime_ns
@@ -79,11 +81,23 @@ def load(device: str, *, folder: Path | str | None = None) -> TunedTable:
     return table
 
 
+def _check_override() -> None:
+    """A ``$SBBENCH_TUNING_DIR`` that is not a folder is a mistake (a typo would otherwise
+    read as "no table for any device")."""
+    override = os.environ.get(ENV_DIR)
+    if override and not Path(override).is_dir():
+        raise UserError(f"{ENV_DIR}={override}: no such folder; create it, point "
+                        f"{ENV_DIR} at the folder holding <device>.yaml, or unset it")
+
+
 def _read(path: Path, device: str) -> TunedTable:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise TuningFileError(f"{path}: not valid YAML: {err}") from None
+        raise TuningFileError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+    if data is None:
+        raise TuningFileError(f"{path}: the file is empty; delete it (no tuned table) or "
+                              f"write it with `sbbench tune` / `sbbench select`")
     return parse(data, device=device, source=str(path), path=path)
 
 

@@ -269,8 +269,11 @@ def _config(source, key, value) -> dict:
     for name, item in value.items():
         if not isinstance(name, str) or not name:
             _fail(source, f"{key}", f"config names must be strings, got {name!r}")
-        if item is not None and (isinstance(item, bool) or not isinstance(item, int)):
-            _fail(source, f"{key}.{name}", f"must be an int or null, got {item!r}")
+        # tile sizes, warps, stages, chunk elements and threads are all counts: a 0 or a
+        # negative value would fail (or hang) far from the file that holds it
+        if item is not None and (isinstance(item, bool) or not isinstance(item, int)
+                                 or item < 1):
+            _fail(source, f"{key}.{name}", f"must be an int or null (a count >= 1), got {item!r}")
     return dict(value)
 
 

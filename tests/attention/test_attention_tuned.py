@@ -67,3 +67,41 @@ def test_chunk_elements_from_config_does_not_change_the_result():
             for ce in (1, 4096, None)]
     for out in outs[1:]:
         torch.testing.assert_close(out, outs[0], rtol=1e-6, atol=1e-6)
+
+
+def test_config_tuned_applies_the_tuned_threads_for_the_call_only(table_dir, monkeypatch):
+    import sbbench.attention.scatterbrain as entry
+
+    tuned.write_section("cpu", "kernels", {"torch:scatterbrain": {
+        "default": {"chunk_elements": 1 << 20, "num_threads": None},
+        "buckets": [{"shape": {"seq_len": 256, "head_dim": 32, "n_features": 16,
+                               "bucket_size": 32, "dtype": "float32"},
+                     "best": {"chunk_elements": 4096, "num_threads": 1}, "time_ms": 1.0}]}})
+    seen = []
+    real_attend = entry.attend
+
+    def spy(*args, **kwargs):
+        seen.append((torch.get_num_threads(), kwargs["chunk_elements"]))
+        return real_attend(*args, **kwargs)
+
+    monkeypatch.setattr(entry, "attend", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        q, k, v = (torch.randn(1, 2, 250, 32) for _ in range(3))
+        scatterbrain_attention(q, k, v, config="tuned")
+        assert seen == [(1, 4096)]
+        assert torch.get_num_threads() == 2  # restored
+        layer = ScatterbrainAttention.from_tuned("cpu", seq_len=250, head_dim=32, num_heads=2)
+        assert layer.config["num_threads"] == 1
+        layer(torch.randn(1, 250, 64))
+        assert seen[-1] == (1, 4096) and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_config_num_threads_must_be_positive():
+    q = k = v = torch.randn(1, 1, 20, 8)
+    with pytest.raises(ValueError, match="num_threads must be an int >= 1"):
+        scatterbrain_attention(q, k, v, n_features=4, bucket_size=4,
+                               config={"num_threads": 0})

@@ -201,6 +201,45 @@ def test_schema_errors_name_the_key(tuning_dir, edit, key, message):
     assert isinstance(err.value, UserError)  # the CLI prints it as one line
 
 
+@pytest.mark.parametrize("target, key, value", [
+    ("torch:scatterbrain", "chunk_elements", 0),
+    ("torch:scatterbrain", "num_threads", -1),
+    ("sparse", "BLOCK_M", 0),
+], ids=["chunk-zero", "threads-negative", "tile-zero"])
+@pytest.mark.parametrize("where", ["best", "default"])
+def test_non_positive_config_values_are_rejected(tuning_dir, target, key, value, where):
+    data = document()
+    data["kernels"].setdefault(target, {"default": {}, "buckets": [bucket(1024)]})
+    entry = data["kernels"][target]
+    config = entry["default"] if where == "default" else entry["buckets"][0]["best"]
+    config[key] = value
+    path = write(tuning_dir, data)
+    place = "default" if where == "default" else "buckets[0].best"
+    with pytest.raises(TuningFileError) as err:
+        tuned.load("cpu")
+    assert str(err.value) == (f"{path}: kernels.{target}.{place}.{key}: must be an int or "
+                              f"null (a count >= 1), got {value}")
+
+
+def test_an_empty_file_is_an_error_not_an_empty_table(tuning_dir):
+    for text in ("", "# only a comment\n"):
+        (tuning_dir / "cpu.yaml").write_text(text)
+        with pytest.raises(TuningFileError, match="cpu.yaml: the file is empty") as err:
+            tuned.load("cpu")
+        assert "\n" not in str(err.value)
+
+
+def test_env_override_to_a_missing_folder_is_an_error(tmp_path, monkeypatch):
+    missing = tmp_path / "no-such-folder"
+    monkeypatch.setenv(tuned.ENV_DIR, str(missing))
+    with pytest.raises(UserError, match=f"SBBENCH_TUNING_DIR={missing}: no such folder"):
+        tuned.load("cpu")
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv(tuned.ENV_DIR, str(tmp_path / "a-file"))
+    with pytest.raises(UserError, match="no such folder"):
+        tuned.lookup_budget("cpu", 1024, 64, 0.05)
+
+
 def test_broken_yaml_is_a_clear_error(tuning_dir):
     (tuning_dir / "cpu.yaml").write_text("kernels: {torch:lsh: [\n")
     with pytest.raises(TuningFileError, match="not valid YAML"):
