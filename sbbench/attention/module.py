@@ -6,10 +6,11 @@ import torch
 from torch import nn
 
 from sbbench.attention.checks import check_n_features, check_positive_int
+from sbbench.attention.exact import exact_attention
 from sbbench.attention.features import draw_projections
 from sbbench.attention.lsh import HashFunctions, draw_hashes
 from sbbench.attention.scatterbrain import SPARSE_KINDS, impl_settings, scatterbrain_attention
-from sbbench.attention.settings import ConfigRequest
+from sbbench.attention.settings import ConfigRequest, warn_once
 from sbbench.attention.settings import resolve as resolve_settings
 
 
@@ -37,6 +38,7 @@ class ScatterbrainAttention(nn.Module):
         backend: str = "auto",
         seed: int = 0,
         config: dict | str | None = None,
+        exact: bool = False,
     ) -> None:
         super().__init__()
         embed_dim = check_positive_int("embed_dim", embed_dim)
@@ -55,6 +57,9 @@ class ScatterbrainAttention(nn.Module):
         self.sparse, self.causal = sparse, causal
         self.softmax_scale, self.backend = softmax_scale, backend
         self.config = config  # implementation settings (kernel tiles, CPU chunking)
+        # exact attention instead of the estimate: what from_tuned builds where no
+        # measured budget meets the error target
+        self.exact = bool(exact)
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.out = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.register_buffer("projections", torch.empty(n_features // 2, self.head_dim))
@@ -82,16 +87,22 @@ class ScatterbrainAttention(nn.Module):
 
         ``device``: "auto" (the local GPU, or cpu), a profile or alias ("h100"). Reads
         ``tuning_configs/<device>.yaml`` (``$SBBENCH_TUNING_DIR`` overrides the folder).
-        Raises ValueError when the table holds no Scatterbrain budget meeting
-        ``max_error`` at that shape (it then says whether exact attention is faster).
+        Where the table holds no Scatterbrain budget meeting ``max_error`` at that shape
+        (or the device has no table), the layer runs exact attention and a warning, given
+        once, says why and, where measured, the best error reached and its budget.
         """
         method = "scatterbrain_local" if sparse == "local" else "scatterbrain"
         resolved = resolve_settings("tuned", ConfigRequest(
             device, seq_len=seq_len, head_dim=head_dim, max_error=max_error, dtype=dtype,
             causal=causal, method=method))
-        if not resolved.has_budget:
-            raise ValueError(resolved.no_budget)
         config = impl_settings(resolved)
+        if not resolved.has_budget:
+            warn_once(f"ScatterbrainAttention.from_tuned: {resolved.no_budget}; the layer "
+                      f"runs exact attention (build it with n_features and bucket_size to "
+                      f"choose a budget, or run sbbench sweep and sbbench select for this "
+                      f"device)")
+            return cls(head_dim * num_heads, num_heads, sparse=sparse, causal=causal,
+                       config=config, exact=True, **layer_kwargs)
         return cls(head_dim * num_heads, num_heads, n_features=resolved.n_features,
                    bucket_size=resolved.bucket_size, n_hashes=resolved.n_hashes, sparse=sparse,
                    causal=causal, config=config, **layer_kwargs)
@@ -115,6 +126,11 @@ class ScatterbrainAttention(nn.Module):
         batch, seq, _ = x.shape
         qkv = self.qkv(x).view(batch, seq, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq, head_dim]
+        if self.exact:
+            attn = exact_attention(q, k, v, causal=self.causal,
+                                   key_padding_mask=key_padding_mask,
+                                   softmax_scale=self.softmax_scale)
+            return self.out(attn.transpose(1, 2).reshape(batch, seq, self.embed_dim))
         attn = scatterbrain_attention(
             q, k, v,
             n_features=self.n_features, bucket_size=self.bucket_size, n_hashes=self.n_hashes,
@@ -129,4 +145,5 @@ class ScatterbrainAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
                 f"n_features={self.n_features}, bucket_size={self.bucket_size}, "
-                f"n_hashes={self.n_hashes}, sparse={self.sparse!r}, causal={self.causal}")
+                f"n_hashes={self.n_hashes}, sparse={self.sparse!r}, causal={self.causal}"
+                + (", exact=True" if self.exact else ""))

@@ -20,9 +20,10 @@ from sbbench.attention.checks import (
     softmax_scale_for,
 )
 from sbbench.attention.core import attend
+from sbbench.attention.exact import exact_attention
 from sbbench.attention.features import draw_projections
 from sbbench.attention.lsh import HashFunctions, draw_hashes
-from sbbench.attention.settings import ConfigRequest
+from sbbench.attention.settings import ConfigRequest, warn_once
 from sbbench.attention.settings import resolve as resolve_settings
 
 BACKENDS = ("auto", "torch", "triton")
@@ -124,10 +125,11 @@ def scatterbrain_attention(
     config: implementation settings (they never change the estimate). None: defaults;
     ``"tuned"``: from the device's tuned table (``tuning_configs/<device>.yaml``, or
     ``$SBBENCH_TUNING_DIR``): kernel tile sizes on the triton backend, the bucket loop's
-    ``chunk_elements`` on the torch path, and, when ``n_features`` / ``bucket_size`` are
-    not given, the cheapest measured Scatterbrain budget meeting ``max_error`` (relative
-    output error) at this shape, and torch's intra-op threads for the call where the table
-    tuned them (restored afterwards); a dict: ``{"kernels": {name: tiles},
+    ``chunk_elements`` and torch's intra-op threads (for the call only) on the torch path,
+    and, when ``n_features`` / ``bucket_size`` are not given, the cheapest measured
+    Scatterbrain budget meeting ``max_error`` (relative output error) at this shape;
+    where none does (or the device has no table) exact attention runs instead and a
+    warning, given once, says why. A dict: ``{"kernels": {name: tiles},
     "chunk_elements": N, "num_threads": T}``.
     """
     check_qkv(q, k, v)
@@ -135,6 +137,10 @@ def scatterbrain_attention(
     n_features, bucket_size, n_hashes, impl = resolve_config(
         config, q, n_features=n_features, bucket_size=bucket_size, n_hashes=n_hashes,
         sparse=sparse, causal=causal, max_error=max_error)
+    if "no_budget" in impl:
+        return _exact_instead(q, k, v, impl["no_budget"], causal=causal,
+                              key_padding_mask=key_padding_mask, softmax_scale=softmax_scale,
+                              return_weights=return_weights)
     n_features = check_n_features(n_features)
     bucket_size = check_positive_int("bucket_size", bucket_size)
     n_hashes = check_positive_int("n_hashes", n_hashes)
@@ -181,13 +187,30 @@ def resolve_config(config, q, *, n_features, bucket_size, n_hashes, sparse, caus
         max_error=max_error, dtype=str(q.dtype).split(".")[-1], causal=causal,
         method=method))
     if n_features is None or bucket_size is None:
-        if not resolved.has_budget:
-            raise ValueError(f"config='tuned': {resolved.no_budget}; pass n_features and "
-                             f"bucket_size, or run sbbench sweep and sbbench select for "
-                             f"this device")
+        if not resolved.has_budget:  # the caller runs exact attention
+            return None, None, None, {"no_budget": resolved.no_budget}
         n_features, bucket_size, n_hashes = (resolved.n_features, resolved.bucket_size,
                                              resolved.n_hashes)
     return n_features, bucket_size, n_hashes, impl_settings(resolved)
+
+
+def exact_fallback_message(no_budget: str) -> str:
+    return (f"config='tuned': {no_budget}; running exact attention instead (pass "
+            f"n_features and bucket_size to choose a budget, or run sbbench sweep and "
+            f"sbbench select for this device)")
+
+
+def _exact_instead(q, k, v, no_budget, *, causal, key_padding_mask, softmax_scale,
+                   return_weights):
+    """Exact attention where the tuned table has no budget meeting the target: the
+    honest answer to "the cheapest estimate within max_error", warned about once."""
+    if return_weights == "unnormalized":
+        raise ValueError(f"return_weights='unnormalized' needs an approximation budget: "
+                         f"{no_budget}")
+    check_return_weights(return_weights)
+    warn_once(exact_fallback_message(no_budget), stacklevel=3)
+    return exact_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask,
+                           softmax_scale=softmax_scale, return_weights=bool(return_weights))
 
 
 def impl_settings(resolved) -> dict:

@@ -10,6 +10,7 @@ importing the package) needs neither torch nor YAML.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -64,3 +65,15 @@ def resolve(name: str, request: ConfigRequest) -> ResolvedConfig:
         raise ValueError(f"config={name!r}: no resolver registered under that name "
                          f"(registered: {', '.join(sorted(config_resolvers)) or 'none'})")
     return resolver(request)
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str, *, stacklevel: int = 2) -> None:
+    """``warnings.warn(message)`` the first time this process sees ``message`` (a model
+    calls attention once per layer and step: one warning says it, thousands hide it)."""
+    if message in _warned:
+        return
+    _warned.add(message)
+    warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)

@@ -1,10 +1,17 @@
 """Runtime use of the tuned tables: ScatterbrainAttention.from_tuned and config="tuned"."""
 
+import warnings
+
 import pytest
 import torch
 
 from sbbench import tuned
-from sbbench.attention import ScatterbrainAttention, scatterbrain_attention
+from sbbench.attention import (
+    ScatterbrainAttention,
+    exact_attention,
+    scatterbrain_attention,
+    settings,
+)
 
 
 def _entry(seq_len, method, n_features, bucket_size, error, time_ms, max_error=0.05):
@@ -16,7 +23,9 @@ def _entry(seq_len, method, n_features, bucket_size, error, time_ms, max_error=0
 
 @pytest.fixture
 def table_dir(tmp_path, monkeypatch):
-    """A cpu table (in a temp folder named by SBBENCH_TUNING_DIR) with two budgets."""
+    """A cpu table (in a temp folder named by SBBENCH_TUNING_DIR) with two budgets; the
+    once-only warnings start afresh."""
+    monkeypatch.setattr(settings, "_warned", set())
     monkeypatch.setenv(tuned.ENV_DIR, str(tmp_path))
     tuned.write_section("cpu", "budgets", [
         _entry(256, "scatterbrain", 16, 32, error=0.03, time_ms=1.0),
@@ -35,9 +44,55 @@ def test_from_tuned_takes_the_budget_of_the_nearest_shape(table_dir):
     assert (big.n_features, big.bucket_size) == (64, 64)
 
 
-def test_from_tuned_refuses_a_target_nothing_meets(table_dir):
-    with pytest.raises(ValueError, match="max_error=0.01"):
-        ScatterbrainAttention.from_tuned("cpu", seq_len=300, head_dim=32, max_error=0.01)
+def test_from_tuned_runs_exact_where_nothing_meets_the_target(table_dir):
+    with pytest.warns(UserWarning) as record:
+        layer = ScatterbrainAttention.from_tuned("cpu", seq_len=300, head_dim=32,
+                                                 num_heads=2, max_error=0.01)
+    message = str(record[0].message)
+    assert "max_error=0.01" in message and "exact attention" in message
+    # the best measured at the nearest shape, and its budget
+    assert "error 0.03 with f=16 bucket=32 hashes=1" in message
+    assert layer.exact and "exact=True" in repr(layer)
+    x = torch.randn(2, 300, 64)
+    batch, seq = x.shape[:2]
+    q, k, v = layer.qkv(x).view(batch, seq, 3, 2, 32).permute(2, 0, 3, 1, 4).unbind(0)
+    want = layer.out(exact_attention(q, k, v).transpose(1, 2).reshape(batch, seq, 64))
+    torch.testing.assert_close(layer(x), want)
+
+
+def test_from_tuned_without_a_table_for_the_device_runs_exact(table_dir):
+    with pytest.warns(UserWarning, match="no tuning table for device h100-sxm"):
+        layer = ScatterbrainAttention.from_tuned("h100", seq_len=512, head_dim=32,
+                                                 num_heads=2, max_error=0.05)
+    assert layer.exact
+    assert layer(torch.randn(1, 64, 64)).shape == (1, 64, 64)
+
+
+def test_config_tuned_runs_exact_and_warns_once(table_dir):
+    q, k, v = (torch.randn(1, 2, 250, 32) for _ in range(3))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")  # our own once-only logic, not the filter's
+        outs = [scatterbrain_attention(q, k, v, config="tuned", max_error=0.01)
+                for _ in range(3)]
+    assert len(record) == 1, [str(w.message) for w in record]
+    message = str(record[0].message)
+    assert "max_error=0.01" in message and "running exact attention" in message
+    assert "error 0.03 with f=16 bucket=32 hashes=1" in message
+    for out in outs:
+        torch.testing.assert_close(out, exact_attention(q, k, v))
+    out, weights = scatterbrain_attention(q, k, v, config="tuned", max_error=0.01,
+                                          return_weights=True, causal=True)
+    want, want_weights = exact_attention(q, k, v, causal=True, return_weights=True)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(weights, want_weights)
+
+
+def test_config_tuned_still_rejects_an_invalid_target(table_dir):
+    q = k = v = torch.randn(1, 1, 20, 8)
+    with pytest.raises(ValueError, match="max_error"):
+        scatterbrain_attention(q, k, v, config="tuned", max_error=0)
+    with pytest.raises(ValueError, match="max_error"):
+        ScatterbrainAttention.from_tuned("cpu", seq_len=20, head_dim=8, max_error=-1)
 
 
 def test_config_tuned_picks_the_budget_and_matches_the_explicit_call(table_dir):
