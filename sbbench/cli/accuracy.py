@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from sbbench.cli.args import (
+    DEFAULT_REPORTS,
     add_out_argument,
     float_list,
     int_at_least,
@@ -16,7 +17,7 @@ from sbbench.cli.args import (
 )
 from sbbench.core.errors import UserError
 
-DEFAULT_OUT = "reports/accuracy"
+DEFAULT_OUT = f"{DEFAULT_REPORTS}/accuracy"
 
 _DESCRIPTION = """\
 Accuracy study (the Scatterbrain paper's regime experiment): sweep the softmax

@@ -27,7 +27,7 @@ from sbbench.sweep.executors import (
 DEFAULT_STORE = "sbbench-results.sqlite"
 # Outputs go to the working folder, never into the installed package or the checkout's
 # committed reports/ and tuning_configs/ unless the user names those folders.
-DEFAULT_REPORTS = "reports"
+DEFAULT_REPORTS = "sbbench-reports"
 DEFAULT_TUNING = "sbbench-tuning"
 TUNING_ENV = "SBBENCH_TUNING_DIR"  # the same name sbbench.tuned reads
 
@@ -215,13 +215,11 @@ def add_out_argument(parser, *, default: str, help: str, flag: str = "--out") ->
 def default_tuning_dir() -> str:
     """Where ``select`` and ``tune`` write: ``$SBBENCH_TUNING_DIR`` (where tuning files
     are read from) when set, else ./sbbench-tuning."""
-    return os.environ.get(TUNING_ENV) or None
+    return os.environ.get(TUNING_ENV) or DEFAULT_TUNING
 
 
 def tuning_hint(folder: str | Path) -> str | None:
     """How to make ``ScatterbrainAttention.from_tuned`` read ``folder`` (None: it does)."""
-    if folder is None:
-        return None
     current = os.environ.get(TUNING_ENV)
     if current and Path(current).resolve() == Path(folder).resolve():
         return None

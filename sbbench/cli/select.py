@@ -17,6 +17,7 @@ from sbbench.cli.args import (
     as_text,
     default_tuning_dir,
     split_list,
+    tuning_hint,
 )
 
 _DESCRIPTION = """\
@@ -132,4 +133,7 @@ def run_select_command(args) -> int:
           f"{tuning_file}; table -> {out}", file=sys.stderr)
     for note in selection.notes:
         print(f"sbbench select: note: {note}", file=sys.stderr)
+    hint = tuning_hint(tuning_dir)
+    if hint:
+        print(f"sbbench select: {hint}", file=sys.stderr)
     return 0

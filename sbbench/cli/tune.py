@@ -15,6 +15,7 @@ from sbbench.cli.args import (
     TUNING_ENV,
     add_executor_arguments,
     add_gpu_argument,
+    default_tuning_dir,
     executor_from_args,
     int_at_least,
     int_list,
@@ -22,6 +23,7 @@ from sbbench.cli.args import (
     name_list,
     nonnegative_float,
     positive_int,
+    tuning_hint,
 )
 from sbbench.core.errors import UserError
 
@@ -183,7 +185,7 @@ def build_request(args, spec):
         strategy=args.strategy,
         options=TuneOptions(max_evals=args.max_evals, seed=args.seed, eta=args.eta),
         warmup_ms=args.warmup_ms, rep_ms=args.rep_ms, min_samples=args.min_samples,
-        within=args.within / 100.0, out_dir=Path(args.out_dir) if args.out_dir else None,
+        within=args.within / 100.0, out_dir=Path(args.out_dir or default_tuning_dir()),
         cache_path=cache, simulate=Path(args.simulate) if args.simulate else None,
         static=not args.no_static, jobs=args.jobs, dry_run=args.dry_run,
         note=args.note, command=command_line(args))
@@ -191,6 +193,9 @@ def build_request(args, spec):
 
 def _wrote(path) -> None:
     _progress(f"wrote {path}")
+    hint = tuning_hint(Path(path).parent)
+    if hint:
+        _progress(hint)
 
 
 def run_tune_command(args) -> int:
