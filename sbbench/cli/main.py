@@ -58,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # said by the command's parser, not the top-level one
+            prog = f"sbbench {args.command}" if getattr(args, "command", None) else "sbbench"
+            raise UsageError(f"{prog}: error: unrecognized arguments: {' '.join(extra)}")
     except UsageError as err:
         print(err, file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from sbbench.cli.args import (
     as_text,
     executor_from_args,
     executor_words,
+    file_path,
     int_list,
     name_list,
     nonnegative_int,
@@ -78,7 +79,7 @@ def register(subparsers) -> None:
                                   "h100-sxm, ...; auto detects (default: auto); with "
                                   "--executor ray a comma-separated list, e.g. "
                                   "a100-80gb,h100-sxm")
-    parser.add_argument("--grid", default="quick", metavar="NAME|FILE",
+    parser.add_argument("--grid", default="quick", metavar="NAME|FILE", type=file_path,
                         help=f"a shipped grid ({', '.join(shipped_grids())}) or a YAML "
                              f"file (default: quick)")
     add_store_argument(parser)
@@ -164,6 +165,10 @@ def run_sweep_command(args) -> int:
     # each worker checks its own device and measures its own CPU.
     targets = resolve_targets(args.gpu, template, remote=args.executor == "ray",
                               model_only=args.model_only or args.dry_run)
+    if args.model_only and any(target.spec.kind == "cpu" for target in targets):
+        raise UserError("--model-only predicts a GPU from its cost model; there is nothing "
+                        "to model on a CPU: drop --model-only to measure it, or name a GPU "
+                        "profile (see `sbbench devices`)")
     command = command_line(args)
     if args.dry_run:
         print("\n\n".join(dry_run_text(expansion, target.settings, target.spec,
