@@ -33,8 +33,8 @@ _EPILOG = """\
 examples:
   python -m sbbench.sweep.ci_bench --out ci-current.json
   sbbench check --baseline benchmarks/baseline_cpu.json --current ci-current.json
-  sbbench check --baseline benchmarks/baseline_cpu.json --current ci-1.json \
-      --current ci-2.json                      a regression must show in both runs
+  sbbench check --baseline benchmarks/baseline_cpu.json --current ci-1.json --current ci-2.json
+      a regression must show in both runs
   sbbench check --baseline old.sqlite --current new.sqlite --mode absolute \\
       --metric-factor time=1.05,error=1.5
 """
