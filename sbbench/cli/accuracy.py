@@ -1,18 +1,23 @@
-"""``sbbench accuracy``: the accuracy study from the command line (parsing only).
-
-Flags are read as text and checked here, so a bad value ends in one line
-(``UserError``) rather than argparse's usage block.
-"""
+"""``sbbench accuracy``: the accuracy study from the command line (parsing only)."""
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
+from sbbench.cli.args import (
+    DEFAULT_REPORTS,
+    add_out_argument,
+    float_list,
+    int_at_least,
+    name_list,
+    positive_int,
+)
 from sbbench.core.errors import UserError
+
+DEFAULT_OUT = f"{DEFAULT_REPORTS}/accuracy"
 
 _DESCRIPTION = """\
 Accuracy study (the Scatterbrain paper's regime experiment): sweep the softmax
@@ -24,10 +29,12 @@ attention mass the hash buckets catch, the ratio Scatterbrain / better baseline 
 regime, and the best split of the budget where Scatterbrain loses. Writes a report
 (README.md), markdown tables, CSV files and a plot into --out."""
 
-_EPILOG = """\
+_EPILOG = f"""\
 examples:
-  sbbench accuracy                            default study (a few minutes on a 2-core CPU)
+  sbbench accuracy                            default study (a few minutes on a 2-core CPU),
+                                              into ./{DEFAULT_OUT}
   sbbench accuracy --quick --out /tmp/acc     tiny smoke run (seconds)
+  sbbench accuracy --out reports/accuracy     regenerate the committed study of a checkout
   sbbench accuracy --seq-len 512 --budget 16 --seeds 5
   sbbench accuracy --temperatures 0.5,2,8 --kinds clustered --hashes 2
 """
@@ -42,28 +49,32 @@ def register(subparsers) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", default="reports/accuracy", metavar="DIR",
-                        help="output folder (default: reports/accuracy)")
-    parser.add_argument("--seq-len", metavar="N", help="sequence length (default 1024)")
-    parser.add_argument("--head-dim", metavar="D", help="head dimension (default 64)")
-    parser.add_argument("--heads", metavar="H", help="attention heads (default 4)")
-    parser.add_argument("--budget", metavar="B",
+    add_out_argument(parser, default=DEFAULT_OUT,
+                     help=f"output folder (default: ./{DEFAULT_OUT})")
+    parser.add_argument("--seq-len", metavar="N", type=int_at_least(8),
+                        help="sequence length (default 1024)")
+    parser.add_argument("--head-dim", metavar="D", type=positive_int,
+                        help="head dimension (default 64)")
+    parser.add_argument("--heads", metavar="H", type=positive_int,
+                        help="attention heads (default 4)")
+    parser.add_argument("--budget", metavar="B", type=int_at_least(4),
                         help="attention memory per query, features + bucket_size * hashes "
                              "(default seq_len / 16)")
-    parser.add_argument("--hashes", metavar="R",
+    parser.add_argument("--hashes", metavar="R", type=positive_int,
                         help="hash rounds of LSH and Scatterbrain (default 1)")
-    parser.add_argument("--seeds", metavar="N", help="number of seeds, 0 .. N-1 (default 3)")
-    parser.add_argument("--temperatures", metavar="T,T,...",
+    parser.add_argument("--seeds", metavar="N", type=positive_int,
+                        help="number of seeds, 0 .. N-1 (default 3)")
+    parser.add_argument("--temperatures", metavar="T,T,...", type=float_list,
                         help="softmax temperatures, > 0 (default 0.25,0.5,1,2,4,8)")
-    parser.add_argument("--kinds", metavar="KIND,...",
+    parser.add_argument("--kinds", metavar="KIND,...", type=name_list(),
                         help="input kinds: gaussian, clustered (default both)")
-    parser.add_argument("--clusters", metavar="C", help="clusters of the clustered kind "
-                                                        "(default 8)")
+    parser.add_argument("--clusters", metavar="C", type=positive_int,
+                        help="clusters of the clustered kind (default 8)")
     parser.add_argument("--no-oracles", action="store_true",
                         help="skip the oracle approximations")
     parser.add_argument("--no-split-sweep", action="store_true",
                         help="skip the split sweep where Scatterbrain loses")
-    parser.add_argument("--threads", metavar="N", default="1",
+    parser.add_argument("--threads", metavar="N", default=1, type=positive_int,
                         help="torch CPU threads (default 1: fastest on a shared machine; "
                              "results change only by rounding)")
     parser.add_argument("--quick", action="store_true",
@@ -72,62 +83,25 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _int(flag: str, text: str | None, minimum: int) -> int | None:
-    if text is None:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise UserError(f"{flag} must be an integer >= {minimum}, got {text!r}") from None
-    if value < minimum:
-        raise UserError(f"{flag} must be an integer >= {minimum}, got {value}")
-    return value
-
-
-def _floats(flag: str, text: str | None) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UserError(f"{flag} must be comma-separated numbers > 0, got {text!r}") from None
-    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
-        raise UserError(f"{flag} must be comma-separated numbers > 0, got {text!r}")
-    return tuple(dict.fromkeys(values))
-
-
-def _kinds(text: str | None) -> tuple[str, ...] | None:
-    from sbbench.measure.inputs import KINDS
-
-    if text is None:
-        return None
-    kinds = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
-    bad = [k for k in kinds if k not in KINDS]
-    if not kinds or bad:
-        raise UserError(f"--kinds must be a comma-separated subset of {', '.join(KINDS)}, "
-                        f"got {text!r}")
-    return kinds
-
-
 def build_config(args: argparse.Namespace):
     """The StudyConfig the flags ask for (UserError on bad values)."""
+    from sbbench.measure.inputs import KINDS
     from sbbench.study.accuracy import QUICK, StudyConfig, with_overrides
 
+    if args.kinds is not None and any(kind not in KINDS for kind in args.kinds):
+        raise UserError(f"--kinds must be a comma-separated subset of {', '.join(KINDS)}, "
+                        f"got {','.join(args.kinds)!r}")
     base = QUICK if args.quick else StudyConfig()
-    seq_len = _int("--seq-len", args.seq_len, 8)
-    budget = _int("--budget", args.budget, 4)
+    seq_len, budget = args.seq_len, args.budget
     if budget is None and seq_len is not None:  # keep the base's share of the sequence
         budget = max(4, round(seq_len * base.budget / base.seq_len))
-    seeds = _int("--seeds", args.seeds, 1)
     changes = dict(
-        seq_len=seq_len, budget=budget,
-        head_dim=_int("--head-dim", args.head_dim, 1),
-        heads=_int("--heads", args.heads, 1),
-        n_hashes=_int("--hashes", args.hashes, 1),
-        seeds=None if seeds is None else tuple(range(seeds)),
-        temperatures=_floats("--temperatures", args.temperatures),
-        kinds=_kinds(args.kinds),
-        n_clusters=_int("--clusters", args.clusters, 1),
+        seq_len=seq_len, budget=budget, head_dim=args.head_dim, heads=args.heads,
+        n_hashes=args.hashes,
+        seeds=None if args.seeds is None else tuple(range(args.seeds)),
+        temperatures=None if args.temperatures is None else
+        tuple(dict.fromkeys(args.temperatures)),
+        kinds=args.kinds, n_clusters=args.clusters,
         oracles=False if args.no_oracles else None,
         split_sweep=False if args.no_split_sweep else None,
     )
@@ -161,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     from sbbench.study.report import write_outputs
 
     config = build_config(args)
-    threads = _int("--threads", args.threads, 1)
+    threads = args.threads
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)

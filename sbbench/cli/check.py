@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sbbench.core.errors import UserError
+from sbbench.cli.args import (
+    file_path,
+    finite_float,
+    nonnegative_float,
+    positive_float,
+    split_list,
+)
 
 _DESCRIPTION = """\
 Compare a current result set with a baseline on the same points (the result key without
@@ -27,11 +33,30 @@ _EPILOG = """\
 examples:
   python -m sbbench.sweep.ci_bench --out ci-current.json
   sbbench check --baseline benchmarks/baseline_cpu.json --current ci-current.json
-  sbbench check --baseline benchmarks/baseline_cpu.json --current ci-1.json \
-      --current ci-2.json                      a regression must show in both runs
+  sbbench check --baseline benchmarks/baseline_cpu.json --current ci-1.json --current ci-2.json
+      a regression must show in both runs
   sbbench check --baseline old.sqlite --current new.sqlite --mode absolute \\
       --metric-factor time=1.05,error=1.5
 """
+
+
+def metric_factors(text: str) -> dict[str, float]:
+    """"time=1.1,error=1.2" -> {"time": 1.1, "error": 1.2}."""
+    from sbbench.analyze.regress import METRICS
+
+    factors = {}
+    try:
+        for part in split_list(text):
+            name, sep, value = part.partition("=")
+            factors[name.strip()] = float(value) if sep else float("nan")
+    except ValueError:
+        factors = {}
+    if not factors or any(name not in METRICS or not 1 < value < float("inf")
+                          for name, value in factors.items()):
+        raise argparse.ArgumentTypeError(
+            f"takes comma-separated METRIC=FACTOR with METRIC one of {', '.join(METRICS)} "
+            f"and FACTOR a number > 1, got {text!r}")
+    return factors
 
 
 def register(subparsers) -> None:
@@ -39,17 +64,20 @@ def register(subparsers) -> None:
         "check", help="performance regression check of a result set against a baseline",
         description=_DESCRIPTION, epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline", required=True, metavar="PATH",
+    parser.add_argument("--baseline", required=True, metavar="PATH", type=file_path,
                         help="baseline result set (JSON or SQLite store)")
     parser.add_argument("--current", required=True, metavar="PATH", action="append",
+                        type=file_path,
                         help="current result set (JSON or SQLite store); repeat it for "
                              "confirmation runs: a regression must then fail in every one")
-    parser.add_argument("--factor", type=float, default=1.10, metavar="F",
+    parser.add_argument("--factor", type=finite_float(minimum=1.0), default=1.10,
+                        metavar="F",
                         help="smallest change that counts, for every metric (default 1.10)")
     parser.add_argument("--metric-factor", default=None, metavar="M=F,...",
+                        type=metric_factors,
                         help="per-metric factors overriding --factor: time, error, memory, "
                              "energy (e.g. time=1.1,error=1.2)")
-    parser.add_argument("--alpha", type=float, default=0.01,
+    parser.add_argument("--alpha", type=positive_float, default=0.01,
                         help="significance level of the one-sided Mann-Whitney U test "
                              "(default 0.01)")
     parser.add_argument("--mode", choices=("auto", "ratio", "absolute"), default="auto",
@@ -60,7 +88,7 @@ def register(subparsers) -> None:
                         default="auto",
                         help="ratio mode's reference; auto: the calibration kernel where "
                              "both sets have one, else exact attention at the same shape")
-    parser.add_argument("--error-atol", type=float, default=None, metavar="E",
+    parser.add_argument("--error-atol", type=nonnegative_float, default=None, metavar="E",
                         help="changes of the relative output error below this are noise "
                              "(default 1e-4)")
     parser.add_argument("--allow-missing", action="store_true",
@@ -73,18 +101,16 @@ def register(subparsers) -> None:
 def run_check_command(args) -> int:
     from sbbench.analyze.regress import (
         ERROR_ATOL,
+        METRICS,
         compare,
         confirm,
         format_table,
         load_result_set,
-        parse_metric_factors,
         summary_line,
     )
 
-    factors = parse_metric_factors(args.metric_factor, default=args.factor)
+    factors = {**dict.fromkeys(METRICS, args.factor), **(args.metric_factor or {})}
     error_atol = ERROR_ATOL if args.error_atol is None else args.error_atol
-    if error_atol < 0:
-        raise UserError(f"--error-atol must be >= 0, got {error_atol}")
     baseline = load_result_set(args.baseline)
     currents = [load_result_set(path) for path in args.current]
     result = confirm([compare(baseline, current, factors=factors, alpha=args.alpha,

@@ -9,6 +9,13 @@ from tabulate import tabulate
 from sbbench.core import devices
 from sbbench.core.devices import PEAK_DTYPES, DeviceSpec
 
+_EPILOG = """\
+examples:
+  sbbench devices                   the profiles, their aliases, and the device found here
+  sbbench devices --measure-cpu     ... with this CPU's measured FLOP/s and bandwidth
+  sbbench sweep --gpu h100 ...      a profile name or alias is what --gpu takes
+"""
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -16,6 +23,7 @@ def register(subparsers) -> None:
         help="list the device profiles and the device detected here",
         description="List the device profiles (figures from vendor datasheets, see "
                     "sbbench/data/devices.yaml) and the device detected on this machine.",
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--measure-cpu", action="store_true",

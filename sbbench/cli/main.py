@@ -1,8 +1,9 @@
-"""Command-line interface: argument parsing only (ARCHITECTURE.md layer 5).
+"""Command-line interface: argument parsing only (the top layer).
 
-Each command lives in ``sbbench/cli_<name>.py`` with a ``register(subparsers)`` function
-that adds its parser and sets ``func``; this module wires them together and turns user
-errors into one clear line instead of a traceback.
+Each command lives in ``sbbench/cli/<name>.py`` with a ``register(subparsers)`` function
+that adds its parser and sets ``func``; the arguments they share are in
+``sbbench/cli/args.py``. This module wires them together and turns user errors (a flag
+argparse refuses, or a ``UserError`` from below) into one clear line and exit status 2.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib
 import sys
 
 from sbbench import __version__
+from sbbench.cli.args import DEFAULT_REPORTS, DEFAULT_TUNING, Parser, UsageError
 from sbbench.core.errors import UserError
 
 # One module per command, in the order the help lists them.
@@ -25,21 +27,21 @@ _COMMAND_MODULES = (
     "devices",
 )
 
-_EPILOG = """examples:
-  sbbench sweep --gpu cpu --grid quick --report   small CPU sweep + report in reports/cpu/
+_EPILOG = f"""examples:
+  sbbench sweep --gpu cpu --grid quick --report   small CPU sweep + report in {DEFAULT_REPORTS}/cpu/
   sbbench sweep --gpu h100 --grid full            on an H100 (refuses on another device)
   sbbench sweep --gpu a100 --model-only           predict from the cost model, rows marked modeled
   sbbench report --store sbbench-results.sqlite
-  sbbench select --gpu cpu                        budgets per error target -> tuning_configs/
+  sbbench select --gpu cpu                        budgets per error target -> {DEFAULT_TUNING}/
   sbbench tune --gpu cpu                          tune the torch path (GPU: kernel tiles)
   sbbench check --baseline A.json --current B.json  regression check (exit 1 on regression)
-  sbbench accuracy --out reports/accuracy         accuracy study (error vs attention entropy)
+  sbbench accuracy --out /tmp/accuracy            accuracy study (error vs attention entropy)
   sbbench devices                                 the GPU profiles sbbench knows
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sbbench",
         description="Benchmark and autotune Scatterbrain attention (sparse LSH + low-rank "
                     "Performer) against exact attention.",
@@ -55,7 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # said by the command's parser, not the top-level one
+            prog = f"sbbench {args.command}" if getattr(args, "command", None) else "sbbench"
+            raise UsageError(f"{prog}: error: unrecognized arguments: {' '.join(extra)}")
+    except UsageError as err:
+        print(err, file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

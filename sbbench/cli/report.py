@@ -1,4 +1,4 @@
-"""``sbbench report``: turn a results store into reports/<device>/ (tables, CSV, plots)."""
+"""``sbbench report``: turn a results store into <out>/<device>/ (tables, CSV, plots)."""
 
 from __future__ import annotations
 
@@ -6,43 +6,56 @@ import argparse
 import shlex
 import sys
 
-from sbbench.cli.sweep import DEFAULT_STORE
+from sbbench.cli.args import (
+    DEFAULT_REPORTS,
+    DeprecatedAlias,
+    add_out_argument,
+    add_store_argument,
+    name_list,
+)
 
-_EPILOG = """\
+_EPILOG = f"""\
 examples:
   sbbench report                                   report of sbbench-results.sqlite
+                                                   into ./{DEFAULT_REPORTS}/<device>/
   sbbench report --store runs/h100.sqlite --out reports/
-  sbbench report --store all.sqlite --device cpu   one device of a shared store
+                                                   regenerate the committed reports
+  sbbench report --store all.sqlite --gpu cpu      one device of a shared store
 
 writes, per device: README.md (header with command, date, device and versions; one
 table per shape; Pareto fronts; failed points with reasons), results.csv (and
 results.parquet if pyarrow is installed), time_vs_seq_len.png, memory_vs_seq_len.png,
 pareto/<shape>.png and energy_per_token.png where energy was measured. Rows predicted
-by --model-only go to reports/<device>/modeled/.
+by --model-only go to <out>/<device>/modeled/.
 """
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "report", help="write markdown tables, CSV and plots from a results store",
-        description="Write reports/<device>/ from a results store.", epilog=_EPILOG,
+        description="Write <out>/<device>/ from a results store.", epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", default=DEFAULT_STORE, metavar="PATH",
-                        help=f"SQLite results store (default: {DEFAULT_STORE})")
-    parser.add_argument("--out", default="reports", metavar="DIR",
-                        help="output folder; one sub-folder per device (default: reports)")
-    parser.add_argument("--device", action="append", metavar="NAME",
-                        help="only this device (repeatable; default: every device)")
+    add_store_argument(parser)
+    add_out_argument(parser, default=DEFAULT_REPORTS,
+                     help=f"output folder; one sub-folder per device (default: "
+                          f"./{DEFAULT_REPORTS})")
+    parser.add_argument("--gpu", action="append", metavar="NAME,..", type=name_list(),
+                        help="only these devices (comma-separated or repeated; default: "
+                             "every device in the store)")
+    # The old spelling: still read, with a note (one name per concept: --gpu).
+    parser.add_argument("--device", dest="gpu", action=DeprecatedAlias, new_flag="--gpu",
+                        type=name_list(), help=argparse.SUPPRESS)
     parser.set_defaults(func=run_report_command)
 
 
 def run_report_command(args) -> int:
     from sbbench.analyze.report import write_report
 
+    devices = [name for names in args.gpu or [] for name in names] or None
     words = ["sbbench", "report", "--store", args.store, "--out", args.out]
-    for device in args.device or []:
-        words += ["--device", device]
+    if devices:
+        words += ["--gpu", ",".join(devices)]
     for path in write_report(args.store, args.out, command=shlex.join(words),
-                             devices=args.device):
+                             devices=devices):
         print(f"sbbench report: wrote {path}/", file=sys.stderr)
     return 0

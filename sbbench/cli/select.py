@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
 
-from sbbench.cli.sweep import DEFAULT_STORE
+from sbbench.cli.args import (
+    DEFAULT_REPORTS,
+    DEFAULT_TUNING,
+    TUNING_ENV,
+    add_gpu_argument,
+    add_store_argument,
+    as_text,
+    default_tuning_dir,
+    split_list,
+    tuning_hint,
+)
 
 _DESCRIPTION = """\
 From the measured rows of one device in a results store: per shape (seq_len, head_dim,
@@ -15,17 +26,36 @@ batch x heads, dtype, causal) the Pareto front of error vs time (and peak memory
 energy where measured); per error target the cheapest method and budget meeting it;
 and per shape family the sequence length below which exact attention is simply faster.
 
-Writes the `budgets:` section of tuning_configs/<device>.yaml (the tables that
+Writes the `budgets:` section of <tuning-dir>/<device>.yaml (the tables that
 ScatterbrainAttention.from_tuned and lookup_budget read; other sections are kept) and a
-readable reports/<device>/budgets.md."""
+readable <report-out>/<device>/budgets.md. The tuning folder is $SBBENCH_TUNING_DIR when
+set, else ./sbbench-tuning; run with SBBENCH_TUNING_DIR=./sbbench-tuning to use it."""
 
-_EPILOG = """\
+_EPILOG = f"""\
 examples:
   sbbench sweep --gpu cpu --grid quick && sbbench select --gpu cpu
+      budgets into ./{DEFAULT_TUNING}/cpu.yaml, the table into ./{DEFAULT_REPORTS}/cpu/
+  {TUNING_ENV}=./{DEFAULT_TUNING} python my_model.py
+      ... and ScatterbrainAttention.from_tuned reads them
   sbbench select --gpu h100-sxm --store runs/h100.sqlite --targets 1%,5%
   sbbench select --gpu cpu --dry-run                print the table, write nothing
-  SBBENCH_TUNING_DIR=/tmp/tuned sbbench select --gpu cpu    write elsewhere
+  sbbench select --gpu cpu --tuning-dir tuning_configs --report-out reports
+      update the committed files of a source checkout
 """
+
+
+def error_targets(text: str) -> tuple[float, ...]:
+    """"1%,2%,0.05" -> (0.01, 0.02, 0.05): percentages or fractions, each > 0."""
+    try:
+        values = tuple(sorted({float(p[:-1]) / 100 if p.endswith("%") else float(p)
+                               for p in split_list(text)}))
+    except ValueError:
+        values = ()
+    if not values or any(not (0 < v < math.inf) for v in values):
+        raise argparse.ArgumentTypeError(
+            f"takes comma-separated error targets > 0, percentages or fractions "
+            f"(1%,0.05), got {text!r}")
+    return values
 
 
 def register(subparsers) -> None:
@@ -33,19 +63,19 @@ def register(subparsers) -> None:
         "select", help="choose budgets per error target from sweep results",
         description=_DESCRIPTION, epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gpu", default="auto", metavar="NAME",
-                        help="device profile whose rows to use (cpu, h100-sxm, ...; auto: "
-                             "the local device; default: auto)")
-    parser.add_argument("--store", default=DEFAULT_STORE, metavar="PATH",
-                        help=f"SQLite results store (default: {DEFAULT_STORE})")
+    add_gpu_argument(parser, help="device profile whose rows to use (cpu, h100-sxm, ...; "
+                                  "auto: the local device; default: auto)")
+    add_store_argument(parser)
     parser.add_argument("--targets", default="1%,2%,5%,10%", metavar="LIST",
+                        type=as_text(error_targets),
                         help="relative output error targets, percentages or fractions "
                              "(default: 1%%,2%%,5%%,10%%)")
-    parser.add_argument("--report-out", default="reports", metavar="DIR",
-                        help="the table goes to DIR/<device>/budgets.md (default: reports)")
+    parser.add_argument("--report-out", default=DEFAULT_REPORTS, metavar="DIR",
+                        help=f"the table goes to DIR/<device>/budgets.md (default: "
+                             f"./{DEFAULT_REPORTS})")
     parser.add_argument("--tuning-dir", default=None, metavar="DIR",
-                        help="folder of the tuning files (default: $SBBENCH_TUNING_DIR, "
-                             "else the shipped tuning_configs/)")
+                        help=f"folder of the tuning files (default: ${TUNING_ENV} when set, "
+                             f"else ./{DEFAULT_TUNING})")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the budgets table; write neither file")
     parser.set_defaults(func=run_select_command)
@@ -54,7 +84,7 @@ def register(subparsers) -> None:
 def command_line(args) -> str:
     words = ["sbbench", "select", "--gpu", args.gpu, "--store", args.store,
              "--targets", args.targets]
-    if args.report_out != "reports":
+    if args.report_out != DEFAULT_REPORTS:
         words += ["--report-out", args.report_out]
     if args.tuning_dir:
         words += ["--tuning-dir", args.tuning_dir]
@@ -62,12 +92,12 @@ def command_line(args) -> str:
 
 
 def run_select_command(args) -> int:
-    from sbbench.analyze.selection import budgets_markdown, parse_targets, select
+    from sbbench.analyze.selection import budgets_markdown, select
     from sbbench.core.devices import resolve_gpu
     from sbbench.core.record import now_utc
     from sbbench.sweep.store import Store
 
-    targets = parse_targets(args.targets)
+    targets = error_targets(args.targets)
     device = resolve_gpu(args.gpu, model_only=True).name  # selection measures nothing
     with Store(args.store, readonly=True) as store:
         frame = store.to_dataframe()
@@ -88,8 +118,9 @@ def run_select_command(args) -> int:
                  "crossover": round(t.crossover, 1) if t.crossover is not None else None}
                 for t in selection.thresholds],
         }
+        tuning_dir = args.tuning_dir or default_tuning_dir()
         tuning_file = str(write_section(device, "budgets", selection.entries,
-                                        metadata=metadata, folder=args.tuning_dir))
+                                        metadata=metadata, folder=tuning_dir))
     text = budgets_markdown(selection, device=device, command=command, date=date,
                             store=str(args.store), tuning_file=tuning_file)
     if args.dry_run:
@@ -102,4 +133,7 @@ def run_select_command(args) -> int:
           f"{tuning_file}; table -> {out}", file=sys.stderr)
     for note in selection.notes:
         print(f"sbbench select: note: {note}", file=sys.stderr)
+    hint = tuning_hint(tuning_dir)
+    if hint:
+        print(f"sbbench select: {hint}", file=sys.stderr)
     return 0

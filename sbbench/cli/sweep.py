@@ -7,12 +7,37 @@ import shlex
 import sys
 from pathlib import Path
 
+from sbbench.cli.args import (
+    DEFAULT_REPORTS,
+    DEFAULT_STORE,
+    add_executor_arguments,
+    add_gpu_argument,
+    add_store_argument,
+    as_text,
+    executor_from_args,
+    executor_words,
+    file_path,
+    int_list,
+    name_list,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 from sbbench.core.errors import UserError
 from sbbench.core.types import budget_label
-from sbbench.sweep.executors import add_executor_arguments, executor_words
 from sbbench.sweep.grid import OVERRIDE_FLAGS, apply_overrides, expand, load_grid, shipped_grids
 
-DEFAULT_STORE = "sbbench-results.sqlite"
+__all__ = ["DEFAULT_STORE", "register", "run_sweep_command"]
+
+# How each axis flag's text is checked before the grid reads it (the grid owns the
+# meaning: valid methods, dtypes, even features, ...).
+_AXIS_TYPES = {
+    "seq-len": int_list(), "head-dim": int_list(), "batch": int_list(), "heads": int_list(),
+    "features": int_list(), "bucket-size": int_list(), "hashes": int_list(),
+    "seeds": positive_int, "temperature": positive_float, "warmup-ms": positive_float,
+    "rep-ms": positive_float, "dtype": name_list(), "causal": name_list(),
+    "methods": name_list(), "backends": name_list(), "inputs": name_list(),
+}
 
 _DESCRIPTION = """\
 Sweep sequence length, head dimension, methods and approximation budgets (random
@@ -27,7 +52,7 @@ examples:
   sbbench sweep --gpu cpu --grid quick
       the small CPU grid (a few minutes on 2 cores), into sbbench-results.sqlite
   sbbench sweep --gpu cpu --grid quick --report
-      ... and write reports/cpu/ afterwards
+      ... and write sbbench-reports/cpu/ afterwards
   sbbench sweep --gpu h100-sxm --grid full --seq-len 1024,4096 --features 64,128
       the full grid on an H100, with two axes overridden
   sbbench sweep --gpu a100-80gb --grid full --model-only
@@ -50,15 +75,14 @@ def register(subparsers) -> None:
         "sweep", help="measure a grid of methods and budgets on one device",
         description=_DESCRIPTION, epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gpu", default="auto", metavar="NAME",
-                        help="device profile (see `sbbench devices`): cpu, a100-80gb, "
-                             "h100-sxm, ...; auto detects (default: auto); with --executor "
-                             "ray a comma-separated list, e.g. a100-80gb,h100-sxm")
-    parser.add_argument("--grid", default="quick", metavar="NAME|FILE",
+    add_gpu_argument(parser, help="device profile (see `sbbench devices`): cpu, a100-80gb, "
+                                  "h100-sxm, ...; auto detects (default: auto); with "
+                                  "--executor ray a comma-separated list, e.g. "
+                                  "a100-80gb,h100-sxm")
+    parser.add_argument("--grid", default="quick", metavar="NAME|FILE", type=file_path,
                         help=f"a shipped grid ({', '.join(shipped_grids())}) or a YAML "
                              f"file (default: quick)")
-    parser.add_argument("--store", default=DEFAULT_STORE, metavar="PATH",
-                        help=f"SQLite results store (default: {DEFAULT_STORE})")
+    add_store_argument(parser)
     axes = parser.add_argument_group("axis overrides (comma-separated; replace the grid's)")
     helps = {
         "seq-len": "sequence lengths, e.g. 1024,4096", "head-dim": "head dimensions",
@@ -73,7 +97,8 @@ def register(subparsers) -> None:
         "warmup-ms": "warm-up time budget per point", "rep-ms": "timing budget per point",
     }
     for flag in OVERRIDE_FLAGS:
-        axes.add_argument(f"--{flag}", metavar="V", default=None, help=helps[flag])
+        axes.add_argument(f"--{flag}", metavar="V", default=None, help=helps[flag],
+                          type=as_text(_AXIS_TYPES[flag]))
     run = parser.add_argument_group("what to do")
     run.add_argument("--dry-run", action="store_true",
                      help="list the points with their modeled cost and exit")
@@ -87,13 +112,14 @@ def register(subparsers) -> None:
                      help="skip the peak-memory measurement (CPU: one child process per point)")
     run.add_argument("--no-energy", action="store_true",
                      help="skip the >= 1 s energy window per point (GPU with NVML)")
-    run.add_argument("--threads", type=int, default=0, metavar="N",
+    run.add_argument("--threads", type=nonnegative_int, default=0, metavar="N",
                      help="torch CPU threads (default: torch's choice)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     run.add_argument("--report", action="store_true",
                      help="write the report of the store after the sweep")
-    run.add_argument("--report-out", default="reports", metavar="DIR",
-                     help="where --report writes (default: reports)")
+    run.add_argument("--report-out", default=DEFAULT_REPORTS, metavar="DIR",
+                     help=f"where --report writes, one folder per device (default: "
+                          f"./{DEFAULT_REPORTS})")
     add_executor_arguments(parser)
     parser.set_defaults(func=run_sweep_command)
 
@@ -117,12 +143,10 @@ def command_line(args) -> str:
 
 
 def run_sweep_command(args) -> int:
-    from sbbench.sweep.executors import executor_from_args, resolve_targets
+    from sbbench.sweep.executors import resolve_targets
     from sbbench.sweep.runner import Settings
     from sbbench.sweep.store import Store
 
-    if args.threads < 0:
-        raise UserError(f"--threads must be >= 0, got {args.threads}")
     grid = load_grid(args.grid)
     grid = apply_overrides(grid, {flag: getattr(args, flag.replace("-", "_"))
                                   for flag in OVERRIDE_FLAGS})
@@ -141,6 +165,10 @@ def run_sweep_command(args) -> int:
     # each worker checks its own device and measures its own CPU.
     targets = resolve_targets(args.gpu, template, remote=args.executor == "ray",
                               model_only=args.model_only or args.dry_run)
+    if args.model_only and any(target.spec.kind == "cpu" for target in targets):
+        raise UserError("--model-only predicts a GPU from its cost model; there is nothing "
+                        "to model on a CPU: drop --model-only to measure it, or name a GPU "
+                        "profile (see `sbbench devices`)")
     command = command_line(args)
     if args.dry_run:
         print("\n\n".join(dry_run_text(expansion, target.settings, target.spec,
