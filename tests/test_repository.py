@@ -103,14 +103,16 @@ def text_violations(files: list[Path], root: Path = ROOT) -> list[str]:
 def test_text_violations_finds_what_it_should(tmp_path):
     """The checker itself: each forbidden string and an issue citation are caught."""
     sample = tmp_path / "sample.py"
-    sample.write_text("# see " + FORBIDDEN_TEXT[2] + " 4\n# fixes Issue 12\nx = 1  # fine\n")
+    cited = "Issue" + " 12"  # in pieces, like FORBIDDEN_TEXT
+    sample.write_text("# see " + FORBIDDEN_TEXT[2] + " 4\n# fixes " + cited + "\nx = 1  # fine\n")
     binary = tmp_path / "data.bin"
     binary.write_bytes(b"\0" + FORBIDDEN_TEXT[0].encode())
     notes = tmp_path / "notes.md"
-    notes.write_text("an issue 3 in prose is fine outside code; " + FORBIDDEN_TEXT[0] + "\n")
+    notes.write_text("an issue" + " 3 in prose is fine outside code; " + FORBIDDEN_TEXT[0]
+                     + "\n")
     found = text_violations([sample, binary, notes], root=tmp_path)
     assert found == ["sample.py:1: " + repr(FORBIDDEN_TEXT[2]),
-                     "sample.py:2: cites 'Issue 12'",
+                     f"sample.py:2: cites {cited!r}",
                      "notes.md:1: " + repr(FORBIDDEN_TEXT[0])]
 
 
