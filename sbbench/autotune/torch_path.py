@@ -92,7 +92,7 @@ class CpuCase:
     """One method at one shape bucket on the CPU: inputs, randomness, reference, evaluator.
 
     q, k, v: [batch, heads, seq_len, head_dim] seeded clustered inputs; projections and
-    hash functions drawn once from ``seed`` and shared by every candidate (STYLE.md 2).
+    hash functions drawn once from ``seed`` and shared by every candidate.
     """
 
     def __init__(self, method: str, shape: ShapeBucket, *, batch: int = 1, heads: int = 4,

@@ -1,7 +1,7 @@
 """The Triton kernels' tile sizes: one case per (kernel, shape bucket).
 
 Each kernel declares its search space, default and ``keep(config, limits, shape)`` next
-to its code (``sbbench.kernels.SEARCH_SPACES``, STYLE.md 4). A case:
+to its code (``sbbench.kernels.SEARCH_SPACES``). A case:
 
 - prunes statically: the kernel's ``keep()`` against the device's limits, then an
   ahead-of-time compile for the device's architecture (``kernels/static.py``, no GPU
