@@ -1,25 +1,64 @@
 #!/usr/bin/env bash
-# One command for a GPU session (about 5-7 minutes on one H200, hard limit 7.5 minutes):
-# the kernels' GPU tests, then timings of every kernel and of the Triton forwards against
-# the torch path and exact SDPA (flash), seq 4096..65536, bf16, head_dim 64 and 128.
+# One command for a GPU session: the GPU tests (`pytest -m gpu`: the kernels against the
+# torch reference, incl. causal + padding masks, every kernel's search space sampled, the
+# static compile against the JIT), then the `device_check` grid (every method on the
+# torch and Triton backends against exact attention, bf16, head_dim 64 and 256, buckets
+# 64 and 256, causal or not) into a results store, then its report. Rows are in the one
+# Record schema, so `sbbench check`, `select` and `report` read them like any sweep's.
 #
-#   scripts/device_check.sh OUTDIR [--dry-run] [more flags of scripts/device_check.py]
+#   scripts/device_check.sh OUTDIR [--gpu NAME] [--dry-run]
 #
-# Writes OUTDIR/device_check.{md,json,csv} and OUTDIR/pytest.{log,xml}. --dry-run runs on
-# the CPU under the Triton interpreter at tiny sizes (checks the script, measures nothing).
-set -euo pipefail
+# --gpu NAME: the device profile (default auto: detect; name one if detection fails).
+# --dry-run: print the commands and run only `sbbench sweep --dry-run` (the grid's points
+# and cost-model numbers); works on a CPU machine, measures nothing.
+# Writes OUTDIR/pytest.{log,xml}, OUTDIR/device_check.sqlite and OUTDIR/reports/.
+# Exit status: the first failing step's (the sweep and report still run after failed tests).
+set -uo pipefail
+usage="usage: $0 OUTDIR [--gpu NAME] [--dry-run]"
 if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
-    echo "usage: $0 OUTDIR [--dry-run] [flags of scripts/device_check.py]" >&2
+    echo "$usage" >&2
     exit 2
 fi
 outdir=$1
 shift
+gpu=auto
+dry_run=0
+while [ $# -gt 0 ]; do
+    case $1 in
+        --gpu) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }; gpu=$2; shift 2 ;;
+        --dry-run) dry_run=1; shift ;;
+        *) echo "$0: unknown argument $1; $usage" >&2; exit 2 ;;
+    esac
+done
 root=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-}
 if [ -z "$python" ]; then
     if [ -x "$root/.venv/bin/python" ]; then python="$root/.venv/bin/python"; else python=python3; fi
 fi
 mkdir -p "$outdir"
+outdir=$(cd "$outdir" && pwd)
+cd "$root"  # python -m sbbench then imports this checkout's sbbench
 export TRITON_DEFAULT_FP_FUSION=${TRITON_DEFAULT_FP_FUSION:-1}
-# 450 s: the script's own budget (tests 210 s, timing points until 420 s) plus margin
-exec timeout --signal=INT --kill-after=20 450 "$python" "$root/scripts/device_check.py" "$outdir" "$@"
+
+tests=("$python" -m pytest -q -m gpu -p no:cacheprovider "--junitxml=$outdir/pytest.xml" tests)
+sweep=("$python" -m sbbench sweep --gpu "$gpu" --grid device_check
+       --store "$outdir/device_check.sqlite" --no-progress)
+report=("$python" -m sbbench report --store "$outdir/device_check.sqlite"
+        --out "$outdir/reports")
+
+if [ "$dry_run" = 1 ]; then
+    echo "device_check: dry run; on a GPU machine this runs:"
+    for step in "timeout 300 ${tests[*]} > $outdir/pytest.log" "${sweep[*]}" "${report[*]}"; do
+        echo "+ $step"
+    done
+    exec "${sweep[@]}" --dry-run
+fi
+
+status=0
+echo "device_check: GPU tests (log in $outdir/pytest.log)" >&2
+timeout --signal=INT --kill-after=20 300 "${tests[@]}" > "$outdir/pytest.log" 2>&1 || status=$?
+tail -n 1 "$outdir/pytest.log"
+echo "device_check: sweep of the device_check grid" >&2
+"${sweep[@]}" || { rc=$?; [ "$status" = 0 ] && status=$rc; }
+"${report[@]}" || { rc=$?; [ "$status" = 0 ] && status=$rc; }
+exit "$status"

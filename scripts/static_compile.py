@@ -11,7 +11,6 @@ print shared memory, registers and spills per config (kernels/static.py does the
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import time
@@ -40,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import triton
         from sbbench.kernels import SEARCH_SPACES, KernelShape, static
+
+        from sbbench.core.provenance import now_utc, revision_text
     except ImportError as err:
         print(f"static compile needs triton and sbbench.kernels: {err}", file=sys.stderr)
         return 2
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         command = "python scripts/static_compile.py " + " ".join(argv or sys.argv[1:])
         header = (f"# Static resources of the Triton kernels\n\n"
-                  f"- date: {datetime.date.today().isoformat()}\n"
+                  f"- date: {now_utc()[:10]}; code revision {revision_text()}\n"
                   f"- triton {triton.__version__}; ptxas / cuobjdump from the triton wheel; "
                   f"no GPU (ahead-of-time compile)\n"
                   f"- command: `{command.strip()}`\n"

@@ -22,12 +22,11 @@ from collections.abc import Iterator
 import torch
 
 from sbbench.attention.core import CHUNK_ELEMENTS
-from sbbench.attention.features import draw_projections
-from sbbench.attention.lsh import draw_hashes
 from sbbench.attention.scatterbrain import run_method
 from sbbench.autotune.evaluators import MeasuredEvaluator, output_mismatch
-from sbbench.core.devices import cpu_model_name
+from sbbench.core.provenance import cpu_model_name
 from sbbench.core.types import Budget, Problem
+from sbbench.measure.calls import draw_randomness
 from sbbench.measure.inputs import make_qkv
 from sbbench.tuned.table import ShapeBucket, cpu_target
 
@@ -92,7 +91,7 @@ class CpuCase:
     """One method at one shape bucket on the CPU: inputs, randomness, reference, evaluator.
 
     q, k, v: [batch, heads, seq_len, head_dim] seeded clustered inputs; projections and
-    hash functions drawn once from ``seed`` and shared by every candidate (STYLE.md 2).
+    hash functions drawn once from ``seed`` and shared by every candidate.
     """
 
     def __init__(self, method: str, shape: ShapeBucket, *, batch: int = 1, heads: int = 4,
@@ -115,12 +114,9 @@ class CpuCase:
                         "inputs": "clustered", "warmup_ms": warmup_ms, "rep_ms": rep_ms,
                         "min_samples": min_samples}
         self.q, self.k, self.v = make_qkv(self.problem, seed=seed, kind="clustered")
-        gen = torch.Generator().manual_seed(seed)
-        b = self.budget
-        self.projections = (draw_projections(b.n_features, shape.head_dim, generator=gen)
-                            if b.n_features else None)
-        self.hashes = (draw_hashes(b.n_hashes, shape.head_dim, generator=gen)
-                       if b.bucket_size else None)
+        randomness = draw_randomness(self.budget, shape.head_dim,
+                                     torch.Generator().manual_seed(seed))
+        self.projections, self.hashes = randomness.projections, randomness.hashes
         self.scale = shape.head_dim ** -0.5
         with torch.inference_mode():
             self.ref64 = self.call(None, dtype=torch.float64)()

@@ -1,7 +1,7 @@
 """The Triton kernels' tile sizes: one case per (kernel, shape bucket).
 
 Each kernel declares its search space, default and ``keep(config, limits, shape)`` next
-to its code (``sbbench.kernels.SEARCH_SPACES``, STYLE.md 4). A case:
+to its code (``sbbench.kernels.SEARCH_SPACES``). A case:
 
 - prunes statically: the kernel's ``keep()`` against the device's limits, then an
   ahead-of-time compile for the device's architecture (``kernels/static.py``, no GPU
@@ -202,9 +202,8 @@ class GpuCase:
         import torch
 
         from sbbench.attention.core import attend
-        from sbbench.attention.features import draw_projections
-        from sbbench.attention.lsh import draw_hashes
         from sbbench.kernels import scatterbrain_forward
+        from sbbench.measure.calls import draw_randomness
         from sbbench.measure.inputs import make_qkv
 
         device = self.torch_device
@@ -215,16 +214,14 @@ class GpuCase:
         problem = Problem(shape.seq_len, shape.head_dim, batch=self.batch, heads=self.heads,
                           dtype=shape.dtype, causal=self.causal)
         q, k, v = make_qkv(problem, seed=self.seed, kind="clustered", device=device)
-        gen = torch.Generator().manual_seed(self.seed)
         budget = (Budget("performer", n_features=shape.n_features) if self.method == "performer"
                   else Budget("scatterbrain", n_features=shape.n_features,
                               bucket_size=shape.bucket_size, n_hashes=1))
-        projections = draw_projections(budget.n_features, shape.head_dim, generator=gen,
-                                       device=device)
-        hashes = (draw_hashes(1, shape.head_dim, generator=gen, device=device)
-                  if budget.bucket_size else None)
-        common = dict(scale=1.0 / math.sqrt(shape.head_dim), projections=projections,
-                      hashes=hashes, bucket_size=budget.bucket_size or None,
+        randomness = draw_randomness(budget, shape.head_dim,
+                                     torch.Generator().manual_seed(self.seed), device=device)
+        common = dict(scale=1.0 / math.sqrt(shape.head_dim),
+                      projections=randomness.projections, hashes=randomness.hashes,
+                      bucket_size=budget.bucket_size or None,
                       sparse="lsh" if budget.bucket_size else None, causal=self.causal,
                       key_padding_mask=None)
         with torch.inference_mode():

@@ -1,8 +1,8 @@
 """The device registry (layer 0): what sbbench knows about each GPU it tunes for.
 
 Profiles live in ``sbbench/data/devices.yaml`` (with the datasheet each figure comes
-from); this module loads them once, checks the schema (an error names the key), and
-answers four questions:
+from); ``sbbench.core.device_table`` checks their schema (an error names the key); this
+module loads them once and answers four questions:
 
 - which profiles exist (:func:`list_devices`) and what one says (:func:`get_device`);
 - what this machine has (:func:`detect_local`: the name torch / NVML report, matched
@@ -17,59 +17,23 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from importlib import resources
 
 import yaml
 
+from sbbench.core.device_table import (  # noqa: F401 - re-exported
+    _MIB,
+    KINDS,
+    PEAK_DTYPES,
+    SOURCES,
+    DeviceSpec,
+    DeviceTableError,
+    parse_table,
+)
 from sbbench.core.errors import UserError
 from sbbench.core.provenance import cpu_model_name  # noqa: F401 - re-exported
-
-PEAK_DTYPES = ("float32", "tf32", "float16", "bfloat16")
-KINDS = ("cuda", "cpu")
-SOURCES = ("datasheet", "measured", "none")
-
-_KIB = 1024
-_MIB = 1024 * 1024
-_GIB = 1024 ** 3
-
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    """One device profile, in base units (bytes, FLOP/s, bytes/s).
-
-    ``peak_flops`` maps "float32" (non-tensor FMA), "tf32", "float16", "bfloat16" (tensor
-    cores, float32 accumulation, dense) and, for measured CPUs, "float64" to FLOP/s; a
-    value is None where the device has no such path or the figure is unknown. Fields the
-    CPU profile does not have (arch, SMs, shared memory ...) are None.
-    ``source`` says where the peaks come from: "datasheet", "measured" or "none".
-    """
-
-    name: str
-    kind: str  # "cuda" | "cpu"
-    arch: str | None  # "sm_90"; None for the CPU
-    sm_count: int | None
-    smem_per_block_bytes: int | None  # opt-in maximum of one thread block
-    smem_per_sm_bytes: int | None
-    registers_per_sm: int | None
-    max_registers_per_thread: int | None
-    l2_bytes: int | None
-    peak_flops: dict[str, float | None] = field(hash=False)
-    mem_bandwidth_bytes_per_s: float | None
-    mem_bytes: int | None
-    name_patterns: tuple[str, ...]
-    label: str = ""
-    source: str = "datasheet"
-
-    def peak(self, key: str) -> float | None:
-        """Peak FLOP/s of one precision key ("float32", "tf32", ...), None if unknown."""
-        return self.peak_flops.get(key)
-
-    def matches(self, reported: str) -> bool:
-        """Whether ``reported`` (a torch / NVML device name) is this profile's device."""
-        return any(re.search(p, reported, re.IGNORECASE) for p in self.name_patterns)
 
 
 @dataclass(frozen=True)
@@ -86,154 +50,6 @@ class DetectedDevice:
         profile = f"profile {self.name}" if self.name else "no matching profile"
         text = f"{self.kind} device {self.reported!r} ({profile})"
         return f"{text}; {self.note}" if self.note else text
-
-
-# ---- loading and schema ----------------------------------------------------------------
-
-_FIELDS = {  # every field of a profile in the YAML, and the type it must have
-    "kind": "str",
-    "label": "str",
-    "arch": "str",
-    "sm_count": "int",
-    "smem_per_block_kib": "int",
-    "smem_per_sm_kib": "int",
-    "registers_per_sm": "int",
-    "max_registers_per_thread": "int",
-    "l2_mib": "number",
-    "peak_tflops": "mapping",
-    "mem_bandwidth_gb_s": "number",
-    "mem_gib": "number",
-    "name_patterns": "list",
-}
-_CPU_NULLABLE = {"arch", "sm_count", "smem_per_block_kib", "smem_per_sm_kib",
-                 "registers_per_sm", "max_registers_per_thread", "l2_mib",
-                 "mem_bandwidth_gb_s", "mem_gib"}
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-
-
-class DeviceTableError(ValueError):
-    """The device YAML does not follow the schema; the message names the key."""
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_value(where: str, kind: str, value, nullable: bool) -> None:
-    if value is None:
-        if not nullable:
-            raise DeviceTableError(f"{where}: must not be null")
-        return
-    ok = {
-        "str": isinstance(value, str) and value != "",
-        "int": isinstance(value, int) and not isinstance(value, bool) and value > 0,
-        "number": _is_number(value) and value > 0,
-        "mapping": isinstance(value, dict),
-        "list": isinstance(value, list),
-    }[kind]
-    if not ok:
-        expected = {"str": "a non-empty string", "int": "a positive integer",
-                    "number": "a positive number", "mapping": "a mapping",
-                    "list": "a list"}[kind]
-        raise DeviceTableError(f"{where}: expected {expected}, got {value!r}")
-
-
-def _parse_entry(name: str, entry, source: str) -> DeviceSpec:
-    where = f"{source}: devices.{name}"
-    if not _NAME_RE.match(name):
-        raise DeviceTableError(f"{where}: profile names are lower-case letters, digits "
-                               f"and '-'")
-    if not isinstance(entry, dict):
-        raise DeviceTableError(f"{where}: expected a mapping of fields, got {entry!r}")
-    unknown = sorted(set(entry) - set(_FIELDS))
-    if unknown:
-        raise DeviceTableError(f"{where}.{unknown[0]}: unknown field (valid: "
-                               f"{', '.join(_FIELDS)})")
-    missing = [key for key in _FIELDS if key not in entry]
-    if missing:
-        raise DeviceTableError(f"{where}.{missing[0]}: missing field")
-    kind = entry["kind"]
-    if kind not in KINDS:
-        raise DeviceTableError(f"{where}.kind: must be one of {', '.join(KINDS)}, "
-                               f"got {kind!r}")
-    for key, type_name in _FIELDS.items():
-        nullable = kind == "cpu" and key in _CPU_NULLABLE
-        _check_value(f"{where}.{key}", type_name, entry[key], nullable)
-    if kind == "cuda" and not re.match(r"^sm_\d{2,3}a?$", entry["arch"]):
-        raise DeviceTableError(f"{where}.arch: expected sm_XX, got {entry['arch']!r}")
-
-    peaks = entry["peak_tflops"]
-    if sorted(peaks) != sorted(PEAK_DTYPES):
-        raise DeviceTableError(f"{where}.peak_tflops: needs exactly the keys "
-                               f"{', '.join(PEAK_DTYPES)}, got {', '.join(map(str, peaks))}")
-    for key in PEAK_DTYPES:
-        value = peaks[key]
-        if value is not None and not (_is_number(value) and value > 0):
-            raise DeviceTableError(f"{where}.peak_tflops.{key}: expected a positive number "
-                                   f"or null, got {value!r}")
-    if kind == "cuda" and peaks["float32"] is None:
-        raise DeviceTableError(f"{where}.peak_tflops.float32: a GPU needs its float32 peak")
-
-    patterns = entry["name_patterns"]
-    for i, pattern in enumerate(patterns):
-        if not isinstance(pattern, str) or not pattern:
-            raise DeviceTableError(f"{where}.name_patterns[{i}]: expected a regular "
-                                   f"expression string, got {pattern!r}")
-        try:
-            re.compile(pattern)
-        except re.error as err:
-            raise DeviceTableError(f"{where}.name_patterns[{i}]: invalid regular "
-                                   f"expression {pattern!r}: {err}") from None
-    if kind == "cuda" and not patterns:
-        raise DeviceTableError(f"{where}.name_patterns: a GPU needs at least one pattern")
-
-    def scaled(key, unit, cast=int):
-        value = entry[key]
-        return None if value is None else cast(round(value * unit))
-
-    has_peaks = any(v is not None for v in peaks.values())
-    return DeviceSpec(
-        name=name,
-        kind=kind,
-        arch=entry["arch"],
-        sm_count=entry["sm_count"],
-        smem_per_block_bytes=scaled("smem_per_block_kib", _KIB),
-        smem_per_sm_bytes=scaled("smem_per_sm_kib", _KIB),
-        registers_per_sm=entry["registers_per_sm"],
-        max_registers_per_thread=entry["max_registers_per_thread"],
-        l2_bytes=scaled("l2_mib", _MIB),
-        peak_flops={k: (None if v is None else float(round(v * 1e12))) for k, v in peaks.items()},
-        mem_bandwidth_bytes_per_s=scaled("mem_bandwidth_gb_s", 1e9, float),
-        mem_bytes=scaled("mem_gib", _GIB),
-        name_patterns=tuple(patterns),
-        label=entry["label"],
-        source="datasheet" if has_peaks else "none",
-    )
-
-
-def parse_table(data, source: str = "devices.yaml") -> tuple[dict[str, DeviceSpec],
-                                                             dict[str, str]]:
-    """Validate a loaded device table -> (profiles by name, aliases). Raises
-    DeviceTableError naming the offending key."""
-    if not isinstance(data, dict):
-        raise DeviceTableError(f"{source}: expected a mapping with 'devices' and 'aliases'")
-    unknown = sorted(set(data) - {"devices", "aliases"})
-    if unknown:
-        raise DeviceTableError(f"{source}: {unknown[0]}: unknown top-level key "
-                               f"(valid: devices, aliases)")
-    entries = data.get("devices")
-    if not isinstance(entries, dict) or not entries:
-        raise DeviceTableError(f"{source}: devices: expected a non-empty mapping")
-    specs = {name: _parse_entry(str(name), entry, source) for name, entry in entries.items()}
-    aliases = data.get("aliases") or {}
-    if not isinstance(aliases, dict):
-        raise DeviceTableError(f"{source}: aliases: expected a mapping")
-    for alias, target in aliases.items():
-        if alias in specs:
-            raise DeviceTableError(f"{source}: aliases.{alias}: shadows a profile name")
-        if target not in specs:
-            raise DeviceTableError(f"{source}: aliases.{alias}: unknown profile {target!r}")
-    return specs, dict(aliases)
 
 
 @functools.lru_cache(maxsize=1)
@@ -281,8 +97,6 @@ def match_profile(reported: str) -> str | None:
 
 
 # ---- what this machine has -------------------------------------------------------------
-
-
 
 def _nvml_gpu_names() -> list[str]:
     """Names of the GPUs NVML sees (empty without NVML or a driver)."""

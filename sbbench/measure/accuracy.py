@@ -1,4 +1,4 @@
-"""Error metrics against exact attention (layer 2; MEASUREMENT.md, Accuracy).
+"""Error metrics against exact attention (layer 2; docs/measurement.md, accuracy).
 
 Every metric is computed in float64 whatever the inputs' dtype, so the metric never adds
 rounding error of its own. Attention matrices are [..., seq, seq] (rows = queries),

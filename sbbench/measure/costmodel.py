@@ -1,7 +1,7 @@
-"""Analytic cost of every method (layer 1): FLOPs, HBM bytes, working set, roofline time.
+"""Analytic cost of every method (layer 2): FLOPs, HBM bytes, working set, roofline time.
 
 Pure functions of a Problem (shape) and a Budget (method + approximation budget); the
-formulas are written as the equations they are (STYLE.md 13, after attention-gym's
+formulas are written as the equations they are (after attention-gym's
 ``benchmarks/flex_perf.py``), each term named after the operation it counts.
 
 Notation (one attention call; q, k, v, out are [batch, heads, n, d]):

@@ -1,8 +1,8 @@
-"""Power, energy and device state (layer 2; MEASUREMENT.md "Energy and power").
+"""Power and energy of a measured window (layer 2; docs/measurement.md).
 
-Telemetry is an observer (STYLE.md 9, after kernel_tuner's ``observers/nvml.py``) with
-three hooks: ``start()`` before the measured window, ``sample()`` during it (a thread
-calls it), ``stop(n_calls, window_s)`` after it, which returns a :class:`TelemetryResult`.
+Telemetry is an observer (after kernel_tuner's ``observers/nvml.py``) with three hooks:
+``start()`` before the measured window, ``sample()`` during it (a thread calls it),
+``stop(n_calls, window_s)`` after it, which returns a :class:`TelemetryResult`.
 
 - :class:`NvmlObserver`: energy is the difference of ``nvmlDeviceGetTotalEnergyConsumption``
   (mJ) over the window divided by the number of calls; the counter updates only every
@@ -13,16 +13,15 @@ calls it), ``stop(n_calls, window_s)`` after it, which returns a :class:`Telemet
   it never invents a number.
 
 :func:`measure_energy` runs a closure back to back for at least the window and returns
-the observer's result. :func:`device_state` and :func:`versions` record what a row was
-measured on. Nothing here changes clocks, power limits or persistence mode.
+the observer's result. What a row was measured on (:func:`device_state`) lives in
+``sbbench.measure.device_state``, the NVML access both share in ``sbbench.measure.nvml``;
+both are re-exported here, as are ``versions`` and ``git_revision`` (from
+``sbbench.core.provenance``). Nothing here changes clocks, power limits or persistence mode.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import os
-import platform
 import statistics
 import threading
 import time
@@ -35,41 +34,22 @@ from sbbench.core.provenance import (  # noqa: F401 - re-exported
     package_version,
     versions,
 )
+from sbbench.measure.device_state import device_state  # noqa: F401 - re-exported
+from sbbench.measure.nvml import (  # noqa: F401 - re-exported
+    CLOCK_EVENT_REASONS,
+    THROTTLING,
+    TelemetryUnavailable,
+    clock_event_reasons,
+    cuda_index,
+    decode_clock_event_reasons,
+    load_nvml,
+    nvml_error_text,
+    nvml_handle,
+)
 
 # The energy counter updates about every 100 ms: a window under 1 s is flagged.
 MIN_ENERGY_WINDOW_S = 1.0
 DEFAULT_POLL_INTERVAL_S = 0.02
-
-# nvmlClocksEventReason* bits (nvml.h; stable values, named as nvidia-ml-py names them).
-CLOCK_EVENT_REASONS: dict[int, str] = {
-    0x1: "gpu_idle",
-    0x2: "applications_clocks_setting",
-    0x4: "sw_power_cap",
-    0x8: "hw_slowdown",
-    0x10: "sync_boost",
-    0x20: "sw_thermal_slowdown",
-    0x40: "hw_thermal_slowdown",
-    0x80: "hw_power_brake_slowdown",
-    0x100: "display_clock_setting",
-    0x200: "board_limit",  # legacy throttle-reason bits, still reported by some drivers
-    0x400: "reliability",
-}
-# Reasons that mean the clocks were held down while the work ran (the others are idle
-# or configuration states): a row that shows one of these ran slower than it could.
-THROTTLING = frozenset({"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown",
-                        "hw_thermal_slowdown", "hw_power_brake_slowdown", "board_limit",
-                        "reliability"})
-
-
-def decode_clock_event_reasons(mask: int) -> tuple[str, ...]:
-    """Bit mask from nvmlDeviceGetCurrentClocksEventReasons -> sorted reason names;
-    unknown bits become "unknown_0x..."."""
-    names = []
-    for bit in range(mask.bit_length()):
-        value = 1 << bit
-        if mask & value:
-            names.append(CLOCK_EVENT_REASONS.get(value, f"unknown_{value:#x}"))
-    return tuple(sorted(names))
 
 
 @dataclass
@@ -112,69 +92,7 @@ class TelemetryResult:
         return "; ".join(parts)
 
 
-class TelemetryUnavailable(RuntimeError):
-    """NVML cannot observe this device; the message is the reason."""
-
-
 # ---- NVML ------------------------------------------------------------------------------
-
-def _load_nvml():
-    """The initialised pynvml module, or TelemetryUnavailable saying why not."""
-    try:
-        nvml = importlib.import_module("pynvml")
-    except ImportError:
-        raise TelemetryUnavailable("pynvml (nvidia-ml-py) is not installed") from None
-    try:
-        nvml.nvmlInit()
-    except Exception as err:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        raise TelemetryUnavailable(f"NVML init failed: {_nvml_error_text(err)}") from None
-    return nvml
-
-
-def _nvml_error_text(err: Exception) -> str:
-    text = str(err) or type(err).__name__
-    return text.replace("\n", " ")
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _cuda_uuid(cuda_index: int) -> str | None:
-    """NVML-style UUID ("GPU-...") of torch's CUDA device, None if torch cannot say."""
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
-        uuid = str(torch.cuda.get_device_properties(cuda_index).uuid)
-    except Exception:
-        return None
-    return uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
-
-
-def _nvml_handle(nvml, cuda_index: int):
-    """NVML handle of torch's CUDA device ``cuda_index``: by UUID (CUDA and NVML order
-    GPUs differently, and CUDA_VISIBLE_DEVICES renumbers them), else by index."""
-    uuid = _cuda_uuid(cuda_index)
-    if uuid is not None:
-        try:
-            return nvml.nvmlDeviceGetHandleByUUID(uuid)
-        except Exception:
-            pass
-    try:
-        return nvml.nvmlDeviceGetHandleByIndex(cuda_index)
-    except Exception as err:
-        raise TelemetryUnavailable(f"NVML has no device {cuda_index}: "
-                                   f"{_nvml_error_text(err)}") from None
-
-
-def _clock_event_reasons(nvml, handle) -> int:
-    getter = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
-        nvml.nvmlDeviceGetCurrentClocksThrottleReasons  # older nvidia-ml-py
-    return int(getter(handle))
-
-
 class NvmlObserver:
     """Energy counter plus a sampling thread on one GPU (``device_index`` = torch's CUDA
     index). Raises TelemetryUnavailable if NVML cannot observe it."""
@@ -182,8 +100,8 @@ class NvmlObserver:
     def __init__(self, device_index: int = 0, *, interval_s: float = DEFAULT_POLL_INTERVAL_S):
         self.device_index = device_index
         self.interval_s = interval_s
-        self._nvml = _load_nvml()
-        self._handle = _nvml_handle(self._nvml, device_index)
+        self._nvml = load_nvml()
+        self._handle = nvml_handle(self._nvml, device_index)
         self._clock_sm = getattr(self._nvml, "NVML_CLOCK_SM", 1)
         self._clock_mem = getattr(self._nvml, "NVML_CLOCK_MEM", 2)
         self._temp_gpu = getattr(self._nvml, "NVML_TEMPERATURE_GPU", 0)
@@ -217,7 +135,7 @@ class NvmlObserver:
         try:
             return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
         except Exception as err:  # pre-Volta GPUs, some virtualised ones
-            note = f"no energy counter: {_nvml_error_text(err)}"
+            note = f"no energy counter: {nvml_error_text(err)}"
             if note not in self._notes:
                 self._notes.append(note)
             return None
@@ -249,7 +167,7 @@ class NvmlObserver:
             ("power", lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0),  # mW -> W
             ("sm", lambda: nvml.nvmlDeviceGetClockInfo(handle, self._clock_sm)),
             ("mem", lambda: nvml.nvmlDeviceGetClockInfo(handle, self._clock_mem)),
-            ("reasons", lambda: _clock_event_reasons(nvml, handle)),
+            ("reasons", lambda: clock_event_reasons(nvml, handle)),
         ):
             try:
                 readings[key] = read()
@@ -324,25 +242,10 @@ class NullObserver:
         )
 
 
-def _cuda_index(device) -> int | None:
-    """torch CUDA index of a device spec ("cuda", "cuda:1", torch.device), None for CPU."""
-    text = str(device)
-    if not text.startswith("cuda"):
-        return None
-    if ":" in text:
-        return int(text.split(":", 1)[1])
-    try:
-        import torch
-
-        return torch.cuda.current_device() if torch.cuda.is_available() else 0
-    except Exception:
-        return 0
-
-
 def make_observer(device="cpu", *, interval_s: float = DEFAULT_POLL_INTERVAL_S):
     """NvmlObserver for a CUDA device when NVML can observe it, else a NullObserver
     whose reason says why (a CPU, no pynvml, no driver, ...)."""
-    index = _cuda_index(device)
+    index = cuda_index(device)
     if index is None:
         return NullObserver(f"{device} device: NVML observes NVIDIA GPUs only")
     try:
@@ -386,87 +289,3 @@ def measure_energy(
         window_s = clock() - start
         result = observer.stop(n_calls, window_s)
     return result
-
-
-# ---- device state and versions ---------------------------------------------------------
-
-def _cpu_state() -> dict:
-    import torch
-
-    from sbbench.core.devices import cpu_model_name
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count()
-    return {
-        "kind": "cpu",
-        "name": cpu_model_name(),
-        "cpu_count": os.cpu_count(),
-        "usable_cores": usable,
-        "torch_threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-    }
-
-
-def _nvml_state(index: int) -> dict:
-    """Everything NVML says about device ``index``; missing readings are left out."""
-    try:
-        nvml = _load_nvml()
-        handle = _nvml_handle(nvml, index)
-    except TelemetryUnavailable as err:
-        return {"telemetry": f"unavailable: {err}"}
-    clock_sm = getattr(nvml, "NVML_CLOCK_SM", 1)
-    clock_mem = getattr(nvml, "NVML_CLOCK_MEM", 2)
-    readers = {
-        "name": lambda: _text(nvml.nvmlDeviceGetName(handle)),
-        "uuid": lambda: _text(nvml.nvmlDeviceGetUUID(handle)),
-        "driver_version": lambda: _text(nvml.nvmlSystemGetDriverVersion()),
-        "cuda_driver_version": lambda: cuda_version_text(
-            nvml.nvmlSystemGetCudaDriverVersion()),
-        "sm_clock_mhz": lambda: nvml.nvmlDeviceGetClockInfo(handle, clock_sm),
-        "mem_clock_mhz": lambda: nvml.nvmlDeviceGetClockInfo(handle, clock_mem),
-        "max_sm_clock_mhz": lambda: nvml.nvmlDeviceGetMaxClockInfo(handle, clock_sm),
-        "max_mem_clock_mhz": lambda: nvml.nvmlDeviceGetMaxClockInfo(handle, clock_mem),
-        "power_limit_w": lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0,
-        "power_w": lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
-        "temperature_c": lambda: nvml.nvmlDeviceGetTemperature(
-            handle, getattr(nvml, "NVML_TEMPERATURE_GPU", 0)),
-        "persistence_mode": lambda: bool(nvml.nvmlDeviceGetPersistenceMode(handle)),
-        "memory_used_bytes": lambda: int(nvml.nvmlDeviceGetMemoryInfo(handle).used),
-        "memory_total_bytes": lambda: int(nvml.nvmlDeviceGetMemoryInfo(handle).total),
-        "clock_event_reasons": lambda: list(decode_clock_event_reasons(
-            _clock_event_reasons(nvml, handle))),
-    }
-    state = {"telemetry": "nvml"}
-    for key, read in readers.items():
-        try:
-            state[key] = read()
-        except Exception:  # not supported on this GPU / driver: leave it out
-            pass
-    return state
-
-
-def device_state(device="cpu") -> dict:
-    """The state to record next to a row.
-
-    GPU: name, UUID, driver and CUDA versions, current and max clocks, power limit and
-    draw, temperature, persistence mode, NVML memory used, clock-event reasons (from NVML
-    where available), compute capability and torch's view. CPU: model, cores, torch
-    threads. Read-only: nothing here changes the device.
-    """
-    index = _cuda_index(device)
-    if index is None:
-        return _cpu_state()
-    import torch
-
-    state: dict = {"kind": "cuda", "cuda_index": index}
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(index)
-        state.update(name=props.name, compute_capability=f"{props.major}.{props.minor}",
-                     sm_count=props.multi_processor_count,
-                     torch_total_memory_bytes=props.total_memory,
-                     cuda_runtime_version=torch.version.cuda)
-    for key, value in _nvml_state(index).items():
-        state.setdefault(key, value)  # torch's name wins; NVML adds the rest
-    return state

@@ -1,55 +1,69 @@
-"""scripts/device_check.py (the GPU session's one command) on the CPU: argument handling
-and a dry run through the interpreter that writes the table, JSON and CSV."""
+"""scripts/device_check.sh (the GPU session's one command) on the CPU: its dry run prints
+the three steps (GPU tests, the device_check grid's sweep, the report) and runs the
+sweep's dry run; the shipped device_check and torch_path grids hold the risky shapes."""
 
 from __future__ import annotations
 
-import csv
-import importlib.util
-import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from sbbench.kernels.testing import kernels_for_tests
 
-kernels = kernels_for_tests()
-if not getattr(kernels, "HAVE_TRITON", False):
-    pytest.skip("triton is not installed", allow_module_level=True)
+from sbbench.sweep.grid import expand, load_grid
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "device_check.py"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "device_check.sh"
 
 
-@pytest.fixture(scope="module")
-def device_check():
-    spec = importlib.util.spec_from_file_location("device_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
+                          env=env, timeout=120)
 
 
-def test_arguments(device_check):
-    gpu = device_check.parse_args(["out"])
-    assert gpu.seqs == [32768, 4096, 8192, 16384, 65536] and gpu.head_dims == [64, 128]
-    assert (gpu.heads, gpu.n_features, gpu.bucket_size) == (16, 256, 64)
-    dry = device_check.parse_args(["out", "--dry-run", "--cases", "sdpa_flash, triton_lsh"])
-    assert dry.seqs == [64] and dry.heads == 2 and dry.cases == ["sdpa_flash", "triton_lsh"]
-    with pytest.raises(SystemExit):
-        device_check.parse_args(["out", "--n-features", "7"])
-    with pytest.raises(SystemExit):
-        device_check.parse_args([])
+def test_dry_run_prints_the_steps_and_the_grid(tmp_path):
+    done = run_script(str(tmp_path / "out"), "--gpu", "h200", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    steps = [line[2:] for line in done.stdout.splitlines() if line.startswith("+ ")]
+    assert len(steps) == 3
+    tests, sweep, report = steps
+    assert "-m pytest" in tests and "-m gpu" in tests and str(tmp_path / "out") in tests
+    store = str(tmp_path / "out" / "device_check.sqlite")
+    assert "-m sbbench sweep --gpu h200 --grid device_check" in sweep and store in sweep
+    assert "-m sbbench report --store " + store in report
+    # the sweep's dry run: every point of the grid, nothing measured
+    assert "120 points, 0 already in" in done.stdout
+    assert "triton" in done.stdout and "bfloat16" in done.stdout
+    assert not (tmp_path / "out" / "device_check.sqlite").exists()
 
 
-def test_dry_run_writes_table_json_and_csv(device_check, tmp_path):
-    rc = device_check.main([str(tmp_path), "--dry-run", "--skip-tests", "--seqs", "40",
-                            "--cases", "sdpa_flash,triton_scatterbrain,kernel_sparse_round"])
-    assert rc == 0
-    report = json.loads((tmp_path / "device_check.json").read_text())
-    names = [r["name"] for r in report["records"]]
-    assert names == ["sdpa_flash", "triton_scatterbrain", "kernel_sparse_round"]
-    assert all("median_ms" in r for r in report["records"]), report["records"]
-    assert report["records"][1]["speedup_vs_sdpa"] > 0
-    rows = list(csv.DictReader((tmp_path / "device_check.csv").open()))
-    assert len(rows) == 3 and rows[0]["name"] == "sdpa_flash"
-    table = (tmp_path / "device_check.md").read_text()
-    assert "triton_scatterbrain" in table and "target point not measured" in table
-    assert device_check.main([str(tmp_path), "--dry-run", "--skip-tests", "--seqs", "40",
-                              "--cases", "flash"]) == 2
+@pytest.mark.parametrize("args", [(), ("--dry-run",), ("out", "--gpu"), ("out", "--bogus")],
+                         ids=["no-outdir", "flag-first", "gpu-without-name", "unknown-flag"])
+def test_usage_errors_exit_2(args):
+    done = run_script(*args)
+    assert done.returncode == 2 and "usage:" in done.stderr
+
+
+def test_device_check_grid_holds_the_risky_shapes():
+    grid = load_grid("device_check")
+    points = expand(grid).points
+    assert {p.backend for p in points if p.budget.method != "exact"} == {"torch", "triton"}
+    assert any(p.budget.method == "exact" for p in points)
+    assert max(p.problem.head_dim for p in points) == 256
+    assert any(p.budget.bucket_size == 256 and p.problem.head_dim == 256 for p in points)
+    assert any(p.problem.causal for p in points) and any(not p.problem.causal for p in points)
+    assert {p.budget.method for p in points} == {"exact", "performer", "lsh", "scatterbrain",
+                                                 "scatterbrain_local"}
+
+
+def test_torch_path_grid_is_the_former_benchmarks():
+    grid = load_grid("torch_path")
+    assert grid.seq_len == (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+    assert grid.methods == ("exact", "scatterbrain") and grid.backends == ("torch",)
+    assert (grid.features, grid.bucket_size, grid.hashes) == ((128,), (64,), (1,))
+    assert (grid.head_dim, grid.heads, grid.batch, grid.dtype) == ((64,), (4,), (1,),
+                                                                  ("float32",))
+    assert (grid.warmup_ms, grid.rep_ms) == (25.0, 100.0)
+    assert len(expand(grid).points) == 14
