@@ -25,13 +25,13 @@ On CPU and CI result sets, times are compared as ratios measured in the same run
 time divided by the calibration kernel's, paired round by round when sampled
 interleaved, or by exact attention's at the same shape), so a uniformly slower machine
 is not a regression. Result sets: an SQLite results store or a JSON file written by
-`python -m sbbench.sweep.ci_bench`.
+`sbbench ci-bench`.
 
 exit status: 0 no regression, 1 regression, 2 usage error."""
 
 _EPILOG = """\
 examples:
-  python -m sbbench.sweep.ci_bench --out ci-current.json
+  sbbench ci-bench --out ci-current.json
   sbbench check --baseline benchmarks/baseline_cpu.json --current ci-current.json
   sbbench check --baseline benchmarks/baseline_cpu.json --current ci-1.json --current ci-2.json
       a regression must show in both runs

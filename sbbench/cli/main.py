@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "select",
     "check",
     "devices",
+    "ci_bench",
 )
 
 _EPILOG = f"""examples:

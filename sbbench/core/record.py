@@ -16,6 +16,9 @@ from sbbench.core.provenance import code_version, now_utc  # noqa: F401 - re-exp
 from sbbench.core.provenance import revision_text as git_revision  # noqa: F401
 
 STATUSES = ("ok", "failed", "oom", "skipped")
+# Method name of the calibration kernel's row (a matmul of known FLOPs timed in the same
+# run, so regression checks can compare ratios instead of absolute times).
+CALIBRATION = "calibration"
 SOURCES = ("measured", "modeled")
 
 

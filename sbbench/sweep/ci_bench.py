@@ -32,10 +32,9 @@ import json
 import os
 import platform
 
-from sbbench.analyze.regress import CALIBRATION
 from sbbench.core.errors import UserError
 from sbbench.core.provenance import code_version, cpu_model_name, now_utc, revision_text
-from sbbench.core.record import Record
+from sbbench.core.record import CALIBRATION, Record
 from sbbench.core.types import Budget, Problem
 from sbbench.sweep.ci_sampling import (  # noqa: F401 - re-exported
     BUDGETS,
