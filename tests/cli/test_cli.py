@@ -38,7 +38,8 @@ def tiny_grid(tmp_path) -> str:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["sweep", "--gpu", "cpu", "--grid", "nosuchgrid"], "shipped grids: device_check, full, quick, torch_path"),
+    (["sweep", "--gpu", "cpu", "--grid", "nosuchgrid"],
+     "shipped grids: device_check, full, quick, torch_path"),
     (["sweep", "--gpu", "cpu", "--seq-len", "1k"], "--seq-len takes comma-separated"),
     (["sweep", "--gpu", "cpu", "--features", "31"], "features must be even"),
     (["sweep", "--gpu", "nosuchgpu", "--dry-run"], "nosuchgpu"),
