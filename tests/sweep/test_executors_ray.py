@@ -16,8 +16,9 @@ import torch
 
 from sbbench.core.devices import get_device
 from sbbench.core.errors import UserError
-from sbbench.core.record import git_revision
+from sbbench.core.record import Record, git_revision
 from sbbench.sweep import executors, runner
+from sbbench.sweep import point as sweep_point
 from sbbench.sweep.executors import (
     LocalExecutor,
     RayExecutor,
@@ -94,11 +95,11 @@ def test_worker_measures_a_batch_and_says_who_it_is():
                                   get_device("cpu"), None, {}))
     assert [(m["kind"], m["index"]) for m in messages] == [("record", 0), ("record", 1)]
     for message in messages:
-        record = runner.Record.from_dict(message["record"])
+        record = Record.from_dict(message["record"])
         assert record.status == "ok", record.reason
         assert record.device_state["worker"]["pid"] == os.getpid()
         assert record.versions["sbbench"] and "before" in record.device_state
-    performer = runner.Record.from_dict(messages[1]["record"])
+    performer = Record.from_dict(messages[1]["record"])
     assert performer.speedup_vs_exact is not None  # exact ran first in the batch
 
 
@@ -161,7 +162,7 @@ def ray_cluster():
 
 
 def make_measure(marker_dir, crash_once: str, always_fails: str):
-    """runner.measure_point, except that the point labelled ``crash_once`` kills its
+    """point.measure_point, except that the point labelled ``crash_once`` kills its
     worker process (os._exit) the first time it runs, and ``always_fails`` raises out of
     the task every time. A closure, so Ray ships it by value to the workers."""
     def measure(point, *args, **kwargs):
@@ -173,7 +174,7 @@ def make_measure(marker_dir, crash_once: str, always_fails: str):
                 os._exit(1)
         if label == always_fails:
             raise RuntimeError(f"injected failure of {label}")
-        return runner.measure_point(point, *args, **kwargs)
+        return sweep_point.measure_point(point, *args, **kwargs)
 
     return measure
 
