@@ -32,8 +32,8 @@ from sbbench.sweep.grid import Grid, expand
 from sbbench.sweep.runner import Settings
 from sbbench.sweep.store import Store
 
-TINY = Grid(name="tiny", seq_len=(64, 96), head_dim=(16,), heads=(2,), features=(8,),
-            bucket_size=(16,), hashes=(1,), seeds=(0,))
+TINY = Grid(name="tiny", seq_len=(64, 96), head_dim=(16,), heads=(2,), n_features=(8,),
+            bucket_size=(16,), n_hashes=(1,), seeds=(0,))
 REVISION = git_revision()  # the workers run this checkout: same code version
 
 

@@ -17,8 +17,8 @@ from sbbench.sweep.progress import Progress
 from sbbench.sweep.runner import Settings, run_sweep
 from sbbench.sweep.store import Store
 
-TINY = Grid(name="tiny", seq_len=(64,), head_dim=(16,), heads=(2,), features=(8,),
-            bucket_size=(16,), hashes=(1,), seeds=(0, 1))
+TINY = Grid(name="tiny", seq_len=(64,), head_dim=(16,), heads=(2,), n_features=(8,),
+            bucket_size=(16,), n_hashes=(1,), seeds=(0, 1))
 
 
 def settings(**changes) -> Settings:
@@ -126,7 +126,7 @@ def test_interrupted_sweep_resumes_without_loss(tmp_path, monkeypatch):
 
 def test_redo_failed_measures_failed_points_again(tmp_path, monkeypatch):
     points = expand(Grid(name="t", seq_len=(64,), head_dim=(16,), heads=(1,),
-                         methods=("exact", "performer"), features=(8,), seeds=(0,))).points
+                         methods=("exact", "performer"), n_features=(8,), seeds=(0,))).points
     path = tmp_path / "r.sqlite"
     real = sweep_point.check_accuracy
 
@@ -148,7 +148,7 @@ def test_redo_failed_measures_failed_points_again(tmp_path, monkeypatch):
 
 def test_model_only_rows_are_marked_modeled(tmp_path):
     grid = Grid(name="t", seq_len=(1024, 4096), head_dim=(64,), dtype=("float16",),
-                methods=("exact", "scatterbrain"), features=(64,), bucket_size=(64,))
+                methods=("exact", "scatterbrain"), n_features=(64,), bucket_size=(64,))
     spec = get_device("h100-sxm")
     with Store(tmp_path / "r.sqlite") as store:
         run_sweep(expand(grid).points, settings(device=spec.name), store, spec=spec,
