@@ -38,7 +38,7 @@ class Record:
     n_hashes: int  # 0 if the method has no sparse part
     kernel_config: str  # JSON of the kernel's tile sizes; "" = the backend's default
     inputs: str  # synthetic input regime, e.g. "clustered:t=1" (accuracy depends on it)
-    code_version: str  # sbbench version + git revision: new code, new rows
+    code_version: str  # sbbench version + hash of its source: new code, new rows
     source: str  # measured | modeled (cost model only); never mixed silently
     # --- outcome ---------------------------------------------------------------------
     status: str = "ok"  # ok | failed | oom | skipped

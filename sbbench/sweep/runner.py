@@ -43,15 +43,12 @@ class Settings:
     measure_memory: bool = True
     measure_energy: bool = True
     num_threads: int = 0  # torch threads (0: leave torch's default)
-    git_revision: str = field(default_factory=revision_text)
+    git_revision: str = field(default_factory=revision_text)  # provenance, not the key
+    code_version: str = field(default_factory=code_version)  # the key's code part
 
     @property
     def inputs_label(self) -> str:
         return f"{self.input_kind}:t={self.temperature:g}"
-
-    @property
-    def code_version(self) -> str:
-        return code_version(self.git_revision)
 
 
 def point_key(point: Point, settings: Settings, source: str = "measured") -> tuple:

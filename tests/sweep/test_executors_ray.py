@@ -16,6 +16,7 @@ import torch
 
 from sbbench.core.devices import get_device
 from sbbench.core.errors import UserError
+from sbbench.core.provenance import code_version
 from sbbench.core.record import Record, git_revision
 from sbbench.sweep import executors, runner
 from sbbench.sweep import point as sweep_point
@@ -34,12 +35,12 @@ from sbbench.sweep.store import Store
 
 TINY = Grid(name="tiny", seq_len=(64, 96), head_dim=(16,), heads=(2,), n_features=(8,),
             bucket_size=(16,), n_hashes=(1,), seeds=(0,))
-REVISION = git_revision()  # the workers run this checkout: same code version
+VERSION = code_version()  # the workers run this checkout: same code version
 
 
 def settings(**changes) -> Settings:
     base = dict(device="cpu", seeds=(0,), warmup_ms=1.0, rep_ms=3.0, min_samples=3,
-                measure_memory=False, measure_energy=False, git_revision=REVISION)
+                measure_memory=False, measure_energy=False, git_revision=git_revision())
     base.update(changes)
     return Settings(**base)
 
@@ -83,10 +84,10 @@ def test_worker_refuses_a_device_it_does_not_have():
 
 
 def test_worker_refuses_another_code_version():
-    messages = list(measure_batch([points()[0].to_json()], settings(git_revision="other"),
+    messages = list(measure_batch([points()[0].to_json()], settings(code_version="other"),
                                   get_device("cpu"), None, {}))
     assert [m["kind"] for m in messages] == ["mismatch"]
-    assert messages[0]["worker"]["code_version"].endswith(REVISION)
+    assert messages[0]["worker"]["code_version"] == VERSION
 
 
 def test_worker_measures_a_batch_and_says_who_it_is():
@@ -255,7 +256,7 @@ def test_ray_interrupted_driver_resumes(ray_cluster, tmp_path):
 
 def test_ray_refuses_mixed_versions_unless_allowed(ray_cluster, tmp_path):
     pts = points()[:2]
-    target = cpu_target(git_revision="another-revision")  # the driver's code differs
+    target = cpu_target(code_version="another-version")  # the driver's code differs
     with Store(tmp_path / "r.sqlite") as store:
         with pytest.raises(VersionMismatch, match="--allow-mixed-versions"):
             RayExecutor(measure_cpu=False, poll_s=0.2).run_sweep(pts, [target], store,
@@ -266,9 +267,9 @@ def test_ray_refuses_mixed_versions_unless_allowed(ray_cluster, tmp_path):
         records = store.records()
     assert summary.measured == 2
     for record in records:
-        assert record.status == "ok" and record.code_version.endswith("+another-revision")
+        assert record.status == "ok" and record.code_version == "another-version"
         assert "--allow-mixed-versions" in record.reason
-        assert record.device_state["worker"]["code_version"].endswith(REVISION)
+        assert record.device_state["worker"]["code_version"] == VERSION
 
 
 def test_ray_needs_the_requested_gpu_in_the_cluster(ray_cluster, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sbbench.core.devices import get_device
+from sbbench.core.provenance import code_version
 from sbbench.core.types import Budget, Problem
 from sbbench.measure.memory import MemoryServer
 from sbbench.sweep import point as sweep_point
@@ -54,7 +55,8 @@ def test_sweep_measures_every_point(tmp_path, memory_server):
         assert record.telemetry.startswith("unavailable:") and record.energy_j is None
         assert record.flops > 0 and record.working_set_bytes > 0
         assert {"before", "after"} <= set(record.device_state)
-        assert record.versions and record.code_version.endswith("+test")
+        assert record.versions and record.code_version == code_version()
+        assert record.git_revision == "test"  # provenance, not part of the key
     exact = [r for r in records if r.method == "exact"]
     assert all(r.error_mean < 1e-5 for r in exact)
     approx = [r for r in records if r.method != "exact"]
