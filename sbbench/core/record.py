@@ -72,6 +72,7 @@ class Record:
     avg_power_w: float | None = None
     max_power_w: float | None = None
     telemetry: str = ""  # "nvml", "unavailable: <reason>", window warnings
+    noise: str = ""  # comma-separated flags: spread, load=<1-min load>, concurrent
     # --- accuracy (against exact attention on the same inputs) -------------------------
     error_mean: float | None = None  # relative Frobenius error of the output
     error_std: float | None = None
