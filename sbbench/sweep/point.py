@@ -45,6 +45,7 @@ from sbbench.measure.memory import (
 )
 from sbbench.measure.telemetry import NullObserver, measure_energy
 from sbbench.measure.timing import time_fn
+from sbbench.sweep import guards
 from sbbench.sweep.grid import Point
 
 if TYPE_CHECKING:  # the runner imports this module
@@ -240,6 +241,11 @@ def measure_point(point: Point, settings: Settings, spec=None, observer=None, *,
     if reason:
         record.status, record.reason = "skipped", reason
         return record
+    reason = guards.fit_refusal(point, guards.device_memory_bytes(
+        settings.torch_device, getattr(spec, "mem_bytes", None)))
+    if reason:  # nothing is allocated for a point that cannot fit
+        record.status, record.reason = "oom", reason
+        return record
     child = own_server = None
     try:
         if state_fn is not None:
@@ -272,6 +278,8 @@ def measure_point(point: Point, settings: Settings, spec=None, observer=None, *,
         record.n_warmup, record.timer = int(timing.n_warmup), str(timing.timer)
         record.first_call_ms = getattr(timing, "first_call_ms", None)
         record.l2_flushed = bool(timing.l2_flushed)
+        record.noise = ",".join(guards.noise_flags(record.time_p20_ms, record.time_p80_ms,
+                                                   settings.torch_device))
         _add_rates(record, exact_ms)
         if settings.measure_energy and observer is not None:
             _add_energy(record, fn, observer)
