@@ -16,6 +16,7 @@ class Summary:
     lost_race: int = 0  # another sweep wrote the same key first
     statuses: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    claimed_elsewhere: int = 0  # left to another sweep measuring them on the same store
 
     def line(self) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.statuses.items())) or "none"
@@ -23,6 +24,9 @@ class Summary:
                 f"already in the store; {self.seconds:.1f} s")
         if self.lost_race:
             text += f"; {self.lost_race} written first by another sweep (kept theirs)"
+        if self.claimed_elsewhere:
+            text += (f"; {self.claimed_elsewhere} left to another sweep measuring them now "
+                     f"(run again later to fill in any it does not finish)")
         return text
 
 

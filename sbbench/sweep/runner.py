@@ -24,6 +24,7 @@ from sbbench.measure.telemetry import device_state, make_observer
 from sbbench.measure.telemetry import versions as read_versions
 from sbbench.sweep import point as sweep_point
 from sbbench.sweep.grid import Point
+from sbbench.sweep.guards import add_flag
 from sbbench.sweep.progress import Progress, Summary
 from sbbench.sweep.store import Store
 
@@ -64,6 +65,10 @@ def run_sweep(points: list[Point], settings: Settings, store: Store, *, spec=Non
     redo: "none" skips every key in the store; "failed" runs failed/oom rows again;
     "all" runs everything again (rows replaced). memory_server: reuse a running one
     (else the sweep starts its own and stops it at the end).
+
+    Each point is claimed in the store while it is measured: a point another live sweep
+    has claimed is left to it (``Summary.claimed_elsewhere``), and a row measured while
+    another sweep was measuring on the same store is flagged "concurrent" in ``noise``.
     """
     if redo not in ("none", "failed", "all"):
         raise ValueError(f"redo must be none, failed or all, got {redo!r}")
@@ -95,17 +100,34 @@ def run_sweep(points: list[Point], settings: Settings, store: Store, *, spec=Non
                 _remember_exact(exact_ms, point, store.get(key))
                 bar.step(f"{point.label()} (in store)")
                 continue
-            t0 = time.monotonic()
-            reference = exact_ms.get(_shape(point)) or _exact_from_store(
-                store, point, settings, source)
-            if model_only:
-                record = sweep_point.model_point(point, settings, spec, exact_ms=reference)
-            else:
-                record = sweep_point.measure_point(
-                    point, settings, spec, observer, exact_ms=reference, state_fn=state_fn,
-                    versions=versions, memory_server=memory_server, references=references)
-            if not store.add(record, replace=again):
-                summary.lost_race += 1
+            if not store.claim(key, sweep_id):  # another sweep is measuring it now
+                summary.claimed_elsewhere += 1
+                bar.step(f"{point.label()} (being measured by another sweep)")
+                continue
+            try:
+                if store.has(key) and not again:  # it finished between has() and claim()
+                    summary.resumed += 1
+                    _remember_exact(exact_ms, point, store.get(key))
+                    bar.step(f"{point.label()} (in store)")
+                    continue
+                t0 = time.monotonic()
+                reference = exact_ms.get(_shape(point)) or _exact_from_store(
+                    store, point, settings, source)
+                if model_only:
+                    record = sweep_point.model_point(point, settings, spec,
+                                                     exact_ms=reference)
+                else:
+                    others = store.others_claiming()
+                    record = sweep_point.measure_point(
+                        point, settings, spec, observer, exact_ms=reference,
+                        state_fn=state_fn, versions=versions, memory_server=memory_server,
+                        references=references)
+                    if record.status == "ok" and (others or store.others_claiming()):
+                        record.noise = add_flag(record.noise, "concurrent")
+                if not store.add(record, replace=again):
+                    summary.lost_race += 1
+            finally:
+                store.release(key)
             _remember_exact(exact_ms, point, record)
             summary.measured += 1
             summary.statuses[record.status] = summary.statuses.get(record.status, 0) + 1

@@ -214,3 +214,69 @@ def test_timed_closure_computes_what_call_method_computes(budget):
     q, k, v, call = sweep_point.prepare(point, settings(), seed=3)
     expected = call_method(budget, q, k, v, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(call(), expected, rtol=0, atol=0)
+
+
+def test_a_point_claimed_by_another_sweep_is_left_to_it(tmp_path):
+    points = expand(TINY).points
+    path = tmp_path / "r.sqlite"
+    with Store(path) as store, Store(path) as other:
+        other.host, other.pid = "another-host", 4242  # a live sweep on another machine
+        taken = points[1]
+        assert other.claim(sweep_point.base_record(taken, settings(), "measured").key())
+        summary = run_sweep(points, settings(), store, progress=False)
+        assert summary.claimed_elsewhere == 1 and summary.measured == len(points) - 1
+        assert "another sweep" in summary.line()
+        records = store.records()
+        assert len(records) == len(points) - 1
+        assert taken.budget.method not in {r.method for r in records}
+        assert all("concurrent" in r.noise.split(",") for r in records)
+        assert store.conn.execute("SELECT pid FROM claims").fetchall() == [(4242,)]
+        key = sweep_point.base_record(taken, settings(), "measured").key()
+        other.release(key)
+        again = run_sweep(points, settings(), store, progress=False)
+        assert again.measured == 1 and again.resumed == len(points) - 1
+        assert store.get(key).status == "ok"
+        assert "concurrent" not in store.get(key).noise.split(",")  # alone this time
+
+
+def test_an_interrupted_sweep_releases_its_claims(tmp_path, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_point, "measure_point", interrupt)
+    with Store(tmp_path / "r.sqlite") as store:
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(expand(TINY).points, settings(), store, progress=False)
+        assert store.sweeps()[-1]["outcome"] == "interrupted"
+        assert store.conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
+
+
+def test_noisy_timings_are_flagged(tmp_path, monkeypatch):
+    from sbbench.sweep import guards
+
+    assert guards.noise_flags(1.0, 2.0, "cuda") == ["spread"]
+    assert guards.noise_flags(1.0, 1.2, "cuda") == []
+    monkeypatch.setattr(guards.os, "getloadavg", lambda: (64.0, 1.0, 1.0))
+    monkeypatch.setattr(guards.os, "cpu_count", lambda: 2)
+    assert guards.noise_flags(1.0, 1.2, "cpu") == ["load=64.00"]
+    assert guards.noise_flags(1.0, 1.2, "cuda") == []
+    record = sweep_point.measure_point(expand(TINY).points[0], settings())
+    assert record.status == "ok" and "load=64.00" in record.noise.split(",")
+    assert guards.add_flag("spread", "concurrent") == "spread,concurrent"
+    assert guards.add_flag("concurrent", "concurrent") == "concurrent"
+
+
+def test_a_point_that_cannot_fit_is_refused_without_running(tmp_path, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a point that cannot fit was attempted")
+
+    monkeypatch.setattr(sweep_point, "check_accuracy", must_not_run)
+    monkeypatch.setattr(sweep_point, "inputs_for", must_not_run)
+    huge = Point(Problem(seq_len=10**9, head_dim=64, heads=4), Budget("exact"))
+    with Store(tmp_path / "r.sqlite") as store:
+        summary = run_sweep([huge], settings(measure_memory=True), store, progress=False)
+        (record,) = store.records()
+    assert summary.statuses == {"oom": 1}
+    assert record.status == "oom" and record.reason.startswith("does not fit: needs ")
+    assert "GiB, device has " in record.reason and not record.time_samples_ms
+    assert record.working_set_bytes > 10**12

@@ -35,6 +35,7 @@ class ExecutorSummary:
     lost_race: int = 0  # another sweep wrote the same key first
     statuses: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    claimed_elsewhere: int = 0  # left to another sweep measuring them on the same store
     retried: int = 0  # runs of a point again after its worker was lost or refused it
     gave_up: int = 0  # points recorded failed after max_attempts lost runs
     nodes: dict[str, int] = field(default_factory=dict)  # rows measured per worker host
@@ -57,6 +58,7 @@ class ExecutorSummary:
         self.measured += other.measured
         self.resumed += other.resumed
         self.lost_race += other.lost_race
+        self.claimed_elsewhere += other.claimed_elsewhere
         self.seconds += other.seconds
         for status, count in other.statuses.items():
             self.statuses[status] = self.statuses.get(status, 0) + count
