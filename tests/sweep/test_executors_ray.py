@@ -294,3 +294,16 @@ def test_ray_run_per_device_is_the_tune_hook(ray_cluster):
     runs = RayExecutor(poll_s=0.2, max_attempts=2).run_per_device(broken, [get_device("cpu")])
     assert runs["cpu"].value is None and "tuner failed" in runs["cpu"].error
     assert runs["cpu"].attempts == 2
+
+
+def test_ray_sweep_leaves_points_claimed_by_another_sweep(ray_cluster, tmp_path):
+    pts = points()[:2]
+    path = tmp_path / "r.sqlite"
+    with Store(path) as store, Store(path) as other:
+        other.host, other.pid = "another-host", 4242  # a live sweep on another machine
+        assert other.claim(runner.point_key(pts[1], cpu_target().settings))
+        summary = RayExecutor(measure_cpu=False, poll_s=0.2).run_sweep(
+            pts, [cpu_target()], store, progress=False)
+        assert summary.claimed_elsewhere == 1 and summary.measured == 1
+        assert [r.method for r in store.records()] == [pts[0].budget.method]
+        assert store.conn.execute("SELECT pid FROM claims").fetchall() == [(4242,)]

@@ -147,6 +147,9 @@ class RayExecutor:
                      else store.done_keys() if redo == "all" else set())
         bar = Progress(summary.total, stream=stream, enabled=progress)
         sweep = RaySweep(self, ray, targets, store, summary, bar, resources)
+        sweep_id = store.start_sweep(command, ",".join(t.settings.device for t in targets))
+        # The driver claims every point it hands out (released by finish_sweep), so a
+        # sweep started beside it on the same store leaves them alone.
         for index, target in enumerate(targets):
             for point in points:
                 key = point_key(point, target.settings)
@@ -157,8 +160,12 @@ class RayExecutor:
                                          point, store.get(key))
                     bar.step(f"{point.label()} on {target.spec.name} (in store)")
                     continue
+                if not store.claim(key, sweep_id):
+                    summary.claimed_elsewhere += 1
+                    bar.step(f"{point.label()} on {target.spec.name} (being measured by "
+                             f"another sweep)")
+                    continue
                 sweep.add(PendingPoint(index, point, key, again))
-        sweep_id = store.start_sweep(command, ",".join(t.settings.device for t in targets))
         outcome, started = "interrupted", time.monotonic()
         try:
             sweep.run()
