@@ -1,4 +1,4 @@
-"""One dataclass is the table schema (STYLE.md 11): a ``Record`` is one row of results.
+"""One dataclass is the table schema: a ``Record`` is one row of results.
 
 Field order is column order, in the store, the DataFrame, the CSV and the reports. The
 first fields (up to ``source``) are the key: a point is measured once per key, and a

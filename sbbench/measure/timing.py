@@ -1,6 +1,6 @@
-"""The one timing wrapper every measurement goes through (layer 2; MEASUREMENT.md "Time").
+"""The one timing wrapper every measurement goes through (layer 2; docs/measurement.md).
 
-:func:`time_fn` times a zero-argument closure (STYLE.md 10: setup stays outside it):
+:func:`time_fn` times a zero-argument closure (setup stays outside it):
 
 1. a first call (compilation, autotuning, allocator) that is timed apart and not sampled;
 2. warm-up calls for a time budget (``warmup_ms``);
