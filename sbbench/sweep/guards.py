@@ -52,8 +52,12 @@ def fit_refusal(point: Point, capacity_bytes: int | None) -> str | None:
     needs = costmodel.working_set_bytes(point.problem, point.budget)
     if needs <= capacity_bytes:
         return None
-    return (f"does not fit: needs {needs / GIB:.3g} GiB, device has "
-            f"{capacity_bytes / GIB:.3g} GiB (modeled working set; not attempted)")
+    return (f"does not fit: needs {_gib(needs)} GiB, device has {_gib(capacity_bytes)} GiB "
+            f"(modeled working set; not attempted)")
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:,.1f}" if n >= GIB / 10 else f"{n / GIB:.2g}"
 
 
 def noise_flags(p20_ms: float | None, p80_ms: float | None, torch_device: str) -> list[str]:
