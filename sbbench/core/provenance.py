@@ -7,6 +7,7 @@ its git revision, versions, CPU name and timestamp from here, in one format.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import os
 import platform
@@ -55,9 +56,49 @@ def revision_text(repo_dir: str | os.PathLike | None = None) -> str:
     return git_revision(repo_dir) or "unknown"
 
 
+# What "the code that measured" is: the package's own source and data. Generated
+# output in a checkout (reports/, tuning_configs/, stores) is not part of it.
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def _source_files() -> list[tuple[str, Path]]:
+    """(name in the hash, path) of every file the code version covers: sbbench/**/*.py,
+    the kernels (inside the package when installed, beside it in a checkout) and the
+    package data."""
+    files = {path.relative_to(PACKAGE_DIR).as_posix(): path
+             for path in PACKAGE_DIR.rglob("*.py") if "__pycache__" not in path.parts}
+    for kernels in (PACKAGE_DIR / "kernels", SOURCE_ROOT / "kernels"):
+        if kernels.is_dir():
+            for path in kernels.glob("*.py"):
+                files.setdefault(f"kernels/{path.name}", path)
+            break
+    data = PACKAGE_DIR / "data"
+    for path in data.rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts:
+            files[path.relative_to(PACKAGE_DIR).as_posix()] = path
+    return sorted(files.items())
+
+
+@functools.lru_cache(maxsize=1)
+def source_hash() -> str:
+    """sha256 of the package's source files (names and contents), in hex."""
+    digest = hashlib.sha256()
+    for name, path in _source_files():
+        digest.update(name.encode() + b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def code_version(revision: str | None = None) -> str:
-    """The code part of a result's key: a changed checkout measures its points again."""
-    return f"{__version__}+{revision if revision is not None else revision_text()}"
+    """The code part of a result's key: ``<version>+src.<hash of the source>``.
+
+    Changed source measures its points again; writing reports, tuning files or stores in
+    the checkout, or committing, does not. The git revision is a provenance field of its
+    own (``git_revision``); ``revision`` is accepted for older callers and not used.
+    """
+    del revision
+    return f"{__version__}+src.{source_hash()[:12]}"
 
 
 def cpu_model_name() -> str:

@@ -1,4 +1,4 @@
-"""One dataclass is the table schema (STYLE.md 11): a ``Record`` is one row of results.
+"""One dataclass is the table schema: a ``Record`` is one row of results.
 
 Field order is column order, in the store, the DataFrame, the CSV and the reports. The
 first fields (up to ``source``) are the key: a point is measured once per key, and a
@@ -41,7 +41,7 @@ class Record:
     n_hashes: int  # 0 if the method has no sparse part
     kernel_config: str  # JSON of the kernel's tile sizes; "" = the backend's default
     inputs: str  # synthetic input regime, e.g. "clustered:t=1" (accuracy depends on it)
-    code_version: str  # sbbench version + git revision: new code, new rows
+    code_version: str  # sbbench version + hash of its source: new code, new rows
     source: str  # measured | modeled (cost model only); never mixed silently
     # --- outcome ---------------------------------------------------------------------
     status: str = "ok"  # ok | failed | oom | skipped
@@ -75,6 +75,7 @@ class Record:
     avg_power_w: float | None = None
     max_power_w: float | None = None
     telemetry: str = ""  # "nvml", "unavailable: <reason>", window warnings
+    noise: str = ""  # comma-separated flags: spread, load=<1-min load>, concurrent
     # --- accuracy (against exact attention on the same inputs) -------------------------
     error_mean: float | None = None  # relative Frobenius error of the output
     error_std: float | None = None

@@ -1,6 +1,6 @@
-"""The one timing wrapper every measurement goes through (layer 2; MEASUREMENT.md "Time").
+"""The one timing wrapper every measurement goes through (layer 2; docs/measurement.md).
 
-:func:`time_fn` times a zero-argument closure (STYLE.md 10: setup stays outside it):
+:func:`time_fn` times a zero-argument closure (setup stays outside it):
 
 1. a first call (compilation, autotuning, allocator) that is timed apart and not sampled;
 2. warm-up calls for a time budget (``warmup_ms``);
@@ -13,17 +13,22 @@ the last sample, and L2 is flushed before each sample by writing a buffer larger
 (outside the events, so the flush is not timed: Triton's ``do_bench`` does the same).
 On the CPU each sample is ``time.perf_counter_ns`` around one call.
 
-:func:`cuda_peak_memory` reads the CUDA allocator's peak over one call.
+Peak memory (CUDA allocator, child-process RSS) is measured in ``sbbench.measure.memory``.
 """
 
 from __future__ import annotations
 
 import math
-import resource
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+# Peak memory lives in sbbench.measure.memory; these names stay importable from here.
+from sbbench.measure.memory import (  # noqa: F401
+    cuda_memory_profile,
+    cuda_peak_memory,
+    process_peak_rss_bytes,
+)
 
 _MIB = 1024 * 1024
 # Flush buffer: at least this much, and at least twice the L2 (Triton uses 256 MB).
@@ -197,37 +202,3 @@ def _time_cuda(fn, device, warmup_ms, rep_ms, min_samples, max_samples, flush_l2
     return Timing.from_samples(samples, n_warmup=1 + n_estimate + n_extra_warmup,
                                timer="cuda_event", l2_flushed=flush_l2,
                                first_call_ms=first_ms)
-
-
-# ---- memory ----------------------------------------------------------------------------
-
-def cuda_memory_profile(fn: Callable[[], object], device="cuda") -> tuple[int, int]:
-    """(allocated bytes just before ``fn()``, allocator peak during it), in bytes.
-
-    The peak counts every live tensor (the inputs too); peak - baseline is what the
-    call itself added. Raises ValueError for a non-CUDA device.
-    """
-    if not _is_cuda(device):
-        raise ValueError(f"cuda_memory_profile needs a CUDA device, got {device!r}")
-    import torch
-
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    baseline = torch.cuda.memory_allocated(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return baseline, torch.cuda.max_memory_allocated(device)
-
-
-def cuda_peak_memory(fn: Callable[[], object], device="cuda") -> int:
-    """Peak bytes the CUDA allocator held while ``fn()`` ran (reset peak stats, run,
-    ``torch.cuda.max_memory_allocated``); includes tensors alive before the call."""
-    return cuda_memory_profile(fn, device)[1]
-
-
-def process_peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far, in bytes (ru_maxrss; Linux reports
-    KiB, macOS bytes). For the CPU rule "peak RSS of a child process that runs only that
-    point", call it at the end of that child."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)

@@ -2,15 +2,17 @@
 
 A grid names the axes of a sweep: shapes (``seq_len``, ``head_dim``, ``batch``, ``heads``,
 ``dtype``, ``causal``), methods and backends, and the approximation budgets
-(``features``, ``bucket_size``, ``hashes``), plus how each point is measured (``seeds``,
-``inputs``, ``temperature``, ``warmup_ms``, ``rep_ms``). Command-line flags override
-axes. Expansion crosses each method only with the budget axes it uses:
+(``n_features``, ``bucket_size``, ``n_hashes``: the names of ``Budget`` and of the result
+columns), plus how each point is measured (``seeds``, ``input_kind``, ``temperature``,
+``warmup_ms``, ``rep_ms``). The old keys ``features``, ``hashes`` and ``inputs`` are still
+read, with a one-line note on stderr. Command-line flags override axes. Expansion crosses
+each method only with the budget axes it uses:
 
     exact               one point per shape (always on the torch backend: SDPA)
-    performer           x features
-    lsh                 x bucket_size x hashes
-    scatterbrain        x features x bucket_size x hashes
-    scatterbrain_local  x features x bucket_size (fixed blocks: one round)
+    performer           x n_features
+    lsh                 x bucket_size x n_hashes
+    scatterbrain        x n_features x bucket_size x n_hashes
+    scatterbrain_local  x n_features x bucket_size (fixed blocks: one round)
 
 Sparse budgets with ``bucket_size >= seq_len`` are dropped (one bucket is exact attention
 at the cost of a sort); ``expand`` says how many.
@@ -19,6 +21,7 @@ at the cost of a sort); ``expand`` says how many.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -46,11 +49,11 @@ class Grid:
     causal: tuple[bool, ...] = (False,)
     methods: tuple[str, ...] = METHODS
     backends: tuple[str, ...] = ("torch",)
-    features: tuple[int, ...] = (64,)
+    n_features: tuple[int, ...] = (64,)
     bucket_size: tuple[int, ...] = (64,)
-    hashes: tuple[int, ...] = (1,)
+    n_hashes: tuple[int, ...] = (1,)
     seeds: tuple[int, ...] = (0, 1)  # accuracy is averaged over these seeds
-    inputs: str = "clustered"  # synthetic Q/K/V regime (sbbench.measure.inputs.make_qkv kind)
+    input_kind: str = "clustered"  # synthetic Q/K/V regime (measure.inputs.make_qkv kind)
     temperature: float = 1.0  # softmax temperature of the inputs (entropy regime)
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
@@ -58,7 +61,20 @@ class Grid:
     @property
     def inputs_label(self) -> str:
         """The ``inputs`` column of the rows: kind and temperature."""
-        return f"{self.inputs}:t={self.temperature:g}"
+        return f"{self.input_kind}:t={self.temperature:g}"
+
+    # The old axis names, for callers not yet moved to the new ones.
+    @property
+    def features(self) -> tuple[int, ...]:
+        return self.n_features
+
+    @property
+    def hashes(self) -> tuple[int, ...]:
+        return self.n_hashes
+
+    @property
+    def inputs(self) -> str:
+        return self.input_kind
 
 
 @dataclass(frozen=True)
@@ -104,8 +120,11 @@ class Expansion:
 # Loading and validation
 # ---------------------------------------------------------------------------------------
 
-_INT_AXES = ("seq_len", "head_dim", "batch", "heads", "features", "bucket_size", "hashes")
+_INT_AXES = ("seq_len", "head_dim", "batch", "heads", "n_features", "bucket_size",
+             "n_hashes")
 _KEYS = tuple(f.name for f in fields(Grid) if f.name != "name")
+# Keys of earlier grid files: still read, with a note.
+OLD_KEYS = {"features": "n_features", "hashes": "n_hashes", "inputs": "input_kind"}
 
 
 def shipped_grids() -> list[str]:
@@ -116,6 +135,9 @@ def load_grid(name_or_path: str) -> Grid:
     """A shipped grid by name (``quick``, ``full``) or a YAML file by path."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise UserError(f"grid {name_or_path} is a directory; give a grid YAML file or "
+                            f"a shipped grid name ({', '.join(shipped_grids())})")
         if not path.is_file():
             raise UserError(f"grid file {name_or_path} does not exist")
         name = path.stem
@@ -133,9 +155,20 @@ def load_grid(name_or_path: str) -> Grid:
     return grid_from_dict(name, data if data is not None else {}, where=f"grid {path}")
 
 
-def grid_from_dict(name: str, data: dict, *, where: str = "grid") -> Grid:
+def grid_from_dict(name: str, data: dict, *, where: str = "grid", stream=None) -> Grid:
+    """A Grid from a mapping of axes; an old key (``OLD_KEYS``) is renamed, with a
+    one-line note on ``stream`` (stderr)."""
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping of axes, got {type(data).__name__}")
+    data = dict(data)
+    for old, new in OLD_KEYS.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise UserError(f"{where}: both {old!r} and {new!r}; keep only {new!r}")
+        data[new] = data.pop(old)
+        print(f"sbbench: note: {where}: key {old!r} is now {new!r} (the old name still "
+              f"works)", file=stream if stream is not None else sys.stderr)
     unknown = [key for key in data if key not in _KEYS]
     if unknown:
         raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(_KEYS)}")
@@ -145,11 +178,11 @@ def grid_from_dict(name: str, data: dict, *, where: str = "grid") -> Grid:
 
 def _check_value(key: str, value, where: str):
     """Normalise one axis (scalar or list) and check its type and range."""
-    if key in ("description", "inputs"):
+    if key in ("description", "input_kind"):
         if not isinstance(value, str):
             raise UserError(f"{where}: {key} must be a string, got {value!r}")
-        if key == "inputs" and value not in INPUT_KINDS:
-            raise UserError(f"{where}: inputs must be one of {', '.join(INPUT_KINDS)}, "
+        if key == "input_kind" and value not in INPUT_KINDS:
+            raise UserError(f"{where}: input_kind must be one of {', '.join(INPUT_KINDS)}, "
                             f"got {value!r}")
         return value
     if key in ("temperature", "warmup_ms", "rep_ms"):
@@ -172,10 +205,10 @@ def _check_value(key: str, value, where: str):
         for item in items:
             if isinstance(item, bool) or not isinstance(item, int) or item < 1:
                 raise UserError(f"{where}: {key} must hold ints >= 1, got {item!r}")
-        if key == "features":
+        if key == "n_features":
             odd = [f for f in items if f % 2]
             if odd:
-                raise UserError(f"{where}: features must be even (phi(x) has a sin and a cos "
+                raise UserError(f"{where}: n_features must be even (phi(x) has a sin and a cos "
                                 f"or +/- pair per projection), got {odd[0]}")
     elif key == "causal":
         if not all(isinstance(item, bool) for item in items):
@@ -199,12 +232,12 @@ def _as_list(key: str, value, where: str) -> list:
 # Command-line overrides
 # ---------------------------------------------------------------------------------------
 
-# flag (without dashes) -> grid axis
+# flag (without dashes) -> grid axis (the flags keep their short names)
 OVERRIDE_FLAGS = {
     "seq-len": "seq_len", "head-dim": "head_dim", "batch": "batch", "heads": "heads",
     "dtype": "dtype", "causal": "causal", "methods": "methods", "backends": "backends",
-    "features": "features", "bucket-size": "bucket_size", "hashes": "hashes",
-    "seeds": "seeds", "inputs": "inputs", "temperature": "temperature",
+    "features": "n_features", "bucket-size": "bucket_size", "hashes": "n_hashes",
+    "seeds": "seeds", "inputs": "input_kind", "temperature": "temperature",
     "warmup-ms": "warmup_ms", "rep-ms": "rep_ms",
 }
 
@@ -237,7 +270,7 @@ def parse_flag(flag: str, text: str):
             return [table[part.lower()] for part in parts]
         except KeyError:
             raise UserError(f"{where} takes true/false values, got {text!r}") from None
-    if key == "inputs":
+    if key == "input_kind":
         return text.strip()
     return parts
 
@@ -262,15 +295,15 @@ def budgets_for(method: str, grid: Grid) -> list[Budget]:
     if method == "exact":
         return [Budget("exact")]
     if method == "performer":
-        return [Budget("performer", n_features=f) for f in grid.features]
+        return [Budget("performer", n_features=f) for f in grid.n_features]
     if method == "lsh":
         return [Budget("lsh", bucket_size=b, n_hashes=h)
-                for b in grid.bucket_size for h in grid.hashes]
+                for b in grid.bucket_size for h in grid.n_hashes]
     if method == "scatterbrain_local":
         return [Budget(method, n_features=f, bucket_size=b, n_hashes=1)
-                for f in grid.features for b in grid.bucket_size]
+                for f in grid.n_features for b in grid.bucket_size]
     return [Budget(method, n_features=f, bucket_size=b, n_hashes=h)
-            for f in grid.features for b in grid.bucket_size for h in grid.hashes]
+            for f in grid.n_features for b in grid.bucket_size for h in grid.n_hashes]
 
 
 def expand(grid: Grid) -> Expansion:

@@ -14,13 +14,26 @@ UNIQUE constraint. What happens when a key is already there is decided explicitl
 - ``add(record, replace=True)``: INSERT OR REPLACE -- for ``sweep --redo failed|all``,
   which measures a point again on purpose.
 
-A ``sweeps`` table logs each sweep's command line and start/end time for the report.
+A ``sweeps`` table logs each sweep's command line, process and start/end time for the
+report; a sweep still "running" whose process is gone is shown as "interrupted". A
+``claims`` table holds the points being measured (key, pid, host, time), so two sweeps on
+one store never measure the same point at once: a claim of a dead process, or one older
+than ``CLAIM_TIMEOUT_S``, is taken over.
+
+Schema versions: a store written by an older sbbench is brought up to date when it is
+opened for writing (new columns and tables added; existing rows untouched). Opened
+read-only it is not written: the columns it lacks read as "not measured". A store of a
+newer sbbench, or a SQLite file that is not an sbbench store, is refused and left as it
+is.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
+import time
 import typing
 from collections.abc import Iterable
 from dataclasses import fields
@@ -30,8 +43,12 @@ from sbbench.core.errors import UserError
 from sbbench.core.record import COLUMNS, JSON_FIELDS, KEY_FIELDS, Record, dumps, now_utc
 
 TABLE = "results"
-SCHEMA_VERSION = 1
+# 2: the noise column, the claims table, pid and host in the sweep log.
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 60.0
+CLAIM_TIMEOUT_S = 3600.0  # a claim this old is taken over, whoever holds it
+_SWEEP_COLUMNS = {"command": "TEXT", "device": "TEXT", "started": "TEXT",
+                  "finished": "TEXT", "outcome": "TEXT", "pid": "INTEGER", "host": "TEXT"}
 
 
 def _sql_type(annotation: str) -> str:
@@ -45,6 +62,20 @@ def _sql_type(annotation: str) -> str:
 _HINTS = typing.get_type_hints(Record)
 _TYPES = {f.name: _sql_type(str(f.type)) for f in fields(Record)}
 _BOOL_FIELDS = tuple(f.name for f in fields(Record) if str(f.type).startswith("bool"))
+_TEXT_DEFAULTS = tuple(f.name for f in fields(Record) if isinstance(f.default, str))
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` exists on this machine (False for None)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 class Store:
@@ -56,10 +87,13 @@ class Store:
             raise UserError(f"store {self.path} does not exist")
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
+        self.host, self.pid = socket.gethostname(), os.getpid()
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per row.
             self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            fresh = self._check_schema()  # before anything is written
             if not readonly:
                 mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if mode.lower() != "wal":
@@ -67,9 +101,8 @@ class Store:
                                     f"{mode}); is it on a network file system?")
                 # FULL: a committed row survives power loss too, not only a process crash.
                 self.conn.execute("PRAGMA synchronous = FULL")
-                self._create()
-            else:
-                self._check_readable()
+                self._create_or_migrate(fresh)
+            self._have = self._columns(TABLE)
         except sqlite3.DatabaseError as err:
             raise UserError(f"store {self.path}: not a usable SQLite results store "
                             f"({err})") from None
@@ -85,32 +118,69 @@ class Store:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _create(self) -> None:
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+
+    def _check_schema(self) -> bool:
+        """UserError unless this is an sbbench store this sbbench can read (or an empty
+        file: returns True). Reads only."""
+        tables = {row[0] for row in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            if self.readonly:
+                raise UserError(f"store {self.path} is empty; is it an sbbench store?")
+            return True
+        version = None
+        if "meta" in tables:
+            row = self.conn.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row and str(row[0]).isdigit() else None
+        if version is None and not (TABLE in tables and {"device", "method", "code_version"}
+                                    <= self._columns(TABLE)):
+            raise UserError(f"{self.path} is a SQLite file but not an sbbench results store "
+                            f"(tables: {', '.join(sorted(tables))}); give another --store path")
+        if version is not None and version > SCHEMA_VERSION:
+            raise UserError(f"store {self.path} was written by a newer sbbench (schema "
+                            f"{version}; this one knows up to {SCHEMA_VERSION}); upgrade "
+                            f"sbbench to use it")
+        missing = [name for name in KEY_FIELDS
+                   if TABLE in tables and name not in self._columns(TABLE)]
+        if missing:
+            raise UserError(f"store {self.path}: its key lacks {missing[0]!r}; it was written "
+                            f"by an incompatible sbbench, use a new store")
+        return False
+
+    def _create_or_migrate(self, fresh: bool) -> None:
+        """Create the tables, or bring an older store up to date (new columns NULL)."""
         columns = ", ".join(f"{name} {_TYPES[name]}" for name in COLUMNS)
         key = ", ".join(KEY_FIELDS)
+        sweep_columns = ", ".join(f"{n} {t}" for n, t in _SWEEP_COLUMNS.items())
         with self._transaction():
             self.conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ("
                               f"id INTEGER PRIMARY KEY, {columns}, UNIQUE ({key}))")
-            self.conn.execute("CREATE TABLE IF NOT EXISTS sweeps (id INTEGER PRIMARY KEY, "
-                              "command TEXT, device TEXT, started TEXT, finished TEXT, "
-                              "outcome TEXT)")
+            self.conn.execute(f"CREATE TABLE IF NOT EXISTS sweeps (id INTEGER PRIMARY KEY, "
+                              f"{sweep_columns})")
             self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, "
                               "value TEXT)")
-            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+            self.conn.execute("CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, "
+                              "pid INTEGER, host TEXT, sweep_id INTEGER, claimed REAL)")
+            if not fresh:
+                for table, wanted in ((TABLE, _TYPES), ("sweeps", _SWEEP_COLUMNS)):
+                    have = self._columns(table)
+                    for name, sql_type in wanted.items():
+                        if name not in have:
+                            self.conn.execute(
+                                f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                               (str(SCHEMA_VERSION),))
-            # A store written by an older sbbench gains the new result columns (NULL).
-            have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({TABLE})")}
-            for name in COLUMNS:
-                if name not in have:
-                    if name in KEY_FIELDS:
-                        raise UserError(f"store {self.path}: its key lacks {name!r}; it was "
-                                        f"written by an incompatible sbbench, use a new store")
-                    self.conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {_TYPES[name]}")
 
-    def _check_readable(self) -> None:
-        have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({TABLE})")}
-        if not have:
-            raise UserError(f"store {self.path} has no results table; is it an sbbench store?")
+    def schema_version(self) -> int | None:
+        try:
+            row = self.conn.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return int(row[0]) if row else None
 
     def _transaction(self):
         store = self
@@ -176,7 +246,9 @@ class Store:
         return pd.DataFrame([r.as_dict() for r in records], columns=list(COLUMNS))
 
     def _select(self, tail: str, params: list | None = None) -> list[Record]:
-        cursor = self.conn.execute(f"SELECT {', '.join(COLUMNS)} FROM {TABLE} {tail}",
+        # A read-only older store lacks some columns: they read as NULL.
+        names = [name if name in self._have else f"NULL AS {name}" for name in COLUMNS]
+        cursor = self.conn.execute(f"SELECT {', '.join(names)} FROM {TABLE} {tail}",
                                    params or [])
         return [self._record_from_sql(row) for row in cursor]
 
@@ -197,8 +269,7 @@ class Store:
         for name in _BOOL_FIELDS:
             if values[name] is not None:
                 values[name] = bool(values[name])
-        for name in ("reason", "timed_region", "timer", "memory_method", "telemetry",
-                     "reference_dtype", "git_revision", "timestamp"):
+        for name in _TEXT_DEFAULTS:
             if values[name] is None:
                 values[name] = ""
         return Record(**values)
@@ -208,19 +279,75 @@ class Store:
     def start_sweep(self, command: str, device: str) -> int:
         with self._transaction():
             cursor = self.conn.execute(
-                "INSERT INTO sweeps (command, device, started, outcome) VALUES (?, ?, ?, ?)",
-                (command, device, now_utc(), "running"))
+                "INSERT INTO sweeps (command, device, started, outcome, pid, host) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (command, device, now_utc(), "running", self.pid, self.host))
         return cursor.lastrowid
 
     def finish_sweep(self, sweep_id: int, outcome: str) -> None:
         with self._transaction():
             self.conn.execute("UPDATE sweeps SET finished = ?, outcome = ? WHERE id = ?",
                               (now_utc(), outcome, sweep_id))
+            self.conn.execute("DELETE FROM claims WHERE pid = ? AND host = ?",
+                              (self.pid, self.host))
 
     def sweeps(self) -> list[dict]:
+        """The sweep log, oldest first. A "running" sweep whose process is gone (same
+        host) reads as "interrupted"."""
         names = ("command", "device", "started", "finished", "outcome")
+        extra = [n if n in self._columns("sweeps") else f"NULL AS {n}" for n in ("pid", "host")]
         try:
-            cursor = self.conn.execute(f"SELECT {', '.join(names)} FROM sweeps ORDER BY id")
+            cursor = self.conn.execute(
+                f"SELECT {', '.join(names + tuple(extra))} FROM sweeps ORDER BY id")
         except sqlite3.OperationalError:  # a store without a sweep log
             return []
-        return [dict(zip(names, row, strict=True)) for row in cursor]
+        log = []
+        for row in cursor:
+            entry = dict(zip(names, row[:len(names)], strict=True))
+            pid, host = row[len(names):]
+            if (entry["outcome"] == "running" and pid and host == self.host
+                    and not pid_alive(pid)):
+                entry["outcome"] = "interrupted"
+            log.append(entry)
+        return log
+
+    # -- claims: which sweep is measuring which point -------------------------------------
+
+    def claim(self, key: tuple, sweep_id: int | None = None, *,
+              timeout_s: float = CLAIM_TIMEOUT_S) -> bool:
+        """Claim ``key`` for this process; False if another live sweep holds it. A claim
+        of a dead process (same host) or older than ``timeout_s`` is taken over."""
+        text, now = dumps(list(key)), time.time()
+        with self._transaction():
+            row = self.conn.execute("SELECT pid, host, claimed FROM claims WHERE key = ?",
+                                    (text,)).fetchone()
+            if row is not None:
+                pid, host, claimed = row
+                ours = (pid, host) == (self.pid, self.host)
+                dead = host == self.host and not pid_alive(pid)
+                if not (ours or dead or now - (claimed or 0) > timeout_s):
+                    return False
+            self.conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
+                              (text, self.pid, self.host, sweep_id, now))
+        return True
+
+    def release(self, key: tuple) -> None:
+        with self._transaction():
+            self.conn.execute("DELETE FROM claims WHERE key = ? AND pid = ? AND host = ?",
+                              (dumps(list(key)), self.pid, self.host))
+
+    def others_claiming(self, *, timeout_s: float = CLAIM_TIMEOUT_S) -> int:
+        """Live claims of other processes: other sweeps measuring on this store now."""
+        if self.readonly and "claims" not in self._tables():
+            return 0
+        count, now = 0, time.time()
+        for pid, host, claimed in self.conn.execute("SELECT pid, host, claimed FROM claims"):
+            if (pid, host) == (self.pid, self.host) or now - (claimed or 0) > timeout_s:
+                continue
+            if host != self.host or pid_alive(pid):
+                count += 1
+        return count
+
+    def _tables(self) -> set[str]:
+        return {row[0] for row in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}

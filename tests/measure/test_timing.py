@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from sbbench.measure.timing import (
-    Timing,
-    cuda_peak_memory,
-    flush_buffer_bytes,
-    process_peak_rss_bytes,
-    quantile,
-    time_fn,
-)
+from sbbench.measure.memory import cuda_peak_memory, process_peak_rss_bytes
+from sbbench.measure.timing import Timing, flush_buffer_bytes, quantile, time_fn
 
 
 class FakeClock:

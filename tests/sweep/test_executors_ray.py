@@ -16,8 +16,10 @@ import torch
 
 from sbbench.core.devices import get_device
 from sbbench.core.errors import UserError
-from sbbench.core.record import git_revision
+from sbbench.core.provenance import code_version
+from sbbench.core.record import Record, git_revision
 from sbbench.sweep import executors, runner
+from sbbench.sweep import point as sweep_point
 from sbbench.sweep.executors import (
     LocalExecutor,
     RayExecutor,
@@ -31,14 +33,14 @@ from sbbench.sweep.grid import Grid, expand
 from sbbench.sweep.runner import Settings
 from sbbench.sweep.store import Store
 
-TINY = Grid(name="tiny", seq_len=(64, 96), head_dim=(16,), heads=(2,), features=(8,),
-            bucket_size=(16,), hashes=(1,), seeds=(0,))
-REVISION = git_revision()  # the workers run this checkout: same code version
+TINY = Grid(name="tiny", seq_len=(64, 96), head_dim=(16,), heads=(2,), n_features=(8,),
+            bucket_size=(16,), n_hashes=(1,), seeds=(0,))
+VERSION = code_version()  # the workers run this checkout: same code version
 
 
 def settings(**changes) -> Settings:
     base = dict(device="cpu", seeds=(0,), warmup_ms=1.0, rep_ms=3.0, min_samples=3,
-                measure_memory=False, measure_energy=False, git_revision=REVISION)
+                measure_memory=False, measure_energy=False, git_revision=git_revision())
     base.update(changes)
     return Settings(**base)
 
@@ -82,10 +84,10 @@ def test_worker_refuses_a_device_it_does_not_have():
 
 
 def test_worker_refuses_another_code_version():
-    messages = list(measure_batch([points()[0].to_json()], settings(git_revision="other"),
+    messages = list(measure_batch([points()[0].to_json()], settings(code_version="other"),
                                   get_device("cpu"), None, {}))
     assert [m["kind"] for m in messages] == ["mismatch"]
-    assert messages[0]["worker"]["code_version"].endswith(REVISION)
+    assert messages[0]["worker"]["code_version"] == VERSION
 
 
 def test_worker_measures_a_batch_and_says_who_it_is():
@@ -94,11 +96,11 @@ def test_worker_measures_a_batch_and_says_who_it_is():
                                   get_device("cpu"), None, {}))
     assert [(m["kind"], m["index"]) for m in messages] == [("record", 0), ("record", 1)]
     for message in messages:
-        record = runner.Record.from_dict(message["record"])
+        record = Record.from_dict(message["record"])
         assert record.status == "ok", record.reason
         assert record.device_state["worker"]["pid"] == os.getpid()
         assert record.versions["sbbench"] and "before" in record.device_state
-    performer = runner.Record.from_dict(messages[1]["record"])
+    performer = Record.from_dict(messages[1]["record"])
     assert performer.speedup_vs_exact is not None  # exact ran first in the batch
 
 
@@ -161,7 +163,7 @@ def ray_cluster():
 
 
 def make_measure(marker_dir, crash_once: str, always_fails: str):
-    """runner.measure_point, except that the point labelled ``crash_once`` kills its
+    """point.measure_point, except that the point labelled ``crash_once`` kills its
     worker process (os._exit) the first time it runs, and ``always_fails`` raises out of
     the task every time. A closure, so Ray ships it by value to the workers."""
     def measure(point, *args, **kwargs):
@@ -173,7 +175,7 @@ def make_measure(marker_dir, crash_once: str, always_fails: str):
                 os._exit(1)
         if label == always_fails:
             raise RuntimeError(f"injected failure of {label}")
-        return runner.measure_point(point, *args, **kwargs)
+        return sweep_point.measure_point(point, *args, **kwargs)
 
     return measure
 
@@ -254,7 +256,7 @@ def test_ray_interrupted_driver_resumes(ray_cluster, tmp_path):
 
 def test_ray_refuses_mixed_versions_unless_allowed(ray_cluster, tmp_path):
     pts = points()[:2]
-    target = cpu_target(git_revision="another-revision")  # the driver's code differs
+    target = cpu_target(code_version="another-version")  # the driver's code differs
     with Store(tmp_path / "r.sqlite") as store:
         with pytest.raises(VersionMismatch, match="--allow-mixed-versions"):
             RayExecutor(measure_cpu=False, poll_s=0.2).run_sweep(pts, [target], store,
@@ -265,9 +267,9 @@ def test_ray_refuses_mixed_versions_unless_allowed(ray_cluster, tmp_path):
         records = store.records()
     assert summary.measured == 2
     for record in records:
-        assert record.status == "ok" and record.code_version.endswith("+another-revision")
+        assert record.status == "ok" and record.code_version == "another-version"
         assert "--allow-mixed-versions" in record.reason
-        assert record.device_state["worker"]["code_version"].endswith(REVISION)
+        assert record.device_state["worker"]["code_version"] == VERSION
 
 
 def test_ray_needs_the_requested_gpu_in_the_cluster(ray_cluster, tmp_path):
@@ -292,3 +294,16 @@ def test_ray_run_per_device_is_the_tune_hook(ray_cluster):
     runs = RayExecutor(poll_s=0.2, max_attempts=2).run_per_device(broken, [get_device("cpu")])
     assert runs["cpu"].value is None and "tuner failed" in runs["cpu"].error
     assert runs["cpu"].attempts == 2
+
+
+def test_ray_sweep_leaves_points_claimed_by_another_sweep(ray_cluster, tmp_path):
+    pts = points()[:2]
+    path = tmp_path / "r.sqlite"
+    with Store(path) as store, Store(path) as other:
+        other.host, other.pid = "another-host", 4242  # a live sweep on another machine
+        assert other.claim(runner.point_key(pts[1], cpu_target().settings))
+        summary = RayExecutor(measure_cpu=False, poll_s=0.2).run_sweep(
+            pts, [cpu_target()], store, progress=False)
+        assert summary.claimed_elsewhere == 1 and summary.measured == 1
+        assert [r.method for r in store.records()] == [pts[0].budget.method]
+        assert store.conn.execute("SELECT pid FROM claims").fetchall() == [(4242,)]

@@ -28,8 +28,8 @@ def test_shipped_grids_load_and_expand():
 
 
 def test_expansion_crosses_each_method_with_its_own_axes():
-    grid = Grid(name="t", seq_len=(512,), features=(32, 64), bucket_size=(16, 32),
-                hashes=(1, 2), backends=("torch", "triton"), seeds=(0,))
+    grid = Grid(name="t", seq_len=(512,), n_features=(32, 64), bucket_size=(16, 32),
+                n_hashes=(1, 2), backends=("torch", "triton"), seeds=(0,))
     points = expand(grid).points
     by_method: dict[str, list[Point]] = {}
     for point in points:
@@ -45,7 +45,7 @@ def test_expansion_crosses_each_method_with_its_own_axes():
 
 
 def test_bucket_not_smaller_than_sequence_is_dropped_and_reported():
-    grid = Grid(name="t", seq_len=(64, 256), bucket_size=(128,), features=(16,),
+    grid = Grid(name="t", seq_len=(64, 256), bucket_size=(128,), n_features=(16,),
                 methods=("lsh",))
     expansion = expand(grid)
     assert [p.problem.seq_len for p in expansion.points] == [256]
@@ -59,8 +59,8 @@ def test_overrides_replace_axes():
         "seeds": "3", "causal": "true,false", "batch": None,
     })
     assert grid.seq_len == (1024, 4096)
-    assert grid.features == (64, 128) and grid.bucket_size == (32, 64)
-    assert grid.hashes == (1, 2) and grid.methods == ("exact", "scatterbrain")
+    assert grid.n_features == (64, 128) and grid.bucket_size == (32, 64)
+    assert grid.n_hashes == (1, 2) and grid.methods == ("exact", "scatterbrain")
     assert grid.seeds == (0, 1, 2) and grid.causal == (True, False)
     assert grid.batch == load_grid("quick").batch
     points = expand(grid).points
@@ -106,7 +106,7 @@ def test_bad_yaml_key_is_named(tmp_path):
 
 def test_grid_file_by_path(tmp_path):
     path = tmp_path / "tiny.yaml"
-    path.write_text("seq_len: 128\nmethods: [exact, performer]\nfeatures: [8]\nseeds: [3, 5]\n")
+    path.write_text("seq_len: 128\nmethods: [exact, performer]\nn_features: [8]\nseeds: [3, 5]\n")
     grid = load_grid(str(path))
     assert grid.name == "tiny" and grid.seq_len == (128,) and grid.seeds == (3, 5)
     assert len(expand(grid).points) == 2
@@ -122,3 +122,29 @@ def test_point_json_round_trip():
 def test_grid_from_dict_rejects_non_mapping():
     with pytest.raises(UserError, match="expected a mapping"):
         grid_from_dict("x", [1, 2])
+
+
+def test_old_keys_still_work_with_a_note(tmp_path, capsys):
+    path = tmp_path / "old.yaml"
+    path.write_text("seq_len: 128\nmethods: [scatterbrain]\nfeatures: [8]\nbucket_size: [16]\n"
+                    "hashes: [2]\ninputs: gaussian\n")
+    grid = load_grid(str(path))
+    assert grid.n_features == (8,) and grid.n_hashes == (2,) and grid.input_kind == "gaussian"
+    notes = capsys.readouterr().err.splitlines()
+    assert len(notes) == 3 and "'features' is now 'n_features'" in notes[0]
+    assert [p.budget for p in expand(grid).points] == [Budget("scatterbrain", 8, 16, 2)]
+    path.write_text("features: [8]\nn_features: [16]\n")
+    with pytest.raises(UserError, match="keep only 'n_features'"):
+        load_grid(str(path))
+
+
+def test_shipped_grids_use_the_new_keys(capsys):
+    for name in shipped_grids():
+        load_grid(name)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_directory_is_not_a_grid(tmp_path):
+    with pytest.raises(UserError, match="is a directory") as info:
+        load_grid(str(tmp_path))
+    assert "does not exist" not in str(info.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 from sbbench.core.errors import UserError
 from sbbench.core.record import COLUMNS, KEY_FIELDS, Record
-from sbbench.sweep.store import Store
+from sbbench.sweep.store import SCHEMA_VERSION, Store
 
 
 def make_record(seq_len: int = 256, method: str = "performer", **results) -> Record:
@@ -80,7 +81,7 @@ def test_rows_survive_a_process_that_dies_without_closing(tmp_path):
     path = tmp_path / "r.sqlite"
     script = textwrap.dedent(f"""
         import os
-        from sbbench.sweep.store import Store
+        from sbbench.sweep.store import SCHEMA_VERSION, Store
         from tests.sweep.test_store import make_record
         store = Store({str(path)!r})
         for n in range(5):
@@ -96,7 +97,7 @@ def test_two_concurrent_writers_do_not_corrupt(tmp_path):
     path = tmp_path / "r.sqlite"
     script = textwrap.dedent(f"""
         import sys
-        from sbbench.sweep.store import Store
+        from sbbench.sweep.store import SCHEMA_VERSION, Store
         from tests.sweep.test_store import make_record
         offset = int(sys.argv[1])
         with Store({str(path)!r}) as store:
@@ -140,6 +141,122 @@ def test_sweep_log(tmp_path):
         store.finish_sweep(sweep, "done")
         (logged,) = store.sweeps()
     assert logged["command"] == "sbbench sweep --gpu cpu" and logged["outcome"] == "done"
+
+
+def _version_1_store(path) -> None:
+    """A store as sbbench wrote it before the noise column, claims and the sweep's pid."""
+    with Store(path) as store:
+        store.add(make_record(time_median_ms=2.0))
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE results DROP COLUMN noise")
+    conn.execute("DROP TABLE claims")
+    conn.execute("ALTER TABLE sweeps DROP COLUMN pid")
+    conn.execute("ALTER TABLE sweeps DROP COLUMN host")
+    conn.execute("INSERT INTO sweeps (command, outcome) VALUES ('old sweep', 'done')")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.execute("PRAGMA journal_mode = DELETE")
+    conn.close()
+
+
+def test_an_older_store_is_migrated_when_opened_for_writing(tmp_path):
+    path = tmp_path / "v1.sqlite"
+    _version_1_store(path)
+    with Store(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        (old,) = store.records()
+        assert old.time_median_ms == 2.0 and old.noise == ""
+        assert store.add(make_record(512, noise="spread"))
+        assert store.claim(make_record(1024).key())
+        assert [s["outcome"] for s in store.sweeps()] == ["done"]
+    with Store(path, readonly=True) as store:
+        assert [r.noise for r in store.records()] == ["", "spread"]
+
+
+def test_an_older_store_read_only_is_read_in_memory_and_left_as_it_is(tmp_path):
+    path = tmp_path / "v1.sqlite"
+    _version_1_store(path)
+    before = path.read_bytes()
+    with Store(path, readonly=True) as store:
+        (old,) = store.records()
+        assert old.noise == "" and old.time_median_ms == 2.0
+        assert store.sweeps()[0]["outcome"] == "done" and store.others_claiming() == 0
+    assert path.read_bytes() == before
+    conn = sqlite3.connect(path)
+    assert "noise" not in {row[1] for row in conn.execute("PRAGMA table_info(results)")}
+    conn.close()
+
+
+def test_a_store_of_a_newer_sbbench_is_refused(tmp_path):
+    path = tmp_path / "new.sqlite"
+    with Store(path) as store:
+        store.add(make_record())
+        store.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                           (str(SCHEMA_VERSION + 1),))
+    for readonly in (False, True):
+        with pytest.raises(UserError, match="newer sbbench") as info:
+            Store(path, readonly=readonly)
+        assert "\n" not in str(info.value)
+
+
+def test_a_foreign_sqlite_file_is_refused_and_not_modified(tmp_path):
+    path = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE people (name TEXT)")
+    conn.execute("INSERT INTO people VALUES ('ada')")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    for readonly in (False, True):
+        with pytest.raises(UserError, match="not an sbbench results store") as info:
+            Store(path, readonly=readonly)
+        assert "people" in str(info.value) and "\n" not in str(info.value)
+    assert path.read_bytes() == before
+    assert not (tmp_path / "other.sqlite-wal").exists()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert [row[0] for row in conn.execute("SELECT name FROM sqlite_master")] == ["people"]
+    conn.close()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_claims_keep_two_sweeps_off_one_point(tmp_path):
+    path = tmp_path / "r.sqlite"
+    key, other = make_record(256).key(), make_record(512).key()
+    with Store(path) as mine, Store(path) as theirs:
+        theirs.pid = _dead_pid() + 1_000_000  # not a pid of this machine: alive elsewhere
+        theirs.host = "another-host"
+        assert theirs.claim(key)
+        assert not mine.claim(key) and mine.others_claiming() == 1
+        assert mine.claim(other)
+        assert mine.claim(key, timeout_s=0.0)  # an old claim is taken over
+        assert not theirs.claim(key)
+        mine.release(key)
+        assert theirs.claim(key)
+        theirs.release(key)
+        # a claim of a dead process on this host is taken over at once
+        theirs.host, theirs.pid = mine.host, _dead_pid()
+        assert theirs.claim(other) is False  # mine, alive
+        assert theirs.claim(make_record(2048).key())
+        assert mine.claim(make_record(2048).key())
+        assert mine.others_claiming() == 0  # the dead pid's claims do not count
+
+
+def test_a_running_sweep_whose_process_died_reads_interrupted(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with Store(path) as store:
+        alive = store.start_sweep("sbbench sweep (this process)", "cpu")
+        store.pid = _dead_pid()
+        store.start_sweep("sbbench sweep (killed)", "cpu")
+        store.pid = os.getpid()
+        assert [s["outcome"] for s in store.sweeps()] == ["running", "interrupted"]
+        store.finish_sweep(alive, "done")
+        assert [s["outcome"] for s in store.sweeps()] == ["done", "interrupted"]
 
 
 def _root() -> str:
