@@ -65,8 +65,10 @@ examples:
       one sweep across a Ray cluster, every listed GPU type at once, into one store
 
 grid axes (YAML keys; a flag replaces the grid's list):
-  seq_len head_dim batch heads dtype causal methods backends features bucket_size
-  hashes seeds inputs temperature warmup_ms rep_ms
+  seq_len head_dim batch heads dtype causal methods backends n_features bucket_size
+  n_hashes seeds input_kind temperature warmup_ms rep_ms
+  (their flags: --features, --hashes, --inputs; the old YAML keys features, hashes and
+   inputs are still read, with a deprecation note)
 """
 
 
@@ -156,7 +158,7 @@ def run_sweep_command(args) -> int:
                         + (f" ({'; '.join(expansion.dropped)})" if expansion.dropped else ""))
     executor = executor_from_args(args)
     template = Settings(
-        device="", seeds=grid.seeds, input_kind=grid.inputs, temperature=grid.temperature,
+        device="", seeds=grid.seeds, input_kind=grid.input_kind, temperature=grid.temperature,
         warmup_ms=grid.warmup_ms, rep_ms=grid.rep_ms,
         measure_memory=not args.no_memory, measure_energy=not args.no_energy,
         num_threads=args.threads)

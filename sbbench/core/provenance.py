@@ -90,14 +90,13 @@ def source_hash() -> str:
     return digest.hexdigest()
 
 
-def code_version(revision: str | None = None) -> str:
+def code_version() -> str:
     """The code part of a result's key: ``<version>+src.<hash of the source>``.
 
     Changed source measures its points again; writing reports, tuning files or stores in
     the checkout, or committing, does not. The git revision is a provenance field of its
-    own (``git_revision``); ``revision`` is accepted for older callers and not used.
+    own (``git_revision``).
     """
-    del revision
     return f"{__version__}+src.{source_hash()[:12]}"
 
 

@@ -155,7 +155,7 @@ def run(options: Options, *, command: str = "") -> dict:
     check_timer(options)
     revision = revision_text()
     common = dict(device="cpu", backend="torch", kernel_config="",
-                  inputs=f"{INPUT_KIND}:t={TEMPERATURE:g}", code_version=code_version(revision),
+                  inputs=f"{INPUT_KIND}:t={TEMPERATURE:g}", code_version=code_version(),
                   source="measured", git_revision=revision,
                   versions={"torch": torch.__version__, "python": platform.python_version()})
     load_before = loadavg()

@@ -10,7 +10,7 @@ from sbbench.cli.main import _COMMAND_MODULES, main
 @pytest.mark.parametrize("command", _COMMAND_MODULES)
 def test_help_has_examples(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main([command, "--help"])
+        main([command.replace("_", "-"), "--help"])  # module ci_bench is command ci-bench
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     examples = out[out.index("examples:"):].splitlines()[1:]

@@ -8,7 +8,6 @@ on 2 cores; most of that is Ray's start-up.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import pytest
@@ -116,25 +115,6 @@ def test_resolve_targets():
         resolve_targets("cpu,h100", template, remote=False)
     modeled = resolve_targets("a100,h100-sxm,h100", template, remote=False, model_only=True)
     assert [t.spec.name for t in modeled] == ["a100-80gb", "h100-sxm"]
-
-
-def test_executor_flags():
-    parser = argparse.ArgumentParser()
-    executors.add_executor_arguments(parser)
-    local = parser.parse_args([])
-    assert isinstance(executors.executor_from_args(local), LocalExecutor)
-    assert executors.executor_words(local) == []
-    args = parser.parse_args(["--executor", "ray", "--address", "auto", "--max-attempts", "2",
-                              "--allow-mixed-versions"])
-    executor = executors.executor_from_args(args)
-    assert isinstance(executor, RayExecutor)
-    assert (executor.address, executor.max_attempts, executor.allow_mixed_versions) == (
-        "auto", 2, True)
-    assert executors.executor_words(args) == [
-        "--executor", "ray", "--address", "auto", "--max-attempts", "2",
-        "--allow-mixed-versions"]
-    with pytest.raises(UserError, match="--address needs"):
-        executors.executor_from_args(parser.parse_args(["--address", "x:1"]))
 
 
 def test_local_executor_is_the_runner(tmp_path):
