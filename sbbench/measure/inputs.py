@@ -1,9 +1,11 @@
-"""Seeded synthetic attention inputs with a controlled softmax temperature (layer 2).
+"""Attention inputs (layer 2): seeded synthetic ones, and Q/K/V captured from a real model.
 
 Shared by the benchmark harness and the accuracy study, so one seed means the same
 tensors everywhere. Random i.i.d. Gaussians alone flatter or punish methods
-unrealistically (MEASUREMENT.md, Accuracy), hence the ``"clustered"`` kind: keys and
-queries with structure that hashing can find and that is close to low rank.
+unrealistically (docs/measurement.md), hence the ``"clustered"`` kind: keys and
+queries with structure that hashing can find and that is close to low rank. Better
+still are the inputs a trained model produces: the kind ``"qkv:FILE"`` reads a capture
+written by ``sbbench capture`` (see ``load_capture``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,18 @@ import operator
 import torch
 
 from sbbench.core.types import Problem
+from sbbench.measure import capture_file
+from sbbench.measure.capture_file import (  # noqa: F401 - the public names live here too
+    CAPTURE_PREFIX,
+    Capture,
+    CapturedLayer,
+    capture_kind,
+    is_capture_kind,
+    load_capture,
+    save_capture,
+)
 
+# Synthetic kinds; a captured kind is spelt "qkv:FILE" or "qkv:FILE#layer=N".
 KINDS = ("gaussian", "clustered")
 
 # Clustered inputs: share of each coordinate's variance that is noise around the centre
@@ -79,20 +92,29 @@ def make_qkv(
     ``temperature * (1 - s) * sqrt(d)`` and a cross-cluster pair mean 0: each query's mass
     goes first to its cluster, and at large temperature to a few keys inside it.
     ``v`` is i.i.d. standard normal in both kinds and does not depend on ``temperature``.
+
+    - ``"qkv:FILE"`` / ``"qkv:FILE#layer=N"``: one layer of a capture (``load_capture``;
+      default: its lowest captured layer), no randomness (``seed`` is checked, not used).
+      The capture defines the heads and head_dim: ``problem.heads`` and
+      ``problem.head_dim`` must equal them, and ``problem.seq_len`` may not exceed the
+      captured tokens (a ``UserError`` says what to set). The first ``seq_len`` tokens
+      are taken and the one sequence is repeated over ``problem.batch``. The model's
+      softmax scale is folded into q (``q * scale * sqrt(d)``), so attention with the
+      default scale ``1 / sqrt(d)`` computes the model's logits; ``temperature``
+      multiplies them as above (q and k times ``sqrt(temperature)``). Whether the
+      attention is causal is the Problem's choice; the model's own flag, and a sliding
+      window if the layer had one, are in the capture's metadata.
     """
+    if is_capture_kind(kind):
+        return _captured_qkv(problem, kind, seed=seed, temperature=temperature, device=device)
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise ValueError(f"kind must be one of {', '.join(KINDS)} or {CAPTURE_PREFIX}FILE, "
+                         f"got {kind!r}")
     seed = _non_negative_int("seed", seed)
     n_clusters = _non_negative_int("n_clusters", n_clusters)
     if n_clusters < 1:
         raise ValueError(f"n_clusters must be an int >= 1, got {n_clusters}")
-    try:
-        value = float(temperature)
-    except (TypeError, ValueError):
-        value = math.nan
-    if isinstance(temperature, bool) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    temperature = value
+    temperature = _temperature(temperature)
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
     shape = (problem.batch, problem.heads, problem.seq_len, problem.head_dim)
@@ -116,3 +138,31 @@ def make_qkv(
     dtype = _TORCH_DTYPES[problem.dtype]
     return tuple(t.to(dtype=dtype, device=device)
                  for t in (amplitude * x_q, amplitude * x_k, v))
+
+
+def _temperature(temperature) -> float:
+    try:
+        value = float(temperature)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(temperature, bool) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return value
+
+
+def _captured_qkv(problem: Problem, kind: str, *, seed: int, temperature: float,
+                  device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``make_qkv`` for a ``"qkv:FILE[#layer=N]"`` kind (see there)."""
+    _non_negative_int("seed", seed)
+    temperature = _temperature(temperature)
+    path, layer_index = capture_kind(kind)
+    layer = capture_file.load_capture_cached(path).layer(layer_index)
+    layer.check_problem(problem)
+    q, k, v = (t[:, :problem.seq_len].to(torch.float64) for t in (layer.q, layer.k, layer.v))
+    amplitude = math.sqrt(temperature)
+    q = q * (layer.scale * math.sqrt(layer.head_dim) * amplitude)
+    k = k * amplitude
+    dtype = _TORCH_DTYPES[problem.dtype]
+    # [heads, seq, d] -> [batch, heads, seq, d]: one sequence, repeated over the batch
+    return tuple(t.expand(problem.batch, *t.shape).to(dtype=dtype, device=device).contiguous()
+                 for t in (q, k, v))
