@@ -26,6 +26,8 @@ _COMMAND_MODULES = (
     "check",
     "devices",
     "ci_bench",
+    "capture",
+    "e2e",
 )
 
 _EPILOG = f"""examples:

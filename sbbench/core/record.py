@@ -83,6 +83,12 @@ class Record:
     attn_error_std: float | None = None
     reference_dtype: str = ""  # float64, or float32 on large sizes
     n_seeds: int = 0
+    # per head (mean over seeds and batch entries): real models' heads differ ~10x in how
+    # approximable they are, so selection targets a statistic of this distribution
+    error_heads: list[float] = field(default_factory=list)
+    error_p50: float | None = None
+    error_p90: float | None = None
+    error_max: float | None = None
     # --- provenance ------------------------------------------------------------------
     device_state: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
@@ -112,7 +118,7 @@ KEY_FIELDS: tuple[str, ...] = (
 )
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Record))
 # Columns held as JSON text in the store (lists and dicts).
-JSON_FIELDS: tuple[str, ...] = ("time_samples_ms", "device_state", "versions")
+JSON_FIELDS: tuple[str, ...] = ("time_samples_ms", "device_state", "versions", "error_heads")
 
 assert COLUMNS[: len(KEY_FIELDS)] == KEY_FIELDS, "key fields must come first, in order"
 

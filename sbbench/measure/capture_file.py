@@ -28,6 +28,9 @@ import torch
 from sbbench.core.errors import UserError
 
 CAPTURE_PREFIX = "qkv:"
+# Captures shipped with sbbench, by name: "qkv:minilm" is the shipped MiniLM capture.
+SHIPPED_CAPTURES = {"minilm": "minilm_attention_kernels.safetensors"}
+ALL_LAYERS = -1  # CapturedLayer.index of every captured layer stacked along the heads
 METADATA_KEY = "sbbench_capture"
 FORMAT_VERSION = 1
 
@@ -150,13 +153,38 @@ class Capture:
         return int(self.meta["tokens"])
 
     def layer(self, index: int | None = None) -> CapturedLayer:
-        """Layer ``index`` (default: the lowest captured); UserError if not captured."""
-        if index is None:
-            index = min(self.layers)
+        """Layer ``index``; None: every captured layer stacked along the heads (a MiniLM
+        capture of 6 layers x 12 heads is one 72-head input, so per-head statistics cover
+        the whole model). UserError if not captured."""
+        if index is None or index == ALL_LAYERS:
+            return self.stacked()
         if index not in self.layers:
             raise UserError(f"{self.path or 'the capture'} has no layer {index}; captured "
                             f"layers: {', '.join(map(str, sorted(self.layers)))}")
         return self.layers[index]
+
+    def stacked(self) -> CapturedLayer:
+        """All captured layers along the heads axis, each layer's softmax scale folded
+        into its q (so the stack's scale is 1 / sqrt(head_dim)). Layers must share
+        head_dim and causality."""
+        layers = [self.layers[i] for i in sorted(self.layers)]
+        if len(layers) == 1:
+            return layers[0]
+        first = layers[0]
+        if any((x.head_dim, x.causal) != (first.head_dim, first.causal) for x in layers):
+            raise UserError(f"{self.path or 'the capture'}: its layers differ in head_dim "
+                            f"or causality; pick one with qkv:FILE#layer=N")
+        d = first.head_dim
+        # fold each layer's scale into q: (scale * q) k^T == (1/sqrt(d)) (q') k^T
+        q = torch.cat([x.q.float() * (x.scale * d ** 0.5) for x in layers])
+        cat = lambda name: torch.cat([getattr(x, name) for x in layers])  # noqa: E731
+        out = cat("out") if all(x.out is not None for x in layers) else None
+        return CapturedLayer(
+            index=ALL_LAYERS, q=q, k=cat("k"), v=cat("v"), out=out, scale=d ** -0.5,
+            causal=first.causal,
+            layer_type="all" if len({x.layer_type for x in layers}) > 1 else first.layer_type,
+            window=first.window if len({x.window for x in layers}) == 1 else None,
+            kv_heads=sum(x.kv_heads for x in layers))
 
 
 def save_capture(path: str | os.PathLike, capture: Capture) -> None:
@@ -218,13 +246,25 @@ def is_capture_kind(kind: object) -> bool:
     return isinstance(kind, str) and kind.startswith(CAPTURE_PREFIX)
 
 
+def shipped_capture(name: str) -> Path | None:
+    """The file of a capture shipped with sbbench ("minilm"), None for another name."""
+    if name not in SHIPPED_CAPTURES:
+        return None
+    return Path(__file__).resolve().parents[1] / "data" / "captures" / SHIPPED_CAPTURES[name]
+
+
 def capture_kind(kind: str) -> tuple[str, int | None]:
-    """``"qkv:FILE#layer=N"`` -> (FILE, N); N is None without ``#layer=``."""
+    """``"qkv:FILE#layer=N"`` -> (FILE, N); N is None (every layer) without ``#layer=``.
+
+    FILE may be the name of a shipped capture ("qkv:minilm")."""
     spec = kind[len(CAPTURE_PREFIX):]
     path, _, fragment = spec.partition("#")
     if not path:
         raise UserError(f"input kind {kind!r} names no file: use qkv:FILE or "
-                        f"qkv:FILE#layer=N")
+                        f"qkv:FILE#layer=N (shipped: {', '.join(SHIPPED_CAPTURES)})")
+    shipped = shipped_capture(path)
+    if shipped is not None:
+        path = str(shipped)
     if not fragment:
         return path, None
     name, _, value = fragment.partition("=")
@@ -232,3 +272,13 @@ def capture_kind(kind: str) -> tuple[str, int | None]:
         raise UserError(f"input kind {kind!r}: the part after '#' must be layer=N "
                         f"(N a layer index)")
     return path, int(value)
+
+
+def capture_label(kind: str) -> str:
+    """Short, machine-independent name of a capture input for the record's ``inputs``
+    column: ``qkv:<file stem>#layer=N@<text sha256[:8]>`` (no absolute path)."""
+    path, layer = capture_kind(kind)
+    capture = load_capture_cached(path)
+    text = str(capture.meta.get("text_sha256", ""))[:8]
+    which = "all" if layer is None else str(layer)
+    return f"{CAPTURE_PREFIX}{Path(path).stem}#layer={which}@{text}"

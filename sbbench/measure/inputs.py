@@ -93,8 +93,10 @@ def make_qkv(
     goes first to its cluster, and at large temperature to a few keys inside it.
     ``v`` is i.i.d. standard normal in both kinds and does not depend on ``temperature``.
 
-    - ``"qkv:FILE"`` / ``"qkv:FILE#layer=N"``: one layer of a capture (``load_capture``;
-      default: its lowest captured layer), no randomness (``seed`` is checked, not used).
+    - ``"qkv:FILE"`` / ``"qkv:FILE#layer=N"``: a capture (``load_capture``): layer N, or
+      without ``#layer=`` every captured layer stacked along the heads; FILE may be a
+      shipped capture's name (``"qkv:minilm"``). No randomness (``seed`` is checked, not
+      used).
       The capture defines the heads and head_dim: ``problem.heads`` and
       ``problem.head_dim`` must equal them, and ``problem.seq_len`` may not exceed the
       captured tokens (a ``UserError`` says what to set). The first ``seq_len`` tokens
@@ -138,6 +140,20 @@ def make_qkv(
     dtype = _TORCH_DTYPES[problem.dtype]
     return tuple(t.to(dtype=dtype, device=device)
                  for t in (amplitude * x_q, amplitude * x_k, v))
+
+
+def input_label(kind: str, temperature: float) -> str:
+    """The record's ``inputs`` column: the kind (a capture by file stem, layer and text
+    hash, never a machine's path) and the temperature, e.g. ``clustered:t=1``."""
+    name = capture_file.capture_label(kind) if is_capture_kind(kind) else kind
+    return f"{name}:t={temperature:g}"
+
+
+def capture_shape(kind: str) -> tuple[int, int, int, bool]:
+    """(heads, head_dim, tokens, causal) of a capture kind's input."""
+    path, layer_index = capture_kind(kind)
+    layer = capture_file.load_capture_cached(path).layer(layer_index)
+    return layer.heads, layer.head_dim, layer.tokens, layer.causal
 
 
 def _temperature(temperature) -> float:

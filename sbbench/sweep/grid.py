@@ -29,6 +29,7 @@ import yaml
 
 from sbbench.core.errors import UserError
 from sbbench.core.types import DTYPES, METHODS, Budget, Problem, budget_label
+from sbbench.measure.inputs import capture_shape, is_capture_kind
 
 GRID_DIR = Path(__file__).resolve().parent.parent / "data" / "grids"
 BACKENDS = ("torch", "triton")
@@ -181,8 +182,9 @@ def _check_value(key: str, value, where: str):
     if key in ("description", "input_kind"):
         if not isinstance(value, str):
             raise UserError(f"{where}: {key} must be a string, got {value!r}")
-        if key == "input_kind" and value not in INPUT_KINDS:
+        if key == "input_kind" and value not in INPUT_KINDS and not is_capture_kind(value):
             raise UserError(f"{where}: input_kind must be one of {', '.join(INPUT_KINDS)}, "
+                            f"or qkv:FILE[#layer=N] / qkv:minilm (captured Q/K/V), "
                             f"got {value!r}")
         return value
     if key in ("temperature", "warmup_ms", "rep_ms"):
@@ -306,11 +308,28 @@ def budgets_for(method: str, grid: Grid) -> list[Budget]:
             for f in grid.n_features for b in grid.bucket_size for h in grid.n_hashes]
 
 
+def _fit_to_capture(grid: Grid, result: Expansion) -> Grid:
+    """On captured inputs the capture sets heads and head_dim, and sequence lengths
+    longer than the captured tokens are dropped (with a note)."""
+    if not is_capture_kind(grid.input_kind):
+        return grid
+    heads, head_dim, tokens, _ = capture_shape(grid.input_kind)
+    seq_lens = tuple(n for n in grid.seq_len if n <= tokens)
+    if len(seq_lens) < len(grid.seq_len):
+        result.dropped.append(f"seq_len > {tokens} (the captured tokens): "
+                              f"{', '.join(str(n) for n in grid.seq_len if n > tokens)}")
+    if not seq_lens:
+        raise UserError(f"{grid.input_kind} holds {tokens} tokens: every seq_len of the grid "
+                        f"is longer; use --seq-len {tokens} or less")
+    return replace(grid, seq_len=seq_lens, heads=(heads,), head_dim=(head_dim,))
+
+
 def expand(grid: Grid) -> Expansion:
     """All points of the grid, ordered by shape then method (exact first, so the other
     methods of a shape can be compared against its time)."""
     result = Expansion()
     too_large = 0
+    grid = _fit_to_capture(grid, result)
     for dtype in grid.dtype:
         for causal in grid.causal:
             for batch in grid.batch:

@@ -32,7 +32,7 @@ from sbbench.core.provenance import now_utc
 from sbbench.core.record import Record
 from sbbench.core.types import Problem
 from sbbench.measure import calls, costmodel
-from sbbench.measure.accuracy import relative_error
+from sbbench.measure.accuracy import relative_error, relative_error_per_slice
 from sbbench.measure.inputs import make_qkv
 from sbbench.measure.memory import (
     Job,
@@ -169,7 +169,7 @@ def check_accuracy(point: Point, settings: Settings,
     matrices fit (ATTN_MATRIX_MAX elements) and on the torch backend.
     """
     references = references if references is not None else References(settings)
-    out_errors, attn_errors = [], []
+    out_errors, attn_errors, head_errors = [], [], []
     dtype = None
     for seed in settings.seeds:
         reference = references.get(point.problem, seed)
@@ -181,13 +181,20 @@ def check_accuracy(point: Point, settings: Settings,
                 raise PointFailed("failed", f"non-finite output (NaN/Inf) with seed {seed}; "
                                             f"not timed")
             out_errors.append(relative_error(out, reference.out))
+            # [batch, heads] -> [heads]: each head's error, batch entries averaged
+            head_errors.append(relative_error_per_slice(out, reference.out).mean(dim=0))
             if reference.weights is not None and point.backend == "torch":
                 _, weights = call(return_weights=True)
                 attn_errors.append(relative_error(weights, reference.weights))
                 del weights
         del out, reference
+    per_head = torch.stack(head_errors).mean(dim=0)  # [heads], seeds averaged
     return dict(
         error_mean=statistics.fmean(out_errors),
+        error_heads=[float(x) for x in per_head],
+        error_p50=float(torch.quantile(per_head, 0.5)),
+        error_p90=float(torch.quantile(per_head, 0.9)),
+        error_max=float(per_head.max()),
         error_std=statistics.pstdev(out_errors) if len(out_errors) > 1 else 0.0,
         attn_error_mean=statistics.fmean(attn_errors) if attn_errors else None,
         attn_error_std=(statistics.pstdev(attn_errors) if len(attn_errors) > 1 else 0.0)

@@ -19,6 +19,7 @@ import torch
 from sbbench.core.provenance import code_version, revision_text
 from sbbench.core.record import Record
 from sbbench.core.types import Budget
+from sbbench.measure.inputs import input_label
 from sbbench.measure.memory import MemoryServer
 from sbbench.measure.telemetry import device_state, make_observer
 from sbbench.measure.telemetry import versions as read_versions
@@ -49,7 +50,7 @@ class Settings:
 
     @property
     def inputs_label(self) -> str:
-        return f"{self.input_kind}:t={self.temperature:g}"
+        return input_label(self.input_kind, self.temperature)
 
 
 def point_key(point: Point, settings: Settings, source: str = "measured") -> tuple:

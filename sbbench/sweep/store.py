@@ -44,7 +44,8 @@ from sbbench.core.record import COLUMNS, JSON_FIELDS, KEY_FIELDS, Record, dumps,
 
 TABLE = "results"
 # 2: the noise column, the claims table, pid and host in the sweep log.
-SCHEMA_VERSION = 2
+# 3: per-head errors (error_heads, error_p50, error_p90, error_max).
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 60.0
 CLAIM_TIMEOUT_S = 3600.0  # a claim this old is taken over, whoever holds it
 _SWEEP_COLUMNS = {"command": "TEXT", "device": "TEXT", "started": "TEXT",
