@@ -59,6 +59,10 @@ DEFAULT_ALPHA = 0.01
 ERROR_ATOL = 1e-4  # relative output error; below this a change is float noise
 MEMORY_ATOL_BYTES = 1 << 20
 ENERGY_ATOL_J = 1e-6
+# Run-to-run noise gate of time changes (see gate_by_noise).
+NOISE_Z = 3.0
+NOISE_FLOOR = 0.05  # log scale: 5% (a handful of points can look unusually calm)
+NOISE_MIN_POINTS = 4
 
 
 # ---------------------------------------------------------------------------------------
@@ -97,6 +101,7 @@ class Comparison:
     alpha: float
     n_matched: int
     runs: int = 1  # current runs merged by ``confirm``
+    noise: float | None = None  # run-to-run scatter of the time changes (log), if gated
 
     @property
     def regressions(self) -> list[Finding]:
@@ -182,7 +187,8 @@ def _nan(value) -> bool:
 
 def compare(baseline: ResultSet, current: ResultSet, *, factors: dict[str, float] | None = None,
             alpha: float = DEFAULT_ALPHA, mode: str = "auto", reference: str = "auto",
-            error_atol: float = ERROR_ATOL, allow_missing: bool = False) -> Comparison:
+            error_atol: float = ERROR_ATOL, allow_missing: bool = False,
+            noise_z: float = NOISE_Z) -> Comparison:
     """Compare ``current`` with ``baseline`` point by point (see the module doc)."""
     factors = {**dict.fromkeys(METRICS, DEFAULT_FACTOR), **(factors or {})}
     check_factors(factors, alpha)
@@ -221,7 +227,35 @@ def compare(baseline: ResultSet, current: ResultSet, *, factors: dict[str, float
         if key not in base_rows:
             findings.append(Finding(point_label(cur), "status", None, None, None, None, "new",
                                     "not in the baseline"))
-    return Comparison(findings, mode, ref, factors, alpha, len(matched))
+    findings, noise = gate_by_noise(findings, noise_z)
+    return Comparison(findings, mode, ref, factors, alpha, len(matched), noise=noise)
+
+
+def gate_by_noise(findings: list[Finding], z: float) -> tuple[list[Finding], float | None]:
+    """Keep a time regression (or improvement) only if its change is larger than ``z``
+    times the run-to-run scatter of every time point of this pair.
+
+    Mann-Whitney sees the samples of one point within one run; on a shared machine the
+    load moves between the runs and between the points of a run (seconds apart), which
+    no within-point test can see. The other points of the same pair measure that: the
+    scatter is 1.4826 x the median absolute deviation of their log time changes (robust
+    while fewer than half of the points really changed), at least NOISE_FLOOR. Needs
+    NOISE_MIN_POINTS points; ``z`` <= 0 turns the gate off."""
+    changes = [math.log(f.ratio) for f in findings if f.metric == "time" and f.ratio
+               and math.isfinite(f.ratio) and f.ratio > 0]
+    if z <= 0 or len(changes) < NOISE_MIN_POINTS:
+        return findings, None
+    center = statistics.median(changes)
+    noise = max(1.4826 * statistics.median(abs(c - center) for c in changes), NOISE_FLOOR)
+    bound = math.exp(z * noise)
+    out = []
+    for f in findings:
+        if f.metric == "time" and f.verdict in ("regression", "improved") and (
+                1 / bound < f.ratio < bound):
+            f = replace(f, verdict="ok", note=_join(
+                f.note, f"within this pair's run-to-run noise (x{bound:.2f})"))
+        out.append(f)
+    return out, noise
 
 
 def _point_findings(key, base: Record, cur: Record, label: str, mode: str,
@@ -294,7 +328,7 @@ def confirm(comparisons: list[Comparison]) -> Comparison:
                 merged.append(f)
     first = comparisons[0]
     return Comparison(merged, first.mode, first.reference, first.factors, first.alpha,
-                      min(c.n_matched for c in comparisons), runs=n)
+                      min(c.n_matched for c in comparisons), runs=n, noise=first.noise)
 
 
 def _join(note: str, extra: str) -> str:
@@ -343,5 +377,7 @@ def summary_line(result: Comparison) -> str:
     verdict = "REGRESSION" if not result.ok else "no regression"
     if result.runs > 1:
         verdict += f" (a regression must fail in all {result.runs} current runs)"
+    noise = ("" if result.noise is None else
+             f"; run-to-run noise of this pair +-{math.expm1(result.noise) * 100:.0f}%")
     return (f"{verdict}: {result.n_matched} points matched; {parts}. {how}; factors "
-            f"{factors}; Mann-Whitney U one-sided, alpha {result.alpha:g}")
+            f"{factors}; Mann-Whitney U one-sided, alpha {result.alpha:g}{noise}")

@@ -15,6 +15,8 @@ reference's median. A uniform slowdown of the machine leaves every ratio unchang
 from __future__ import annotations
 
 import json
+import math
+import sqlite3
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,9 +63,15 @@ def load_result_set(path: str | Path) -> ResultSet:
     if head.startswith(b"SQLite format 3"):
         from sbbench.sweep.store import Store
 
-        with Store(path, readonly=True) as store:
-            return ResultSet(store.records(), interleaved=False,
-                             meta={"kind": "store"}, label=str(path))
+        try:
+            with Store(path, readonly=True) as store:
+                records = store.records()
+        except (ValueError, TypeError, KeyError, sqlite3.DatabaseError) as err:
+            raise UserError(f"result set {path}: cannot read the store ({err}); is it a "
+                            f"results store written by `sbbench sweep`?") from None
+        for number, record in enumerate(records):
+            check_numbers(record, f"result set {path}: row {number}")
+        return ResultSet(records, interleaved=False, meta={"kind": "store"}, label=str(path))
     try:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -92,13 +100,45 @@ def load_result_set(path: str | Path) -> ResultSet:
         # or removed: keep it loadable, say what was left out.
         dropped |= set(row) - known
         try:
-            records.append(Record.from_dict({k: v for k, v in row.items() if k in known}))
+            record = Record.from_dict({k: v for k, v in row.items() if k in known})
         except (TypeError, ValueError) as err:
             raise UserError(f"result set {path}: row {number}: {err}") from None
+        check_numbers(record, f"result set {path}: row {number}")
+        records.append(record)
     if dropped:
         meta["dropped_fields"] = sorted(dropped)
     return ResultSet(records, interleaved=bool(meta.get("interleaved", False)), meta=meta,
                      label=str(path))
+
+
+# Result fields a comparison computes with: a number or None (not measured).
+NUMBER_FIELDS = ("time_median_ms", "time_p20_ms", "time_p80_ms", "error_mean", "error_std",
+                 "peak_memory_delta_bytes", "energy_j")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_numbers(record: Record, where: str) -> None:
+    """UserError (one line) unless the record's samples are a list of numbers and its
+    compared results numbers or null: a hand-edited or corrupt baseline must not reach
+    the statistics as text."""
+    samples = record.time_samples_ms
+    if samples is None:
+        samples = record.time_samples_ms = []
+    if not isinstance(samples, list):
+        raise UserError(f"{where}: time_samples_ms must be a list of numbers, got "
+                        f"{type(samples).__name__} {str(samples)[:40]!r}")
+    for i, value in enumerate(samples):
+        if not _is_number(value) or not value >= 0 or math.isinf(value):
+            raise UserError(f"{where}: time_samples_ms[{i}] is {str(value)[:40]!r}, not a "
+                            f"number; fix or regenerate this result set")
+    for name in NUMBER_FIELDS:
+        value = getattr(record, name)
+        if value is not None and (not _is_number(value) or math.isinf(value)):
+            raise UserError(f"{where}: {name} is {str(value)[:40]!r}, not a number or null; "
+                            f"fix or regenerate this result set")
 
 
 def match_key(record: Record) -> tuple:
@@ -195,11 +235,13 @@ def ratio_samples(results: ResultSet, reference: str) -> dict[tuple, tuple[list[
             if ref is None:
                 continue
         ref_samples = _ok_samples(ref)
-        if results.interleaved and len(ref_samples) == len(samples):
+        if results.interleaved and len(ref_samples) == len(samples) and min(ref_samples) > 0:
             out[key] = ([s / r for s, r in zip(samples, ref_samples, strict=True)],
                         f"/ {ref.method} (paired by round)")
         else:
             median = statistics.median(ref_samples)
+            if not median > 0:
+                continue
             out[key] = ([s / median for s in samples], f"/ median of {ref.method}")
     return out
 
