@@ -17,11 +17,12 @@ For each device in the store (measured rows; cost-model rows, if any, go to
 from __future__ import annotations
 
 import platform
-from datetime import datetime, timezone
+import re
 from pathlib import Path
 
 import pandas as pd
 
+from sbbench.analyze.recommend import recommendations
 from sbbench.analyze.report_plots import write_plots
 from sbbench.analyze.report_tables import (  # noqa: F401 - re-exported: old import path
     FAMILY,
@@ -35,8 +36,11 @@ from sbbench.analyze.report_tables import (  # noqa: F401 - re-exported: old imp
     shape_title,
     write_tables,
 )
+from sbbench.analyze.results import MATCH_FIELDS
+from sbbench.analyze.selection import budgets_markdown, select
 from sbbench.core.errors import UserError
 from sbbench.core.format import markdown_table
+from sbbench.core.provenance import now_utc
 from sbbench.core.types import budget_label
 from sbbench.sweep.store import Store
 
@@ -77,29 +81,80 @@ def write_device_report(frame: pd.DataFrame, out: Path, *, device: str, source: 
                         command: str = "", sweeps: list[dict] | None = None,
                         store_path: str = "") -> None:
     out.mkdir(parents=True, exist_ok=True)
+    n_all = len(frame)
+    frame = latest_per_key(frame)
     frame = _sorted(frame.copy())
     frame["budget"] = [budget_label(row) for row in frame.itertuples()]
     write_tables(frame, out)
     plots = write_plots(frame, out)
+    budgets = write_budgets(frame, out, device=device, command=command,
+                            store_path=store_path) if source == "measured" else None
     text = header(frame, device=device, source=source, command=command, sweeps=sweeps or [],
-                  store_path=store_path)
+                  store_path=store_path, older_rows=n_all - len(frame))
+    if source == "measured":
+        text += "\n" + recommendations(frame)
+        if budgets:
+            text += (f"\nCheapest budget per error target, Pareto fronts and where exact is "
+                     f"faster: [{budgets.name}]({budgets.name}) (regenerated with this "
+                     f"report).\n")
     text += markdown_body(frame, plots, out)
     (out / "README.md").write_text(text)
 
 
+def latest_per_key(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per point: the key without the code version; a point measured by several
+    code versions keeps its latest row (by timestamp)."""
+    return (frame.sort_values("timestamp", kind="stable")
+            .drop_duplicates(list(MATCH_FIELDS), keep="last"))
+
+
+def write_budgets(frame: pd.DataFrame, out: Path, *, device: str, command: str,
+                  store_path: str) -> Path | None:
+    """Regenerate ``budgets.md`` from the same rows, so the folder never holds one from
+    another run; remove it where no budget can be selected."""
+    path = out / "budgets.md"
+    try:
+        selection = select(frame, device=device)
+    except UserError:
+        path.unlink(missing_ok=True)
+        return None
+    path.write_text(budgets_markdown(selection, device=device,
+                                     command=public_text(command or "sbbench report"),
+                                     date=now_utc(), store=public_path(store_path)))
+    return path
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.])(/[^\s`'\"]+)")
+
+
+def public_path(path: str) -> str:
+    """A path as a report may show it: the file name of an absolute path (a report is
+    shared; the layout of the machine that wrote it is not its business)."""
+    return Path(path).name if path and Path(path).is_absolute() else path
+
+
+def public_text(text: str) -> str:
+    """``text`` with every absolute path replaced by its file name."""
+    return _ABSOLUTE.sub(lambda m: Path(m.group(1)).name or m.group(1), text)
+
+
 def header(frame: pd.DataFrame, *, device: str, source: str, command: str,
-           sweeps: list[dict], store_path: str) -> str:
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+           sweeps: list[dict], store_path: str, older_rows: int = 0) -> str:
+    now = now_utc()
+    n_versions = frame["code_version"].nunique()
+    older = (f"; {older_rows} older row(s) of the same points left out, the latest kept"
+             if older_rows else "")
     lines = [f"# sbbench report: {device}" + (" (cost model only)" if source == "modeled"
                                               else ""), ""]
     if source == "modeled":
         lines += ["**Every number below is predicted by the cost model (roofline), not "
                   "measured** (`source=modeled`).", ""]
-    lines += [f"- report written: {now} by `{command or 'sbbench report'}`",
-              f"- store: `{store_path}`" if store_path else "",
+    lines += [f"- report written: {now} by `{public_text(command or 'sbbench report')}`",
+              f"- store: `{public_path(store_path)}`" if store_path else "",
               f"- device profile: `{device}`; detected: {_detected(frame)}",
               f"- report host: {platform.node() or '?'} ({platform.platform()})",
-              f"- rows: {len(frame)} ({_counts(frame['status'])})",
+              f"- rows: {len(frame)}, one per point ({_counts(frame['status'])}), from "
+              f"{n_versions} code version{'s' if n_versions != 1 else ''}{older}",
               f"- code versions: {', '.join(sorted(frame['code_version'].unique()))}",
               f"- inputs: {', '.join(sorted(frame['inputs'].unique()))}"]
     versions = _versions(frame)
@@ -115,8 +170,8 @@ def header(frame: pd.DataFrame, *, device: str, source: str, command: str,
     if sweeps:
         lines += ["", "Sweeps that wrote to this store:", ""]
         lines.append(markdown_table(["command", "started", "finished", "outcome"],
-                                    [[f"`{s['command']}`", s["started"], s["finished"] or "",
-                                      s["outcome"]] for s in sweeps]))
+                                    [[f"`{public_text(s['command'])}`", s["started"],
+                                      s["finished"] or "", s["outcome"]] for s in sweeps]))
     lines += ["", "Times are the median of every sample with the 20th and 80th percentiles; "
               "errors are relative Frobenius errors against exact attention (mean ± std over "
               "seeds); `peak +MiB` is what the call added to the peak (CPU: peak RSS of a "
@@ -178,7 +233,7 @@ def markdown_body(frame: pd.DataFrame, plots: dict[str, list[Path]], out: Path) 
     bad = frame[frame["status"] != "ok"]
     if len(bad):
         parts.append("## Failed and skipped points\n")
-        table = [[shape_title(r), series_label(r), r.status, r.reason]
+        table = [[shape_title(r), series_label(r), r.status, public_text(r.reason)]
                  for r in bad.itertuples()]
         parts.append(markdown_table(["shape", "method", "status", "reason"], table) + "\n")
     return "\n".join(parts)

@@ -68,8 +68,12 @@ def _missing(value) -> bool:
 
 
 def shape_table(rows: pd.DataFrame) -> str:
+    # The sampling noise of a point (a Record field where the sweep records it).
+    noise = ([str(n) if n is not None else "" for n in rows["noise"]]
+             if "noise" in rows else [""] * len(rows))
+    show_noise = any(noise)
     table = []
-    for row in rows.itertuples():
+    for row, row_noise in zip(rows.itertuples(), noise, strict=True):
         table.append([
             row.method, row.backend, row.budget, row.status, _time_cell(row),
             _fmt(row.speedup_vs_exact, digits=3), _error_cell(row.error_mean, row.error_std),
@@ -77,10 +81,10 @@ def shape_table(rows: pd.DataFrame) -> str:
             _fmt(row.peak_memory_delta_bytes, 1 / 2**20), _fmt(row.working_set_bytes, 1 / 2**20),
             _fmt(row.achieved_flops_per_s, 1e-9), _fmt(row.roofline_fraction, 100, 3),
             _fmt(row.energy_j, 1e3),
-        ])
+        ] + ([row_noise] if show_noise else []))
     headers = ["method", "backend", "budget", "status", "time ms [p20, p80]", "speedup vs exact",
                "output error", "attn error", "peak +MiB", "model MiB", "GFLOP/s",
-               "roofline %", "energy mJ"]
+               "roofline %", "energy mJ"] + (["noise"] if show_noise else [])
     return markdown_table(headers, table)
 
 
