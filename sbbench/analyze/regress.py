@@ -12,6 +12,9 @@ comparison) and checks each metric:
   on 3 noisy samples is not evidence, and a significant 2% change is not a regression.
   In ratio mode (CPU and CI sets) the samples are times divided by a reference measured
   in the same run (``analyze.results``), so a uniformly slower machine is no regression.
+  On a shared machine the load also moves between the points of a run, which a test
+  within one point cannot see: a change must further exceed the pair's own run-to-run
+  noise, measured on all its points (:func:`gate_by_noise`).
 - ``error`` (relative output error against exact attention): seeds are fixed, so the
   error is a deterministic function of the code; it drifts when it changed by more than
   the factor and by more than ``error_atol`` (so exact attention's ~1e-7 float noise is
