@@ -16,25 +16,33 @@ For each device in the store (measured rows; cost-model rows, if any, go to
 
 from __future__ import annotations
 
-import json
-import math
 import platform
-from datetime import datetime, timezone
+import re
 from pathlib import Path
 
 import pandas as pd
-from tabulate import tabulate
 
+from sbbench.analyze.recommend import recommendations
+from sbbench.analyze.report_plots import write_plots
+from sbbench.analyze.report_tables import (  # noqa: F401 - re-exported: old import path
+    FAMILY,
+    METHOD_ORDER,
+    SHAPE,
+    _sorted,
+    pareto_front,
+    series_label,
+    shape_slug,
+    shape_table,
+    shape_title,
+    write_tables,
+)
+from sbbench.analyze.results import MATCH_FIELDS
+from sbbench.analyze.selection import budgets_markdown, select
 from sbbench.core.errors import UserError
-from sbbench.core.record import COLUMNS, JSON_FIELDS
+from sbbench.core.format import markdown_table
+from sbbench.core.provenance import now_utc
 from sbbench.core.types import budget_label
 from sbbench.sweep.store import Store
-
-SHAPE = ["seq_len", "head_dim", "batch", "heads", "dtype", "causal"]
-FAMILY = ["head_dim", "batch", "heads", "dtype", "causal", "inputs"]  # one plot panel each
-METHOD_ORDER = {"exact": 0, "performer": 1, "lsh": 2, "scatterbrain": 3,
-                "scatterbrain_local": 4}
-MAX_PANELS = 12
 
 
 def write_report(store_path: str | Path, out_dir: str | Path = "reports", *,
@@ -73,125 +81,80 @@ def write_device_report(frame: pd.DataFrame, out: Path, *, device: str, source: 
                         command: str = "", sweeps: list[dict] | None = None,
                         store_path: str = "") -> None:
     out.mkdir(parents=True, exist_ok=True)
+    n_all = len(frame)
+    frame = latest_per_key(frame)
     frame = _sorted(frame.copy())
     frame["budget"] = [budget_label(row) for row in frame.itertuples()]
     write_tables(frame, out)
     plots = write_plots(frame, out)
+    budgets = write_budgets(frame, out, device=device, command=command,
+                            store_path=store_path) if source == "measured" else None
     text = header(frame, device=device, source=source, command=command, sweeps=sweeps or [],
-                  store_path=store_path)
+                  store_path=store_path, older_rows=n_all - len(frame))
+    if source == "measured":
+        text += "\n" + recommendations(frame)
+        if budgets:
+            text += (f"\nCheapest budget per error target, Pareto fronts and where exact is "
+                     f"faster: [{budgets.name}]({budgets.name}) (regenerated with this "
+                     f"report).\n")
     text += markdown_body(frame, plots, out)
     (out / "README.md").write_text(text)
 
 
-# ---------------------------------------------------------------------------------------
-# Tables
-# ---------------------------------------------------------------------------------------
-
-def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
-    frame["_order"] = frame["method"].map(METHOD_ORDER).fillna(9)
-    frame = frame.sort_values(["dtype", "causal", "batch", "heads", "head_dim", "seq_len",
-                               "_order", "backend", "n_features", "bucket_size", "n_hashes"])
-    return frame.drop(columns="_order").reset_index(drop=True)
+def latest_per_key(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per point: the key without the code version; a point measured by several
+    code versions keeps its latest row (by timestamp)."""
+    return (frame.sort_values("timestamp", kind="stable")
+            .drop_duplicates(list(MATCH_FIELDS), keep="last"))
 
 
-def series_label(row) -> str:
-    budget = row.budget if row.budget != "-" else ""
-    backend = "" if row.backend == "torch" else f" [{row.backend}]"
-    return f"{row.method}{backend} {budget}".strip()
-
-
-def write_tables(frame: pd.DataFrame, out: Path) -> None:
-    flat = frame[list(COLUMNS)].copy()
-    for name in JSON_FIELDS:
-        flat[name] = [json.dumps(value, sort_keys=True) for value in flat[name]]
-    flat.to_csv(out / "results.csv", index=False)
+def write_budgets(frame: pd.DataFrame, out: Path, *, device: str, command: str,
+                  store_path: str) -> Path | None:
+    """Regenerate ``budgets.md`` from the same rows, so the folder never holds one from
+    another run; remove it where no budget can be selected."""
+    path = out / "budgets.md"
     try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        return
-    flat.to_parquet(out / "results.parquet", index=False)
+        selection = select(frame, device=device)
+    except UserError:
+        path.unlink(missing_ok=True)
+        return None
+    path.write_text(budgets_markdown(selection, device=device,
+                                     command=public_text(command or "sbbench report"),
+                                     date=now_utc(), store=public_path(store_path)))
+    return path
 
 
-def _fmt(value, scale: float = 1.0, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{value * scale:.{digits}g}"
+_ABSOLUTE = re.compile(r"(?<![\w.])(/[^\s`'\"]+)")
 
 
-def _time_cell(row) -> str:
-    if _missing(row.time_median_ms):
-        return ""
-    if _missing(row.time_p20_ms):
-        return f"{row.time_median_ms:.3g}"
-    return f"{row.time_median_ms:.3g} [{row.time_p20_ms:.3g}, {row.time_p80_ms:.3g}]"
+def public_path(path: str) -> str:
+    """A path as a report may show it: the file name of an absolute path (a report is
+    shared; the layout of the machine that wrote it is not its business)."""
+    return Path(path).name if path and Path(path).is_absolute() else path
 
 
-def _error_cell(mean, std) -> str:
-    if _missing(mean):
-        return ""
-    return f"{mean:.3g} ± {std:.2g}" if not _missing(std) and std else f"{mean:.3g}"
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def shape_table(rows: pd.DataFrame) -> str:
-    table = []
-    for row in rows.itertuples():
-        table.append([
-            row.method, row.backend, row.budget, row.status, _time_cell(row),
-            _fmt(row.speedup_vs_exact, digits=3), _error_cell(row.error_mean, row.error_std),
-            _error_cell(row.attn_error_mean, row.attn_error_std),
-            _fmt(row.peak_memory_delta_bytes, 1 / 2**20), _fmt(row.working_set_bytes, 1 / 2**20),
-            _fmt(row.achieved_flops_per_s, 1e-9), _fmt(row.roofline_fraction, 100, 3),
-            _fmt(row.energy_j, 1e3),
-        ])
-    headers = ["method", "backend", "budget", "status", "time ms [p20, p80]", "speedup vs exact",
-               "output error", "attn error", "peak +MiB", "model MiB", "GFLOP/s",
-               "roofline %", "energy mJ"]
-    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
-
-
-def pareto_front(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows not dominated in (time, error): no other row is at least as fast and at least
-    as accurate, and strictly better in one."""
-    ok = rows[(rows["status"] == "ok") & rows["time_median_ms"].notna()
-              & rows["error_mean"].notna()]
-    ok = ok.sort_values(["time_median_ms", "error_mean"])
-    keep, best_error = [], math.inf
-    for index, row in ok.iterrows():
-        if row["error_mean"] < best_error:
-            keep.append(index)
-            best_error = row["error_mean"]
-    return ok.loc[keep]
-
-
-def shape_title(row) -> str:
-    causal = ", causal" if row.causal else ""
-    return (f"seq_len {row.seq_len}, head_dim {row.head_dim}, batch {row.batch} x heads "
-            f"{row.heads}, {row.dtype}{causal}")
-
-
-def shape_slug(row) -> str:
-    causal = "_causal" if row.causal else ""
-    return (f"seq{row.seq_len}_d{row.head_dim}_b{row.batch}x{row.heads}_{row.dtype}"
-            f"{causal}")
+def public_text(text: str) -> str:
+    """``text`` with every absolute path replaced by its file name."""
+    return _ABSOLUTE.sub(lambda m: Path(m.group(1)).name or m.group(1), text)
 
 
 def header(frame: pd.DataFrame, *, device: str, source: str, command: str,
-           sweeps: list[dict], store_path: str) -> str:
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+           sweeps: list[dict], store_path: str, older_rows: int = 0) -> str:
+    now = now_utc()
+    n_versions = frame["code_version"].nunique()
+    older = (f"; {older_rows} older row(s) of the same points left out, the latest kept"
+             if older_rows else "")
     lines = [f"# sbbench report: {device}" + (" (cost model only)" if source == "modeled"
                                               else ""), ""]
     if source == "modeled":
         lines += ["**Every number below is predicted by the cost model (roofline), not "
                   "measured** (`source=modeled`).", ""]
-    lines += [f"- report written: {now} by `{command or 'sbbench report'}`",
-              f"- store: `{store_path}`" if store_path else "",
+    lines += [f"- report written: {now} by `{public_text(command or 'sbbench report')}`",
+              f"- store: `{public_path(store_path)}`" if store_path else "",
               f"- device profile: `{device}`; detected: {_detected(frame)}",
               f"- report host: {platform.node() or '?'} ({platform.platform()})",
-              f"- rows: {len(frame)} ({_counts(frame['status'])})",
+              f"- rows: {len(frame)}, one per point ({_counts(frame['status'])}), from "
+              f"{n_versions} code version{'s' if n_versions != 1 else ''}{older}",
               f"- code versions: {', '.join(sorted(frame['code_version'].unique()))}",
               f"- inputs: {', '.join(sorted(frame['inputs'].unique()))}"]
     versions = _versions(frame)
@@ -206,10 +169,9 @@ def header(frame: pd.DataFrame, *, device: str, source: str, command: str,
     lines = [line for line in lines if line]
     if sweeps:
         lines += ["", "Sweeps that wrote to this store:", ""]
-        lines.append(tabulate([[f"`{s['command']}`", s["started"], s["finished"] or "",
-                                s["outcome"]] for s in sweeps],
-                              headers=["command", "started", "finished", "outcome"],
-                              tablefmt="github", disable_numparse=True))
+        lines.append(markdown_table(["command", "started", "finished", "outcome"],
+                                    [[f"`{public_text(s['command'])}`", s["started"],
+                                      s["finished"] or "", s["outcome"]] for s in sweeps]))
     lines += ["", "Times are the median of every sample with the 20th and 80th percentiles; "
               "errors are relative Frobenius errors against exact attention (mean ± std over "
               "seeds); `peak +MiB` is what the call added to the peak (CPU: peak RSS of a "
@@ -271,152 +233,7 @@ def markdown_body(frame: pd.DataFrame, plots: dict[str, list[Path]], out: Path) 
     bad = frame[frame["status"] != "ok"]
     if len(bad):
         parts.append("## Failed and skipped points\n")
-        table = [[shape_title(r), series_label(r), r.status, r.reason]
+        table = [[shape_title(r), series_label(r), r.status, public_text(r.reason)]
                  for r in bad.itertuples()]
-        parts.append(tabulate(table, headers=["shape", "method", "status", "reason"],
-                              tablefmt="github", disable_numparse=True) + "\n")
+        parts.append(markdown_table(["shape", "method", "status", "reason"], table) + "\n")
     return "\n".join(parts)
-
-
-# ---------------------------------------------------------------------------------------
-# Plots
-# ---------------------------------------------------------------------------------------
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _panels(frame: pd.DataFrame):
-    """(title, rows) per plot panel: one per head_dim/batch/heads/dtype/causal/inputs."""
-    groups = list(frame.groupby(FAMILY, sort=False))[:MAX_PANELS]
-    for values, rows in groups:
-        head_dim, batch, heads, dtype, causal, inputs = values
-        title = (f"d={head_dim}, {batch}x{heads}, {dtype}{', causal' if causal else ''}, "
-                 f"{inputs}")
-        yield title, rows
-
-
-# One colour per method; budgets of a method differ by marker (colours stay readable).
-METHOD_COLORS = {"exact": "black", "performer": "tab:orange", "lsh": "tab:green",
-                 "scatterbrain": "tab:red", "scatterbrain_local": "tab:purple"}
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
-
-
-def _styles(rows: pd.DataFrame) -> dict[str, dict]:
-    """series label -> plot style (colour by method, marker by budget within it)."""
-    styles: dict[str, dict] = {}
-    seen: dict[str, int] = {}
-    for row in rows.itertuples():
-        label = series_label(row)
-        if label not in styles:
-            n = seen.get(row.method, 0)
-            seen[row.method] = n + 1
-            styles[label] = {"color": METHOD_COLORS.get(row.method, "tab:gray"),
-                             "marker": MARKERS[n % len(MARKERS)]}
-    return styles
-
-
-def _figure(plt, n: int):
-    cols = min(n, 2)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(8.5 * cols, 4.8 * rows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, list(axes.flat)
-
-
-def _line_plot(plt, frame: pd.DataFrame, y: str, path: Path, *, ylabel: str, title: str,
-               scale: float = 1.0, dashed: str | None = None, per_token: bool = False) -> bool:
-    ok = frame[(frame["status"] == "ok") & frame[y].notna()]
-    if ok.empty:
-        return False
-    panels = list(_panels(ok))
-    fig, axes = _figure(plt, len(panels))
-    for ax, (panel_title, rows) in zip(axes, panels, strict=False):
-        styles = _styles(rows)
-        labels = pd.Series([series_label(r) for r in rows.itertuples()], index=rows.index)
-        for label, line in rows.groupby(labels, sort=False):
-            line = line.sort_values("seq_len")
-            values = line[y] * scale
-            if per_token:
-                values = values / (line["batch"] * line["seq_len"])
-            ax.plot(line["seq_len"], values, label=label, markersize=5, **styles[label])
-            if dashed and line[dashed].notna().any():
-                ax.plot(line["seq_len"], line[dashed] * scale, linestyle="--",
-                        color=styles[label]["color"], alpha=0.4, linewidth=1)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length")
-        ax.set_ylabel(ylabel)
-        ax.set_title(panel_title, fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def write_plots(frame: pd.DataFrame, out: Path) -> dict[str, list[Path]]:
-    plt = _pyplot()
-    plots: dict[str, list[Path]] = {}
-    path = out / "time_vs_seq_len.png"
-    if _line_plot(plt, frame, "time_median_ms", path, ylabel="time per call (ms, median)",
-                  title="Time vs sequence length"):
-        plots["time vs sequence length"] = [path]
-    path = out / "memory_vs_seq_len.png"
-    column = ("peak_memory_delta_bytes" if frame["peak_memory_delta_bytes"].notna().any()
-              else "working_set_bytes")
-    if _line_plot(plt, frame, column, path, ylabel="MiB", scale=1 / 2**20,
-                  dashed="working_set_bytes" if column != "working_set_bytes" else None,
-                  title="Memory vs sequence length\n(solid: measured peak added by the "
-                        "call; dashed: modeled working set)"):
-        plots["memory vs sequence length"] = [path]
-    path = out / "energy_per_token.png"
-    if frame["energy_j"].notna().any() and _line_plot(
-            plt, frame, "energy_j", path, ylabel="energy per token (mJ)", scale=1e3,
-            per_token=True, title="Energy per token (energy per call / batch x seq_len)"):
-        plots["energy per token"] = [path]
-    pareto = write_pareto_plots(plt, frame, out / "pareto")
-    if pareto:
-        plots["pareto"] = pareto
-    return plots
-
-
-def write_pareto_plots(plt, frame: pd.DataFrame, out: Path) -> list[Path]:
-    paths = []
-    for _, rows in frame.groupby(SHAPE, sort=False):
-        ok = rows[(rows["status"] == "ok") & rows["time_median_ms"].notna()
-                  & rows["error_mean"].notna()]
-        if ok.empty:
-            continue
-        out.mkdir(parents=True, exist_ok=True)
-        first = next(rows.itertuples())
-        fig, ax = plt.subplots(figsize=(9, 4.8))
-        styles = _styles(ok)
-        for row in ok.itertuples():
-            label = series_label(row)
-            ax.scatter(row.time_median_ms, max(row.error_mean, 1e-12), s=30, label=label,
-                       **styles[label])
-        front = pareto_front(ok)
-        ax.step(front["time_median_ms"], front["error_mean"].clip(lower=1e-12), where="post",
-                color="gray", linewidth=1, alpha=0.7, label="Pareto front", zorder=0)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("time per call (ms, median)")
-        ax.set_ylabel("relative output error (mean over seeds)")
-        ax.set_title(shape_title(first), fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
-        path = out / f"{shape_slug(first)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths

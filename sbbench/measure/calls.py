@@ -7,6 +7,7 @@ everywhere: projections are drawn first, then hash functions, from one generator
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from sbbench.attention import (
     scatterbrain_attention,
 )
 from sbbench.core.types import Budget
+from sbbench.measure.inject import INJECT_ENV, injected
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ def make_call(budget: Budget, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            return_weights=return_weights,
                            projections=randomness.projections, hashes=randomness.hashes)
 
+    if os.environ.get(INJECT_ENV):  # a deliberate slowdown, to test regression checks
+        return injected(call, budget.method)
     return call
 
 

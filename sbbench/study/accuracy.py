@@ -25,11 +25,7 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 import torch
 
-from sbbench.attention import (
-    draw_hashes,
-    draw_projections,
-    exact_attention,
-)
+from sbbench.attention import exact_attention
 from sbbench.core.types import DTYPES, Budget, Problem
 from sbbench.measure.accuracy import (
     cumulative_mass,
@@ -38,7 +34,7 @@ from sbbench.measure.accuracy import (
     row_entropy,
     selected_pairs,
 )
-from sbbench.measure.calls import call_method, split_budget
+from sbbench.measure.calls import call_method, draw_randomness, split_budget
 from sbbench.measure.inputs import KINDS, make_qkv
 from sbbench.study.oracle import ORACLES, oracle_approximations
 
@@ -180,14 +176,10 @@ class Reference:
         return cls(weights, unnormalized, out, cumulative_mass(weights), row_entropy(weights))
 
 
-def draw_randomness(budget: Budget, head_dim: int, seed: int):
-    """(projections or None, hashes or None) of ``budget``, drawn in that order from a
-    generator seeded with ``seed + METHOD_SEED_OFFSET``."""
-    gen = torch.Generator(device="cpu").manual_seed(seed + METHOD_SEED_OFFSET)
-    projections = (draw_projections(budget.n_features, head_dim, generator=gen)
-                   if budget.n_features else None)
-    hashes = draw_hashes(budget.n_hashes, head_dim, generator=gen) if budget.n_hashes else None
-    return projections, hashes
+def method_generator(seed: int) -> torch.Generator:
+    """The generator of the methods' randomness for input seed ``seed`` (offset, so that
+    it never shares a stream with the inputs of the same seed)."""
+    return torch.Generator(device="cpu").manual_seed(seed + METHOD_SEED_OFFSET)
 
 
 def run_budget(budget: Budget, q, k, v, projections, hashes, return_weights):
@@ -202,7 +194,8 @@ def run_budget(budget: Budget, q, k, v, projections, hashes, return_weights):
 def evaluate_budget(budget: Budget, q, k, v, ref: Reference, seed: int, *,
                     unnormalized: bool = True) -> dict:
     """Errors of one method at one budget on one input (and the mass its buckets catch)."""
-    projections, hashes = draw_randomness(budget, q.shape[-1], seed)
+    drawn = draw_randomness(budget, q.shape[-1], method_generator(seed))
+    projections, hashes = drawn.projections, drawn.hashes
     out, weights = run_budget(budget, q, k, v, projections, hashes, True)
     row = {
         "method": budget.method, "n_features": budget.n_features,

@@ -1,0 +1,67 @@
+"""What to use at each shape of a sweep (layer 4): the opening of a sweep report.
+
+Per shape: the fastest approximation whose output error is within the target, if it is
+faster than exact attention; otherwise exact attention, with the reason. The error is the
+relative Frobenius error of the output against exact attention: 0 is exact, 1.0 is what
+returning zeros scores, above 1 is worse than returning nothing.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from sbbench.analyze.report_tables import SHAPE, series_label, shape_title
+from sbbench.core.format import number
+
+DEFAULT_TARGET = 0.1
+
+ERROR_SCALE = (
+    "Error: the relative Frobenius error of the output, ||out - exact|| / ||exact||, "
+    "against exact attention on the same inputs (mean over seeds). 0 is exact; 0.1 means "
+    "the output is off by 10% of its norm; 1.0 is what returning all zeros scores, so an "
+    "error above 1 is worse than returning nothing.")
+
+
+def _usable(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[(rows["status"] == "ok") & rows["time_median_ms"].notna()]
+
+
+def recommend(rows: pd.DataFrame, target: float = DEFAULT_TARGET) -> str:
+    """One sentence for the rows of one shape: which method and budget to use, and why."""
+    ok = _usable(rows)
+    exact = ok[ok["method"] == "exact"]
+    approx = ok[(ok["method"] != "exact") & ok["error_mean"].notna()]
+    exact_ms = float(exact["time_median_ms"].min()) if len(exact) else None
+    meeting = approx[approx["error_mean"] <= target].sort_values("time_median_ms")
+    if meeting.empty:
+        if approx.empty:
+            return ("exact: no approximation was measured at this shape"
+                    if exact_ms is not None else "nothing was measured ok at this shape")
+        best = approx.sort_values("error_mean").iloc[0]
+        return (f"exact: no approximation reached error <= {target:g}; best was "
+                f"{best['method']} at budget {best['budget']} (error "
+                f"{number(best['error_mean'])}, {number(best['time_median_ms'])} ms)")
+    best = meeting.iloc[0]
+    label = series_label(best)
+    if exact_ms is not None and exact_ms <= best["time_median_ms"]:
+        return (f"exact ({number(exact_ms)} ms): the fastest approximation with error <= "
+                f"{target:g}, {label} (error {number(best['error_mean'])}), is slower "
+                f"({number(best['time_median_ms'])} ms)")
+    speed = ("" if exact_ms is None else
+             f", {number(exact_ms / best['time_median_ms'])}x faster than exact "
+             f"({number(exact_ms)} ms)")
+    return (f"{label}: the fastest with error <= {target:g} (error "
+            f"{number(best['error_mean'])}, {number(best['time_median_ms'])} ms{speed})")
+
+
+def recommendations(frame: pd.DataFrame, target: float = DEFAULT_TARGET) -> str:
+    """The report's opening section: one line per shape, and the error scale."""
+    lines = ["## Recommendation", "",
+             f"Per shape, the fastest approximation whose error is <= {target:g}, where it "
+             f"beats exact attention; otherwise exact attention. Times are medians from "
+             f"this store; on a shared CPU they move with the load.", ""]
+    for _, rows in frame.groupby(SHAPE, sort=False):
+        first = next(rows.itertuples())
+        lines.append(f"- **{shape_title(first)}**: {recommend(rows, target)}")
+    lines += ["", ERROR_SCALE, ""]
+    return "\n".join(lines) + "\n"
