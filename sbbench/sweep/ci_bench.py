@@ -36,6 +36,7 @@ from sbbench.core.errors import UserError
 from sbbench.core.provenance import code_version, cpu_model_name, now_utc, revision_text
 from sbbench.core.record import CALIBRATION, Record
 from sbbench.core.types import Budget, Problem
+from sbbench.measure.inject import inject_from_env
 from sbbench.sweep.ci_sampling import (  # noqa: F401 - re-exported
     BUDGETS,
     CALIBRATION_SIZE,
@@ -56,8 +57,6 @@ from sbbench.sweep.ci_sampling import (  # noqa: F401 - re-exported
 )
 
 FORMAT = "sbbench-ci-bench/1"
-INJECT_ENV = "SBBENCH_INJECT_SLOWDOWN"
-INJECT_METHODS_ENV = "SBBENCH_INJECT_METHODS"
 TIMED_REGION = ("attention call only (projections and hash functions drawn outside); "
                 "sampled interleaved: one sample of every point per round, order rotated")
 
@@ -184,21 +183,6 @@ def run(options: Options, *, command: str = "") -> dict:
     if options.inject_slowdown != 1.0:
         meta["inject_methods"] = list(options.inject_methods) or "all attention methods"
     return {"meta": meta, "records": [r.as_dict() for r in records]}
-
-
-def inject_from_env(environ=None) -> tuple[float, tuple[str, ...]]:
-    """The slowdown factor and the methods it applies to, from the environment."""
-    environ = os.environ if environ is None else environ
-    text = environ.get(INJECT_ENV, "").strip()
-    try:
-        factor = float(text) if text else 1.0
-    except ValueError:
-        raise UserError(f"{INJECT_ENV}={text!r} is not a number") from None
-    if not factor >= 1.0:
-        raise UserError(f"{INJECT_ENV} must be >= 1 (a slowdown), got {text!r}")
-    methods = tuple(m.strip() for m in environ.get(INJECT_METHODS_ENV, "").split(",")
-                    if m.strip())
-    return factor, methods
 
 
 def options_from_request(*, seconds: float, min_rounds: int, threads: int, timer: str,

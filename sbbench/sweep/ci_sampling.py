@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 
 from sbbench.core.errors import UserError
 from sbbench.core.types import Budget, Problem
+from sbbench.measure.inject import slowed
 
 SHAPES = (Problem(seq_len=256, head_dim=64, batch=1, heads=4),
           Problem(seq_len=512, head_dim=64, batch=1, heads=4))
@@ -90,25 +91,6 @@ def inputs(problem: Problem, seed: int):
     return make_qkv(problem, seed=seed, kind=INPUT_KIND, temperature=TEMPERATURE)
 
 
-def slowed(fn: Callable[[], object], factor: float,
-           clock: Callable[[], int] = time.perf_counter_ns) -> Callable[[], object]:
-    """``fn`` made ``factor`` times slower on ``clock``: after each call, busy-wait until
-    (factor - 1) times the time the call took has passed (a busy wait, not a sleep:
-    sleeps are coarse, take no CPU time, and do not slow down with the machine)."""
-    if factor == 1.0:
-        return fn
-
-    def run():
-        start = clock()
-        out = fn()
-        until = start + int((clock() - start) * factor)
-        while clock() < until:
-            pass
-        return out
-
-    return run
-
-
 def pin_malloc_thresholds() -> bool:
     """Fix glibc malloc's mmap and trim thresholds (at 1 GiB) in this process.
 
@@ -163,7 +145,7 @@ def sample(options: Options, seconds: float) -> dict:
         q, k, v = inputs(problem, SEEDS[0])
         for budget in options.budgets:
             fn = make_call(budget, q, k, v, generator=torch.Generator().manual_seed(SEEDS[0]),
-                           causal=problem.causal)
+                           causal=problem.causal, inject=False)
             if not options.inject_methods or budget.method in options.inject_methods:
                 fn = slowed(fn, options.inject_slowdown, clock)
             fns.append(fn)

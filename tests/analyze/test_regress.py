@@ -344,12 +344,14 @@ def test_result_sets_load_from_a_store_and_a_plain_list(tmp_path):
 # ---- the CI benchmark, for real -------------------------------------------------------------
 
 def test_inject_slowdown_from_the_environment():
-    assert ci_bench.inject_from_env({}) == (1.0, ())
-    assert ci_bench.inject_from_env({ci_bench.INJECT_ENV: "1.3",
-                                     ci_bench.INJECT_METHODS_ENV: "lsh, performer"}) == (
+    from sbbench.measure import inject
+
+    assert inject.inject_from_env({}) == (1.0, ())
+    assert inject.inject_from_env({inject.INJECT_ENV: "1.3",
+                                   inject.INJECT_METHODS_ENV: "lsh, performer"}) == (
         1.3, ("lsh", "performer"))
     with pytest.raises(ValueError):
-        ci_bench.inject_from_env({ci_bench.INJECT_ENV: "0.5"})
+        inject.inject_from_env({inject.INJECT_ENV: "0.5"})
 
 
 def test_slowed_takes_factor_times_as_long():
