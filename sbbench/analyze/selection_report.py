@@ -33,6 +33,18 @@ def _family_text(row: dict) -> str:
     return f"head_dim {row['head_dim']}, {row['batch']}x{row['heads']}, {row['dtype']}{causal}"
 
 
+def _why(row) -> str:
+    """Why this answer, in words (see budgets_markdown)."""
+    best = (f"{row.best_approx} at {percent(row.best_approx_error)}" if row.best_approx
+            else "none measured")
+    if not row.reachable:
+        return f"not reachable (best: {best})"
+    if row.method == "exact":
+        return (f"exact is faster than {row.best_approx} "
+                f"({number(row.best_approx_time_ms)} ms)")
+    return "fastest meeting the target"
+
+
 def budgets_markdown(selection: Selection, *, device: str, command: str, date: str,
                      store: str, tuning_file: str | None = None) -> str:
     cands = selection.candidates
@@ -43,19 +55,25 @@ def budgets_markdown(selection: Selection, *, device: str, command: str, date: s
              f"{len(cands)} shape x budget candidates)",
              f"- code versions: {', '.join(versions)}",
              f"- error targets: {', '.join(percent(t) for t in selection.targets)} relative "
-             f"Frobenius error of the output against exact attention (mean over seeds; the "
-             f"worst input regime where several were measured)"]
+             f"Frobenius error of the output against exact attention, "
+             f"{selection.error_stat} over the heads (mean over seeds; the worst input regime "
+             f"where several were measured). 1.0 is what returning zeros scores: an error "
+             f"above 1 is worse than no attention at all."]
     if tuning_file:
         lines.append(f"- budgets section written to `{tuning_file}`")
     lines += ["", "## Cheapest budget meeting each error target", "",
               "Time is the median; exact attention meets every target (its error is "
-              "float32 rounding), so it is the answer where it is the fastest.", ""]
+              "float32 rounding), so it is the answer where it is the fastest. The last "
+              "column says why: the approximation chosen, exact because it is faster than "
+              "the best approximation meeting the target, or **not reachable**: no "
+              "approximation measured meets the target (with the best one and its error).",
+              ""]
     table = []
     for row in selection.choices.itertuples(index=False):
         if not row.met:
             table.append([row.seq_len, row.head_dim, f"{row.batch}x{row.heads}", row.dtype,
                           "yes" if row.causal else "", percent(row.max_error), "(none)", "", "",
-                          "", number(row.exact_time_ms), ""])
+                          "", number(row.exact_time_ms), "", _why(row)])
             continue
         speedup = (number(row.exact_time_ms / row.time_ms)
                    if _finite(row.exact_time_ms) else "")
@@ -63,10 +81,10 @@ def budgets_markdown(selection: Selection, *, device: str, command: str, date: s
         table.append([row.seq_len, row.head_dim, f"{row.batch}x{row.heads}", row.dtype,
                       "yes" if row.causal else "", percent(row.max_error), method,
                       budget_label(row), percent(row.error), number(row.time_ms),
-                      number(row.exact_time_ms), speedup])
+                      number(row.exact_time_ms), speedup, _why(row)])
     lines.append(markdown_table(["seq_len", "head_dim", "b x h", "dtype", "causal",
                                  "max error", "method", "budget", "error", "time ms",
-                                 "exact ms", "speedup"], table))
+                                 "exact ms", "speedup", "why"], table))
     lines += ["", "## Where exact attention is simply faster", "",
               "Per shape family, along the measured sequence lengths: against every "
               "approximation measured, and against those meeting each target. Ratios are "

@@ -66,10 +66,13 @@ def register(subparsers) -> None:
     add_gpu_argument(parser, help="device profile whose rows to use (cpu, h100-sxm, ...; "
                                   "auto: the local device; default: auto)")
     add_store_argument(parser)
-    parser.add_argument("--targets", default="1%,2%,5%,10%", metavar="LIST",
+    parser.add_argument("--targets", default="1%,5%,10%,25%,50%", metavar="LIST",
                         type=as_text(error_targets),
                         help="relative output error targets, percentages or fractions "
-                             "(default: 1%%,2%%,5%%,10%%)")
+                             "(default: 1%%,5%%,10%%,25%%,50%%)")
+    parser.add_argument("--error-stat", default="p90", choices=("p50", "p90", "max", "mean"),
+                        help="statistic of the per-head errors a budget must keep under "
+                             "the target (default: p90, i.e. 90%% of the heads)")
     parser.add_argument("--report-out", default=DEFAULT_REPORTS, metavar="DIR",
                         help=f"the table goes to DIR/<device>/budgets.md (default: "
                              f"./{DEFAULT_REPORTS})")
@@ -84,6 +87,8 @@ def register(subparsers) -> None:
 def command_line(args) -> str:
     words = ["sbbench", "select", "--gpu", args.gpu, "--store", args.store,
              "--targets", args.targets]
+    if args.error_stat != "p90":
+        words += ["--error-stat", args.error_stat]
     if args.report_out != DEFAULT_REPORTS:
         words += ["--report-out", args.report_out]
     if args.tuning_dir:
@@ -101,7 +106,7 @@ def run_select_command(args) -> int:
     device = resolve_gpu(args.gpu, model_only=True).name  # selection measures nothing
     with Store(args.store, readonly=True) as store:
         frame = store.to_dataframe()
-    selection = select(frame, device=device, targets=targets)
+    selection = select(frame, device=device, targets=targets, error_stat=args.error_stat)
     command, date = command_line(args), now_utc()
     tuning_file = None
     if not args.dry_run:
@@ -109,7 +114,7 @@ def run_select_command(args) -> int:
 
         metadata = {
             "date": date, "command": command, "store": str(args.store), "device": device,
-            "targets": list(targets),
+            "targets": list(targets), "error_stat": args.error_stat,
             "code_versions": sorted({v for text in selection.candidates["code_version"]
                                      for v in text.split(",")}),
             "exact_faster_below": [

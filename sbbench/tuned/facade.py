@@ -36,7 +36,17 @@ def _why_no_budget(request: ConfigRequest, device: str, budget) -> str:
     if table.path is None:
         return (f"no tuning table for device {device} (so no {request.method} budget "
                 f"meeting {where})")
-    if budget is not None:  # Budget("exact"): exact attention measured faster
+    if budget is not None:  # Budget("exact"): not reachable, or exact measured faster
+        here = [e for e in table.nearest_entries(request.seq_len, request.head_dim, None,
+                                                 dtype=request.dtype, causal=request.causal)
+                if e.max_error <= request.max_error and e.budget.method == "exact"]
+        unreachable = [e for e in here if e.reachable is False]
+        if unreachable:
+            closest = max(unreachable, key=lambda e: e.max_error)
+            best = (f"; the best approximation measured, {closest.best_approx}, reaches "
+                    f"error {closest.best_approx_error:.4g}" if closest.best_approx else "")
+            return (f"max_error={request.max_error} is not reachable at seq "
+                    f"{request.seq_len}, head_dim {request.head_dim} on {device}{best}")
         return (f"the {device} tuned table has no {request.method} budget meeting {where} "
                 f"(exact attention is faster there)")
     entries = table.nearest_entries(request.seq_len, request.head_dim, request.method,

@@ -59,7 +59,8 @@ _BUDGET_REQUIRED = ("seq_len", "head_dim", "max_error", "method", "n_features",
                     "bucket_size", "n_hashes", "error", "time_ms", "exact_time_ms")
 # optional columns select may add: measured spread and shape details
 _BUDGET_OPTIONAL = ("dtype", "causal", "batch", "heads", "error_std", "p20_ms", "p80_ms",
-                    "exact_error", "memory_bytes", "energy_j", "inputs", "speedup")
+                    "exact_error", "memory_bytes", "energy_j", "inputs", "speedup",
+                    "reachable", "best_approx", "best_approx_error", "error_stat")
 
 
 class TuningFileError(UserError):
@@ -136,6 +137,11 @@ class BudgetEntry:
     exact_time_ms: float | None
     dtype: str | None = None  # None: the entry does not say
     causal: bool | None = None
+    # False: no approximation measured meets max_error (the entry is exact attention);
+    # best_approx / best_approx_error say how close the best one came
+    reachable: bool | None = None
+    best_approx: str | None = None
+    best_approx_error: float | None = None
 
 
 @dataclass(frozen=True)
@@ -370,6 +376,9 @@ def _budget_entry(source, key, value) -> BudgetEntry:
                               positive=True, nullable=True),
         dtype=dtype,
         causal=causal,
+        reachable=value.get("reachable"),
+        best_approx=value.get("best_approx"),
+        best_approx_error=value.get("best_approx_error"),
     )
 
 

@@ -23,7 +23,9 @@ from sbbench.analyze.selection import (
     select,
     threshold_along,
 )
+from sbbench.analyze.selection_report import budgets_markdown
 from sbbench.cli.main import main
+from sbbench.core.errors import UserError
 from sbbench.core.record import COLUMNS, Record
 from sbbench.core.types import Budget
 from sbbench.sweep.store import Store
@@ -272,3 +274,47 @@ def test_select_command_user_errors(tmp_path, capsys):
     modeled = _store(tmp_path / "m.sqlite", [_record("p16", 128, 0.8, None, source="modeled")])
     assert main(["select", "--gpu", "cpu", "--store", modeled, "--dry-run"]) == 2
     assert "measured" in capsys.readouterr().err
+
+
+# ---- per-head statistics and honest "not reachable" answers ---------------------------------
+
+def test_selection_targets_a_per_head_statistic():
+    """A budget whose mean error meets the target but whose worst heads do not is chosen
+    on the mean and refused on p90 / max."""
+    exact = _record("exact", 256, 10.0, 1e-7)
+    approx = _record("p16", 256, 1.0, 0.05)
+    approx.error_heads = [0.01] * 8 + [0.2, 0.3]
+    approx.error_p50, approx.error_p90, approx.error_max = 0.01, 0.21, 0.3
+    frame = _frame([exact, approx])
+    on_mean = cheapest_meeting(candidates(frame, error_stat="mean"), (0.1,))
+    assert on_mean["method"].tolist() == ["performer"] and on_mean["reachable"].all()
+    on_p90 = cheapest_meeting(candidates(frame, error_stat="p90"), (0.1,))
+    assert on_p90["method"].tolist() == ["exact"]
+    assert not on_p90["reachable"].any()
+    assert on_p90["best_approx"].tolist() == ["performer f=16"]
+    assert on_p90["best_approx_error"].tolist() == [pytest.approx(0.21)]
+    with pytest.raises(UserError):
+        candidates(frame, error_stat="p99")
+
+
+def test_unreachable_targets_are_written_with_the_best_error(tmp_path):
+    records = [_record("exact", 256, 10.0, 1e-7), _record("p16", 256, 1.0, 0.4),
+               _record("p64", 256, 20.0, 0.05)]
+    selection = select(_frame(records), device="cpu", targets=(0.01, 0.1, 0.5),
+                       error_stat="mean")
+    by_target = {e["max_error"]: e for e in selection.entries}
+    assert by_target[0.01]["method"] == "exact" and by_target[0.01]["reachable"] is False
+    assert by_target[0.01]["best_approx"] == "performer f=64"
+    assert by_target[0.01]["best_approx_error"] == pytest.approx(0.05)
+    # reachable, but exact is faster than the approximation meeting it
+    assert by_target[0.1]["method"] == "exact" and by_target[0.1]["reachable"] is True
+    assert by_target[0.5]["method"] == "performer" and by_target[0.5]["reachable"] is True
+    assert any("not reachable" in note for note in selection.notes)
+    text = budgets_markdown(selection, device="cpu", command="c", date="d", store="s")
+    assert "not reachable (best: performer f=64 at 5%)" in text
+    # the tuning file round-trips the new keys
+    path = tuned.write_section("cpu", "budgets", selection.entries, folder=tmp_path)
+    entries = tuned.load("cpu", folder=tmp_path).budgets
+    unreachable = [e for e in entries if e.reachable is False]
+    assert path.is_file() and len(unreachable) == 1
+    assert unreachable[0].best_approx_error == pytest.approx(0.05)
