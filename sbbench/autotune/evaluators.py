@@ -1,7 +1,7 @@
 """Evaluators: ``evaluate(config, budget_hint) -> Evaluation`` for the strategies.
 
 - :class:`MeasuredEvaluator`: builds the call for a config, checks its output against
-  the reference first (a config that changes the result gets no time, MEASUREMENT.md),
+  the reference first (a config that changes the result gets no time, docs/measurement.md),
   then times it with the one timing wrapper (``sbbench.measure.timing.time_fn``), spending
   ``budget_hint`` of the full warm-up and repetition budget.
 - :class:`SimulatedEvaluator`: replays recorded timings from a YAML / JSON / CSV table
@@ -33,7 +33,7 @@ def output_mismatch(out, ref64, ref_dtype, *, dtype: str = "float32") -> str | N
 
     ``ref64``: the float64 reference; ``ref_dtype``: the reference computed as the
     untuned call computes it (same dtype). Passes when, elementwise,
-    ``|out - ref64| <= 2 |ref_dtype - ref64| + atol`` (STYLE.md 5): a config may round
+    ``|out - ref64| <= 2 |ref_dtype - ref64| + atol``: a config may round
     differently, never be less accurate than twice the untuned rounding error.
     """
     import torch

@@ -4,7 +4,7 @@ A check is a plain callable ``check(config) -> reason | None`` (None keeps the c
 Two kinds are built here:
 
 - :func:`keep_check`: the kernel's own ``keep(config, device_limits)`` predicate, the
-  cheap arithmetic filter declared next to the kernel (STYLE.md 4);
+  cheap arithmetic filter declared next to the kernel;
 - :func:`resource_check`: compile the config for the device's architecture without
   running it (``kernels/static.py``) and compare what the compiler reports -- shared
   memory per block, registers per thread, spills -- with the device profile.

@@ -77,7 +77,7 @@ def _load_average() -> list[float] | None:
 
 
 def metadata(request: TuneRequest, *, source: str, load_before, torch_device: str) -> dict:
-    """Who wrote the kernels section, when, on what, how (MEASUREMENT.md: record the state)."""
+    """Who wrote the kernels section, when, on what, how (docs/measurement.md: record the state)."""
     from sbbench.measure.telemetry import device_state, versions
 
     meta = {

@@ -4,7 +4,7 @@
 measures one config with ``budget_hint`` the share of a full measurement to spend (1.0:
 the full warm-up and repetition budget; successive halving asks for less on its first
 rungs) and returns an :class:`Evaluation`. A strategy knows nothing of GPUs, timing or
-caching (KernelTuner's ``strategies/brute_force.py`` shape, STYLE.md 8), so the same
+caching (KernelTuner's ``strategies/brute_force.py`` shape), so the same
 function tunes a Triton kernel, the torch path, or a recorded table in a test.
 
 - :func:`exhaustive`: every config, full measurement.

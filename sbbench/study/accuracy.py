@@ -1,4 +1,4 @@
-"""The accuracy study: the paper's regime experiment (SCATTERBRAIN.md 7; issue 2).
+"""The accuracy study: the paper's regime experiment (docs/algorithm.md section 7).
 
 Sweep the softmax temperature of seeded synthetic inputs from near-uniform to near one-hot
 attention, and measure, at one attention-memory budget per query, how far Performer (all

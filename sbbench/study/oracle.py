@@ -1,7 +1,7 @@
 """Oracle approximations of an attention matrix at a given memory budget (layer 2).
 
 What the budget allows when the approximation may look at the exact matrix
-(SCATTERBRAIN.md 7): the headroom between it and what hashing and random features
+(docs/algorithm.md section 7): the headroom between it and what hashing and random features
 achieve. Budgets are per row (query), as the methods count them:
 
 - sparse: ``k`` stored entries per row -> best is each row's ``k`` largest |entries|;
