@@ -21,6 +21,7 @@ import torch
 
 from sbbench.attention.features import key_features, query_features
 from sbbench.attention.lsh import HashFunctions, bucket_ids, local_order, lsh_order, padded_length
+from sbbench.attention.supports import KeySets, fixed_membership, kmeans_order, window_keys
 
 CAUSAL_CHUNK = 64  # chunk of the prefix-sum form of causal low-rank attention
 CHUNK_ELEMENTS = 1 << 20  # default size of the sparse loop's temporaries (see buckets_per_chunk)
@@ -104,17 +105,36 @@ class _Buckets:
     bucket_size: int
     seq: int
     seq_pad: int
-    q_order: torch.Tensor  # [b, h, R, seq_pad] sorted padded positions
-    k_order: torch.Tensor
+    q_order: torch.Tensor | None  # [b, h, R, seq_pad] sorted padded positions (None: no
+    k_order: torch.Tensor | None  # buckets); k-means: chunk c of k_order = cluster c's keys
     key_ok: torch.Tensor  # [b, h, seq_pad] bool: a real, unmasked key
     any_invalid: bool  # some pair must be masked (causal, padding or key mask)
     causal: bool
     q_bucket: torch.Tensor | None = None  # [b, h, R, seq_pad] bucket per position (R > 1)
     k_bucket: torch.Tensor | None = None
+    key_sets: KeySets | None = None  # k-means: the key set of every cluster
+    sink: int = 0
+    window: int = 0
 
     @property
     def n_rounds(self) -> int:
-        return self.q_order.shape[2]
+        return 0 if self.q_order is None else self.q_order.shape[2]
+
+    @property
+    def has_fixed(self) -> bool:
+        """Whether sink or window keys join the support."""
+        return bool(self.sink or self.window)
+
+    def round_hits(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """In how many rounds key k_pos [b, h, M, K] is in query q_pos [b, h, M]'s set."""
+        if self.key_sets is not None:
+            return self.key_sets.contains(q_pos, k_pos).sum(dim=2)
+        b, h, m, width = k_pos.shape
+        rounds = self.n_rounds
+        qb = torch.gather(self.q_bucket, 3, q_pos[:, :, None].expand(b, h, rounds, m))
+        kb = torch.gather(self.k_bucket, 3, k_pos.reshape(b, h, 1, m * width).expand(
+            b, h, rounds, m * width)).view(b, h, rounds, m, width)
+        return (qb[..., None] == kb).sum(dim=2)
 
 
 @dataclass
@@ -142,11 +162,16 @@ def attend(
     key_padding_mask: torch.Tensor | None,
     return_weights: bool | str = False,
     chunk_elements: int | None = None,
+    sink: int = 0,
+    window: int = 0,
 ):
     """Core of every approximate method (inputs already validated).
 
     q, k: [b, h, n, d]; v: [b, h, n, dv]. ``projections`` None -> no low-rank part;
-    ``sparse`` None -> no sparse part, "lsh" (uses ``hashes``) or "local" (fixed blocks).
+    ``sparse`` None -> no buckets, "lsh" (uses ``hashes``), "kmeans" (clusters started
+    from ``hashes``, see :mod:`supports`) or "local" (fixed blocks); ``sink`` / ``window``
+    add the first keys / the nearest keys to every query's support (sparse part only
+    when all three are absent: Performer).
     Computes in float32 (float64 for float64 inputs) and returns the output in q's dtype,
     plus the dense weights if asked: normalised, or with ``return_weights="unnormalized"``
     the estimate of ``exp(tau q k^T)`` itself. ``chunk_elements`` sizes the bucket loop
@@ -161,7 +186,7 @@ def attend(
     if projections is not None:
         lowrank = _lowrank_part(qf, kf, vf, projections, scale, key_padding_mask, causal)
 
-    if sparse is None:  # Performer: the scales cancel in the ratio
+    if sparse is None and not (sink or window):  # Performer: the scales cancel
         out = lowrank.num / lowrank.den.clamp_min(torch.finfo(acc).tiny)[..., None]
         if not return_weights:
             return out.to(q.dtype)
@@ -171,14 +196,22 @@ def attend(
         return out.to(q.dtype), _finish_weights(dense, lowrank.den, lowrank.log_lr,
                                                 return_weights)
 
-    buckets = _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask)
     b, h, n, d = q.shape
     dv = v.shape[-1]
+    width = max(d, dv, lowrank.qh.shape[-1] if lowrank is not None else 0)
+    elements = chunk_elements or CHUNK_ELEMENTS
+    buckets = _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
+                            max(1, elements // (b * h)))
+    buckets.sink, buckets.window = sink, window
+    if buckets.has_fixed and buckets.n_rounds and buckets.q_bucket is None \
+            and buckets.key_sets is None:
+        buckets.q_bucket = bucket_ids(buckets.q_order, bucket_size)
+        buckets.k_bucket = bucket_ids(buckets.k_order, bucket_size)
     accs = _start_accumulators(qf, dv, buckets.seq_pad, lowrank)
     row_offsets = torch.arange(0, b * h * buckets.seq_pad, buckets.seq_pad,
                                device=q.device).view(b, h, 1)
-    width = max(d, dv, lowrank.qh.shape[-1] if lowrank is not None else 0)
-    step = buckets_per_chunk(b * h, bucket_size, width, chunk_elements) * bucket_size
+    step = buckets_per_chunk(b * h, bucket_size or 1, width, chunk_elements) * (bucket_size
+                                                                                 or 1)
 
     pieces = []
     for r in range(buckets.n_rounds):
@@ -190,7 +223,17 @@ def attend(
             rows = (q_pos + row_offsets).reshape(-1)  # each query once per round
             _merge(accs, rows, num_c, den_c, lam.reshape(-1))
             if return_weights:
-                pieces.append((q_pos.view_as(lam), k_pos.view_as(lam), resid, lam))
+                pieces.append(_block_piece(q_pos, k_pos, resid, lam))
+    if buckets.has_fixed:
+        rows_step = max(1, elements // (b * h * (sink + window) * width))
+        for start in range(0, n, rows_step):
+            q_pos = torch.arange(start, min(n, start + rows_step), device=q.device
+                                 ).expand(b, h, -1)
+            num_c, den_c, lam, resid, keys = _fixed_chunk(qf, kf, vf, scale, q_pos, buckets,
+                                                          lowrank)
+            _merge(accs, (q_pos + row_offsets).reshape(-1), num_c, den_c, lam.reshape(-1))
+            if return_weights:
+                pieces.append((q_pos, keys, resid, lam))
 
     num = accs.num.view(b, h, buckets.seq_pad, dv)[:, :, :n]
     den = accs.den.view(b, h, buckets.seq_pad)[:, :, :n]
@@ -212,22 +255,31 @@ def _lowrank_part(qf, kf, vf, projections, scale, key_padding_mask, causal) -> _
     return _LowRank(qh, kh, log_lr, num, den)
 
 
-def _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask) -> _Buckets:
-    """Buckets of the padded sequence: LSH (sorted hash order) or local blocks."""
+def _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
+                  elements) -> _Buckets:
+    """Buckets of the padded sequence: LSH (sorted hash order), k-means clusters, local
+    blocks or none (sparse None)."""
     b, h, n, _ = qf.shape
-    seq_pad = padded_length(n, bucket_size)
-    if sparse == "local":
+    seq_pad = n if sparse is None else padded_length(n, bucket_size)
+    key_ok = torch.zeros(b, seq_pad, dtype=torch.bool, device=qf.device)
+    key_ok[:, :n] = True if key_padding_mask is None else key_padding_mask
+    key_ok = key_ok[:, None, :].expand(b, h, seq_pad)
+    key_sets = None
+    if sparse is None:
+        q_order = k_order = None
+    elif sparse == "local":
         q_order, k_order = local_order(b, h, n, bucket_size, qf.device)
+    elif sparse == "kmeans":
+        q_order, k_order, key_sets = kmeans_order(qf, kf, hashes.to(qf.device), bucket_size,
+                                                  key_ok, causal, elements)
     else:
         q_order, k_order = lsh_order(qf, kf, hashes.to(qf.device), bucket_size,
                                      key_padding_mask)
-    key_ok = torch.zeros(b, seq_pad, dtype=torch.bool, device=qf.device)
-    key_ok[:, :n] = True if key_padding_mask is None else key_padding_mask
     buckets = _Buckets(
-        bucket_size, n, seq_pad, q_order, k_order,
-        key_ok=key_ok[:, None, :].expand(b, h, seq_pad),
-        any_invalid=causal or seq_pad > n or key_padding_mask is not None, causal=causal)
-    if buckets.n_rounds > 1:
+        bucket_size, n, seq_pad, q_order, k_order, key_ok=key_ok,
+        any_invalid=causal or seq_pad > n or key_padding_mask is not None, causal=causal,
+        key_sets=key_sets)
+    if buckets.n_rounds > 1 and key_sets is None:
         buckets.q_bucket = bucket_ids(q_order, bucket_size)  # [b,h,R,n_pad]
         buckets.k_bucket = bucket_ids(k_order, bucket_size)
     return buckets
@@ -279,7 +331,20 @@ def _sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: _Buckets,
         if buckets.causal:
             valid = valid & (kb_pos[..., None, :] <= qb_pos[..., :, None])
         logits = logits.masked_fill(~valid, float("-inf"))
-    if n_rounds > 1:  # a pair found in c rounds counts 1/c in each
+    count = None
+    if (buckets.key_sets is not None and n_rounds > 1) or buckets.has_fixed:
+        # a pair found c times (rounds, sinks, window) counts 1/c each
+        q_flat = q_pos
+        k_flat = kb_pos[..., None, :].expand(b, h, g, bucket_size, bucket_size).reshape(
+            b, h, g * bucket_size, bucket_size)
+        hits = (buckets.round_hits(q_flat, k_flat) if n_rounds > 1
+                else torch.ones_like(k_flat))
+        if buckets.has_fixed:
+            hits = hits + fixed_membership(q_flat, k_flat, buckets.sink, buckets.window,
+                                           buckets.causal)
+        count = hits.clamp_min(1).to(qf.dtype).view(b, h, g, bucket_size, bucket_size)
+        logits = logits - torch.log(count)
+    elif n_rounds > 1:  # a pair found in c rounds counts 1/c in each
         same = torch.gather(
             buckets.q_bucket, 3, q_pos[:, :, None].expand(b, h, n_rounds, -1)
         ).view(b, h, n_rounds, g, bucket_size, 1) == torch.gather(
@@ -299,7 +364,7 @@ def _sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: _Buckets,
         # [.., bucket, F] @ [.., F, bucket] -> [b, h, g, bucket, bucket]
         est = torch.matmul(blocks(lowrank.qh, qi), blocks(lowrank.kh, ki).transpose(-1, -2))
         est = est * torch.exp(log_lr_rows - lam)[..., None]
-        if n_rounds > 1:
+        if count is not None:
             est = est / count
         if valid is not None:
             est = est.masked_fill(~valid, 0.0)
@@ -308,6 +373,56 @@ def _sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: _Buckets,
     num_c = torch.matmul(resid, blocks(vf, ki)).reshape(-1, dv)
     den_c = resid.sum(dim=-1).reshape(-1)
     return num_c, den_c, lam, resid
+
+
+def _fixed_chunk(qf, kf, vf, scale, q_pos, buckets: _Buckets, lowrank: _LowRank | None):
+    """The residual of the sink and window keys of queries q_pos [b, h, M] (original
+    positions). Returns numerator [rows, dv], denominator [rows], lam [b, h, M], the
+    residual [b, h, M, S] (scale exp(lam)) and the key positions [b, h, M, S]."""
+    b, h, n, d = qf.shape
+    m = q_pos.shape[-1]
+    keys, valid = window_keys(q_pos, n, buckets.sink, buckets.window, buckets.causal)
+    width = keys.shape[-1]
+    flat = keys.reshape(b, h, m * width)
+    valid = valid & torch.gather(buckets.key_ok, 2, flat).view_as(keys)
+
+    def rows_of(x, order):  # [b,h,n,f] -> [b,h,M,S,f]
+        return _gather_seq(x, order).view(b, h, m, width, x.shape[-1])
+
+    # [b,h,M,1,d] @ [b,h,M,d,S] -> [b,h,M,1,S]
+    logits = torch.matmul(_gather_seq(qf, q_pos)[..., None, :],
+                          rows_of(kf, flat).transpose(-1, -2))[..., 0, :].mul_(scale)
+    hits = fixed_membership(q_pos, keys, buckets.sink, buckets.window, buckets.causal)
+    if buckets.n_rounds:
+        hits = hits + buckets.round_hits(q_pos, keys)
+    count = hits.clamp_min(1).to(qf.dtype)
+    logits = (logits - torch.log(count)).masked_fill(~valid, float("-inf"))
+    if lowrank is not None:
+        log_lr_rows = torch.gather(lowrank.log_lr, 2, q_pos)
+    with torch.no_grad():
+        lam = logits.amax(dim=-1)  # [b, h, M]
+        if lowrank is not None:
+            lam = torch.maximum(lam, log_lr_rows)
+        lam = torch.where(torch.isfinite(lam), lam, torch.zeros_like(lam))
+    resid = torch.exp(logits - lam[..., None])
+    if lowrank is not None:
+        # [b,h,M,1,F] @ [b,h,M,F,S] -> [b,h,M,S]
+        est = torch.matmul(_gather_seq(lowrank.qh, q_pos)[..., None, :],
+                           rows_of(lowrank.kh, flat).transpose(-1, -2))[..., 0, :]
+        est = est * torch.exp(log_lr_rows - lam)[..., None] / count
+        resid = resid - est.masked_fill(~valid, 0.0)
+    # [b,h,M,1,S] @ [b,h,M,S,dv] -> [b,h,M,dv]
+    num_c = torch.matmul(resid[..., None, :], rows_of(vf, flat))[..., 0, :]
+    return num_c.reshape(-1, vf.shape[-1]), resid.sum(dim=-1).reshape(-1), lam, resid, keys
+
+
+def _block_piece(q_pos, k_pos, resid, lam):
+    """A bucket chunk's residual as (q_pos [b, h, M], k_pos [b, h, M, bucket], resid
+    [b, h, M, bucket], lam [b, h, M]) for :func:`_dense_estimate`."""
+    b, h, g, bucket = lam.shape
+    kb_pos = k_pos.view(b, h, g, 1, bucket).expand(b, h, g, bucket, bucket)
+    return (q_pos, kb_pos.reshape(b, h, g * bucket, bucket),
+            resid.reshape(b, h, g * bucket, bucket), lam.reshape(b, h, g * bucket))
 
 
 def _merge(accs: _Accumulators, rows, num_c, den_c, lam_c) -> None:
@@ -335,10 +450,10 @@ def _dense_estimate(qf, lowrank: _LowRank | None, pieces, common, buckets: _Buck
             lowrank.log_lr - common[:, :, :n])[..., None]
         dense[:, :, :n, :n] = low.tril() if buckets.causal else low
     dense = dense.reshape(b, h, seq_pad * seq_pad)
-    for qb_pos, kb_pos, resid, lam in pieces:
-        rel = lam - torch.gather(common, 2, qb_pos.reshape(b, h, -1)).view_as(lam)
+    for q_pos, k_pos, resid, lam in pieces:  # [b,h,M], [b,h,M,K], [b,h,M,K], [b,h,M]
+        rel = lam - torch.gather(common, 2, q_pos)
         scaled = resid * torch.exp(rel)[..., None]
-        flat = (qb_pos[..., :, None] * seq_pad + kb_pos[..., None, :]).reshape(b, h, -1)
+        flat = (q_pos[..., None] * seq_pad + k_pos).reshape(b, h, -1)
         dense = dense.scatter_add(2, flat, scaled.reshape(b, h, -1))
     return dense.view(b, h, seq_pad, seq_pad)[:, :, :n, :n]
 
