@@ -74,22 +74,30 @@ def kmeans_order(q, k, hashes: HashFunctions, bucket_size: int, key_ok, causal: 
     b, h, n, d = q.shape
     seq_pad = key_ok.shape[-1]
     n_clusters = seq_pad // bucket_size
+    # masked positions sort behind every real one, as padding does (and as in lsh_order),
+    # so the real positions cluster as in a run on the truncated sequence
+    real = key_ok[..., :n]
     with torch.no_grad():
         q, k = q.detach(), k.detach()
-        init_order, _ = lsh_order(q, k, hashes, bucket_size)
+        init_order, _ = lsh_order(q, k, hashes, bucket_size, key_ok[:, 0, :n])
         unit = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(1e-12)
+        unit = unit.masked_fill(~real[..., None], 0.0)
         unit_pad = torch.cat([unit, unit.new_zeros(b, h, seq_pad - n, d)], dim=2)
         q_orders, k_orders, sets, clusters = [], [], [], []
         for r in range(hashes.n_hashes):
-            centroids = _cluster_means(unit_pad, init_order[:, :, r], bucket_size, n)
+            centroids = _cluster_means(unit_pad, init_order[:, :, r], bucket_size, key_ok)
+            # a starting bucket of padded / masked positions only holds no centre: the
+            # clusters of the real positions do not depend on how many there are
+            alive = torch.gather(key_ok, 2, init_order[:, :, r]).view(
+                b, h, n_clusters, bucket_size).any(-1)
             for _ in range(LLOYD_ITERATIONS):
-                assign, _ = _assign(unit, centroids, elements)
+                assign, _ = _assign(unit, centroids, alive, elements)
+                assign = assign.masked_fill(~real, n_clusters)  # a bin that is dropped
                 centroids = _scatter_means(unit, assign, n_clusters, centroids)
-            assign, affinity = _assign(unit, centroids, elements)
-            # balanced: sort by (cluster, -affinity), padding last, cut into chunks
-            pad_assign = torch.full((b, h, seq_pad - n), n_clusters, dtype=assign.dtype,
-                                    device=q.device)
-            assign = torch.cat([assign, pad_assign], dim=2)
+            assign, affinity = _assign(unit, centroids, alive, elements)
+            # balanced: sort by (cluster, -affinity), padding and masked last, cut in chunks
+            assign = torch.cat([assign.masked_fill(~real, n_clusters),
+                                assign.new_full((b, h, seq_pad - n), n_clusters)], dim=2)
             affinity = torch.cat([affinity, affinity.new_zeros(b, h, seq_pad - n)], dim=2)
             by_affinity = torch.sort(-affinity, dim=-1, stable=True).indices
             by_cluster = torch.sort(torch.gather(assign, 2, by_affinity), dim=-1,
@@ -107,23 +115,25 @@ def kmeans_order(q, k, hashes: HashFunctions, bucket_size: int, key_ok, causal: 
             KeySets(torch.stack(sets, 2), torch.stack(clusters, 2)))
 
 
-def _cluster_means(x_pad, order, bucket_size, n):
-    """Means of consecutive chunks of ``order`` over real rows: [b, h, clusters, d]."""
+def _cluster_means(x_pad, order, bucket_size, key_ok):
+    """Means of consecutive chunks of ``order`` over real, unmasked rows:
+    [b, h, clusters, d]."""
     b, h, seq_pad, d = x_pad.shape
     blocks = torch.gather(x_pad, 2, order[..., None].expand(b, h, seq_pad, d))
-    real = (order < n).to(x_pad.dtype).view(b, h, -1, bucket_size, 1)
+    real = torch.gather(key_ok, 2, order).to(x_pad.dtype).view(b, h, -1, bucket_size, 1)
     sums = (blocks.view(b, h, -1, bucket_size, d) * real).sum(3)
     return sums / real.sum(3).clamp_min(1)
 
 
-def _assign(unit, centroids, elements):
-    """Nearest centroid (largest cosine) of every row: ([b, h, n] long, [b, h, n])."""
+def _assign(unit, centroids, alive, elements):
+    """Nearest live centroid (largest cosine) of every row: ([b, h, n] long, [b, h, n])."""
     n, n_clusters = unit.shape[2], centroids.shape[2]
     step = _chunk_rows(n, n_clusters, elements)
     ids, best = [], []
     for start in range(0, n, step):
         # [b,h,rows,d] @ [b,h,d,C] -> [b,h,rows,C]
         scores = torch.matmul(unit[:, :, start:start + step], centroids.transpose(-1, -2))
+        scores = scores.masked_fill(~alive[:, :, None, :], float("-inf"))
         value, index = scores.max(dim=-1)
         ids.append(index)
         best.append(value)
@@ -133,9 +143,10 @@ def _assign(unit, centroids, elements):
 def _scatter_means(unit, assign, n_clusters, previous):
     """Normalised means of the rows of each cluster (an empty cluster keeps its centre)."""
     b, h, n, d = unit.shape
-    sums = unit.new_zeros(b, h, n_clusters, d).scatter_add_(
-        2, assign[..., None].expand(b, h, n, d), unit)
-    counts = unit.new_zeros(b, h, n_clusters).scatter_add_(2, assign, unit.new_ones(b, h, n))
+    sums = unit.new_zeros(b, h, n_clusters + 1, d).scatter_add_(
+        2, assign[..., None].expand(b, h, n, d), unit)[:, :, :n_clusters]
+    counts = unit.new_zeros(b, h, n_clusters + 1).scatter_add_(
+        2, assign, unit.new_ones(b, h, n))[:, :, :n_clusters]
     norm = torch.linalg.vector_norm(sums, dim=-1, keepdim=True)
     return torch.where(counts[..., None] > 0, sums / norm.clamp_min(1e-12), previous)
 
@@ -148,9 +159,10 @@ def _top_keys(q, k, q_order, bucket_size, key_ok, causal, elements):
     seq_pad = q_order.shape[-1]
     n_clusters = seq_pad // bucket_size
     q_pad = torch.cat([q, q.new_zeros(b, h, seq_pad - n, d)], dim=2)
-    centroids = _cluster_means(q_pad, q_order, bucket_size, n)  # [b, h, C, d]
+    centroids = _cluster_means(q_pad, q_order, bucket_size, key_ok)  # [b, h, C, d]
     k_pad = torch.cat([k, k.new_zeros(b, h, seq_pad - n, d)], dim=2)
-    last = torch.where(q_order < n, q_order, -1).view(b, h, n_clusters, bucket_size).amax(-1)
+    real = torch.gather(key_ok, 2, q_order)  # real, unmasked queries set the horizon
+    last = torch.where(real, q_order, -1).view(b, h, n_clusters, bucket_size).amax(-1)
     positions = torch.arange(seq_pad, device=q.device)
     step = _chunk_rows(n_clusters, seq_pad, elements)
     chosen = []
