@@ -3,10 +3,12 @@
 One function, :func:`attend`, computes every approximate method (SCATTERBRAIN.md 4-5):
 
 - low-rank only (Performer): ``out = phi(Q) (phi(K)^T V) / phi(Q) (phi(K)^T 1)``;
-- sparse only (LSH / SMYRF): softmax inside balanced hash buckets;
+- sparse only (LSH / SMYRF): softmax over each query's support: its balanced hash
+  buckets (or k-means cluster keys, local block), sink keys and window
+  (:mod:`sbbench.attention.supports`);
 - both (Scatterbrain): ``E_hat = phi(Q) phi(K)^T + R``, ``R`` the residual
-  ``exp(tau q.k) - phi(q).phi(k)`` on the bucketed pairs, so the estimate is exact on
-  them and the unbiased low-rank estimate elsewhere.
+  ``exp(tau q.k) - phi(q).phi(k)`` on the support (:mod:`sbbench.attention.residual`),
+  so the estimate is exact there and the unbiased low-rank estimate elsewhere.
 
 Memory grows linearly with ``seq``: the sparse part works on [buckets, bucket, bucket]
 blocks, the low-rank part on [seq, n_features] features. Only ``return_weights`` builds
@@ -21,21 +23,17 @@ import torch
 
 from sbbench.attention.features import key_features, query_features
 from sbbench.attention.lsh import HashFunctions, bucket_ids, local_order, lsh_order, padded_length
-from sbbench.attention.supports import KeySets, fixed_membership, kmeans_order, window_keys
+from sbbench.attention.residual import (
+    Buckets,
+    LowRank,
+    block_piece,
+    fixed_chunk,
+    sparse_chunk,
+)
+from sbbench.attention.supports import kmeans_order
 
 CAUSAL_CHUNK = 64  # chunk of the prefix-sum form of causal low-rank attention
 CHUNK_ELEMENTS = 1 << 20  # default size of the sparse loop's temporaries (see buckets_per_chunk)
-
-
-def _gather_seq(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """x: [b, h, n, f], order: [b, h, m] -> x[b, h, order, :]: [b, h, m, f].
-
-    A row gather on the flattened [b * h * n, f] tensor (index_select copies whole rows;
-    take_along_dim with a broadcast index is several times slower on the CPU)."""
-    b, h, n, f = x.shape
-    offsets = torch.arange(0, b * h * n, n, device=x.device).view(b, h, 1)
-    rows = (order + offsets).reshape(-1)
-    return x.reshape(b * h * n, f).index_select(0, rows).view(b, h, order.shape[-1], f)
 
 
 def _pad_seq(x: torch.Tensor, seq_pad: int) -> torch.Tensor:
@@ -85,56 +83,6 @@ def buckets_per_chunk(batch_heads: int, bucket_size: int, width: int,
     """
     per_bucket = batch_heads * bucket_size * max(bucket_size, width)
     return max(1, (elements or CHUNK_ELEMENTS) // per_bucket)
-
-
-@dataclass
-class _LowRank:
-    """The low-rank part in the hat scale: phi(q_i).phi(k_j) = exp(log_lr_i) qh_i.kh_j."""
-
-    qh: torch.Tensor  # [b, h, n, F]
-    kh: torch.Tensor  # [b, h, n, F]
-    log_lr: torch.Tensor  # [b, h, n]
-    num: torch.Tensor  # [b, h, n, dv]
-    den: torch.Tensor  # [b, h, n]
-
-
-@dataclass
-class _Buckets:
-    """Where every query and key goes in the sparse part, and which pairs are valid."""
-
-    bucket_size: int
-    seq: int
-    seq_pad: int
-    q_order: torch.Tensor | None  # [b, h, R, seq_pad] sorted padded positions (None: no
-    k_order: torch.Tensor | None  # buckets); k-means: chunk c of k_order = cluster c's keys
-    key_ok: torch.Tensor  # [b, h, seq_pad] bool: a real, unmasked key
-    any_invalid: bool  # some pair must be masked (causal, padding or key mask)
-    causal: bool
-    q_bucket: torch.Tensor | None = None  # [b, h, R, seq_pad] bucket per position (R > 1)
-    k_bucket: torch.Tensor | None = None
-    key_sets: KeySets | None = None  # k-means: the key set of every cluster
-    sink: int = 0
-    window: int = 0
-
-    @property
-    def n_rounds(self) -> int:
-        return 0 if self.q_order is None else self.q_order.shape[2]
-
-    @property
-    def has_fixed(self) -> bool:
-        """Whether sink or window keys join the support."""
-        return bool(self.sink or self.window)
-
-    def round_hits(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        """In how many rounds key k_pos [b, h, M, K] is in query q_pos [b, h, M]'s set."""
-        if self.key_sets is not None:
-            return self.key_sets.contains(q_pos, k_pos).sum(dim=2)
-        b, h, m, width = k_pos.shape
-        rounds = self.n_rounds
-        qb = torch.gather(self.q_bucket, 3, q_pos[:, :, None].expand(b, h, rounds, m))
-        kb = torch.gather(self.k_bucket, 3, k_pos.reshape(b, h, 1, m * width).expand(
-            b, h, rounds, m * width)).view(b, h, rounds, m, width)
-        return (qb[..., None] == kb).sum(dim=2)
 
 
 @dataclass
@@ -218,18 +166,18 @@ def attend(
         for start in range(0, buckets.seq_pad, step):
             q_pos = buckets.q_order[:, :, r, start:start + step]  # [b, h, slots]
             k_pos = buckets.k_order[:, :, r, start:start + step]
-            num_c, den_c, lam, resid = _sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets,
+            num_c, den_c, lam, resid = sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets,
                                                      lowrank)
             rows = (q_pos + row_offsets).reshape(-1)  # each query once per round
             _merge(accs, rows, num_c, den_c, lam.reshape(-1))
             if return_weights:
-                pieces.append(_block_piece(q_pos, k_pos, resid, lam))
+                pieces.append(block_piece(q_pos, k_pos, resid, lam))
     if buckets.has_fixed:
         rows_step = max(1, elements // (b * h * (sink + window) * width))
         for start in range(0, n, rows_step):
             q_pos = torch.arange(start, min(n, start + rows_step), device=q.device
                                  ).expand(b, h, -1)
-            num_c, den_c, lam, resid, keys = _fixed_chunk(qf, kf, vf, scale, q_pos, buckets,
+            num_c, den_c, lam, resid, keys = fixed_chunk(qf, kf, vf, scale, q_pos, buckets,
                                                           lowrank)
             _merge(accs, (q_pos + row_offsets).reshape(-1), num_c, den_c, lam.reshape(-1))
             if return_weights:
@@ -245,18 +193,18 @@ def attend(
     return out.to(q.dtype), _finish_weights(dense, den, common[:, :, :n], return_weights)
 
 
-def _lowrank_part(qf, kf, vf, projections, scale, key_padding_mask, causal) -> _LowRank:
+def _lowrank_part(qf, kf, vf, projections, scale, key_padding_mask, causal) -> LowRank:
     """Features of q and k and the low-rank numerator / denominator (hat scale)."""
     proj = projections.to(device=qf.device, dtype=qf.dtype)
     qh, lq = query_features(qf, proj, scale)  # [b,h,n,F], [b,h,n]
     kh, lk = key_features(kf, proj, scale, key_padding_mask)  # [b,h,n,F], [b,h]
     log_lr = lq + lk[..., None]  # phi(q_i).phi(k_j) = exp(log_lr_i) qh_i.kh_j
     num, den = lowrank_sums(qh, kh, vf, causal)
-    return _LowRank(qh, kh, log_lr, num, den)
+    return LowRank(qh, kh, log_lr, num, den)
 
 
 def _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
-                  elements) -> _Buckets:
+                  elements) -> Buckets:
     """Buckets of the padded sequence: LSH (sorted hash order), k-means clusters, local
     blocks or none (sparse None)."""
     b, h, n, _ = qf.shape
@@ -275,7 +223,7 @@ def _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
     else:
         q_order, k_order = lsh_order(qf, kf, hashes.to(qf.device), bucket_size,
                                      key_padding_mask)
-    buckets = _Buckets(
+    buckets = Buckets(
         bucket_size, n, seq_pad, q_order, k_order, key_ok=key_ok,
         any_invalid=causal or seq_pad > n or key_padding_mask is not None, causal=causal,
         key_sets=key_sets)
@@ -285,7 +233,7 @@ def _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
     return buckets
 
 
-def _start_accumulators(qf, dv, seq_pad, lowrank: _LowRank | None) -> _Accumulators:
+def _start_accumulators(qf, dv, seq_pad, lowrank: LowRank | None) -> _Accumulators:
     """The accumulators before the first chunk: the low-rank sums, or empty."""
     b, h = qf.shape[:2]
     rows_total = b * h * seq_pad
@@ -302,129 +250,6 @@ def _start_accumulators(qf, dv, seq_pad, lowrank: _LowRank | None) -> _Accumulat
                          _pad_seq(den0[..., None], seq_pad).reshape(rows_total), lam)
 
 
-def _sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: _Buckets,
-                  lowrank: _LowRank | None):
-    """The residual of one chunk of buckets of one round.
-
-    q_pos, k_pos: [b, h, g * bucket] padded positions in sorted order. Returns the
-    chunk's numerator [rows, dv], denominator [rows], log-scale lam [b, h, g, bucket] and
-    the residual weights [b, h, g, bucket, bucket] (in the scale exp(lam)).
-    """
-    b, h, n, _ = qf.shape
-    dv = vf.shape[-1]
-    bucket_size, n_rounds = buckets.bucket_size, buckets.n_rounds
-    g = q_pos.shape[-1] // bucket_size  # buckets in this chunk
-    # positions >= n read row n - 1 (finite); their keys are masked below and their
-    # query rows are cut off at the end
-    qi, ki = q_pos.clamp_max(n - 1), k_pos.clamp_max(n - 1)
-
-    def blocks(x, order):  # [b,h,n,f] -> [b,h,g,bucket,f] in sorted order
-        return _gather_seq(x, order).view(b, h, g, bucket_size, x.shape[-1])
-
-    qb_pos = q_pos.view(b, h, g, bucket_size)
-    kb_pos = k_pos.view(b, h, g, bucket_size)
-    # [.., bucket, d] @ [.., d, bucket] -> [b, h, g, bucket, bucket]
-    logits = torch.matmul(blocks(qf, qi), blocks(kf, ki).transpose(-1, -2)).mul_(scale)
-    valid = None
-    if buckets.any_invalid:
-        valid = torch.gather(buckets.key_ok, 2, k_pos).view(b, h, g, 1, bucket_size)
-        if buckets.causal:
-            valid = valid & (kb_pos[..., None, :] <= qb_pos[..., :, None])
-        logits = logits.masked_fill(~valid, float("-inf"))
-    count = None
-    if (buckets.key_sets is not None and n_rounds > 1) or buckets.has_fixed:
-        # a pair found c times (rounds, sinks, window) counts 1/c each
-        q_flat = q_pos
-        k_flat = kb_pos[..., None, :].expand(b, h, g, bucket_size, bucket_size).reshape(
-            b, h, g * bucket_size, bucket_size)
-        hits = (buckets.round_hits(q_flat, k_flat) if n_rounds > 1
-                else torch.ones_like(k_flat))
-        if buckets.has_fixed:
-            hits = hits + fixed_membership(q_flat, k_flat, buckets.sink, buckets.window,
-                                           buckets.causal)
-        count = hits.clamp_min(1).to(qf.dtype).view(b, h, g, bucket_size, bucket_size)
-        logits = logits - torch.log(count)
-    elif n_rounds > 1:  # a pair found in c rounds counts 1/c in each
-        same = torch.gather(
-            buckets.q_bucket, 3, q_pos[:, :, None].expand(b, h, n_rounds, -1)
-        ).view(b, h, n_rounds, g, bucket_size, 1) == torch.gather(
-            buckets.k_bucket, 3, k_pos[:, :, None].expand(b, h, n_rounds, -1)
-        ).view(b, h, n_rounds, g, 1, bucket_size)
-        count = same.sum(dim=2).clamp_min(1).to(qf.dtype)
-        logits = logits - torch.log(count)
-    if lowrank is not None:
-        log_lr_rows = torch.gather(lowrank.log_lr, 2, qi).view(b, h, g, bucket_size)
-    with torch.no_grad():  # the stabiliser cancels: no gradient through it
-        lam = logits.amax(dim=-1)  # [b,h,g,bucket]; a max, never a log-sum-exp
-        if lowrank is not None:
-            lam = torch.maximum(lam, log_lr_rows)
-        lam = torch.where(torch.isfinite(lam), lam, torch.zeros_like(lam))
-    resid = torch.exp(logits - lam[..., None])  # 0 where invalid
-    if lowrank is not None:
-        # [.., bucket, F] @ [.., F, bucket] -> [b, h, g, bucket, bucket]
-        est = torch.matmul(blocks(lowrank.qh, qi), blocks(lowrank.kh, ki).transpose(-1, -2))
-        est = est * torch.exp(log_lr_rows - lam)[..., None]
-        if count is not None:
-            est = est / count
-        if valid is not None:
-            est = est.masked_fill(~valid, 0.0)
-        resid = resid - est
-    # [.., bucket, bucket] @ [.., bucket, dv] -> [b, h, g, bucket, dv]
-    num_c = torch.matmul(resid, blocks(vf, ki)).reshape(-1, dv)
-    den_c = resid.sum(dim=-1).reshape(-1)
-    return num_c, den_c, lam, resid
-
-
-def _fixed_chunk(qf, kf, vf, scale, q_pos, buckets: _Buckets, lowrank: _LowRank | None):
-    """The residual of the sink and window keys of queries q_pos [b, h, M] (original
-    positions). Returns numerator [rows, dv], denominator [rows], lam [b, h, M], the
-    residual [b, h, M, S] (scale exp(lam)) and the key positions [b, h, M, S]."""
-    b, h, n, d = qf.shape
-    m = q_pos.shape[-1]
-    keys, valid = window_keys(q_pos, n, buckets.sink, buckets.window, buckets.causal)
-    width = keys.shape[-1]
-    flat = keys.reshape(b, h, m * width)
-    valid = valid & torch.gather(buckets.key_ok, 2, flat).view_as(keys)
-
-    def rows_of(x, order):  # [b,h,n,f] -> [b,h,M,S,f]
-        return _gather_seq(x, order).view(b, h, m, width, x.shape[-1])
-
-    # [b,h,M,1,d] @ [b,h,M,d,S] -> [b,h,M,1,S]
-    logits = torch.matmul(_gather_seq(qf, q_pos)[..., None, :],
-                          rows_of(kf, flat).transpose(-1, -2))[..., 0, :].mul_(scale)
-    hits = fixed_membership(q_pos, keys, buckets.sink, buckets.window, buckets.causal)
-    if buckets.n_rounds:
-        hits = hits + buckets.round_hits(q_pos, keys)
-    count = hits.clamp_min(1).to(qf.dtype)
-    logits = (logits - torch.log(count)).masked_fill(~valid, float("-inf"))
-    if lowrank is not None:
-        log_lr_rows = torch.gather(lowrank.log_lr, 2, q_pos)
-    with torch.no_grad():
-        lam = logits.amax(dim=-1)  # [b, h, M]
-        if lowrank is not None:
-            lam = torch.maximum(lam, log_lr_rows)
-        lam = torch.where(torch.isfinite(lam), lam, torch.zeros_like(lam))
-    resid = torch.exp(logits - lam[..., None])
-    if lowrank is not None:
-        # [b,h,M,1,F] @ [b,h,M,F,S] -> [b,h,M,S]
-        est = torch.matmul(_gather_seq(lowrank.qh, q_pos)[..., None, :],
-                           rows_of(lowrank.kh, flat).transpose(-1, -2))[..., 0, :]
-        est = est * torch.exp(log_lr_rows - lam)[..., None] / count
-        resid = resid - est.masked_fill(~valid, 0.0)
-    # [b,h,M,1,S] @ [b,h,M,S,dv] -> [b,h,M,dv]
-    num_c = torch.matmul(resid[..., None, :], rows_of(vf, flat))[..., 0, :]
-    return num_c.reshape(-1, vf.shape[-1]), resid.sum(dim=-1).reshape(-1), lam, resid, keys
-
-
-def _block_piece(q_pos, k_pos, resid, lam):
-    """A bucket chunk's residual as (q_pos [b, h, M], k_pos [b, h, M, bucket], resid
-    [b, h, M, bucket], lam [b, h, M]) for :func:`_dense_estimate`."""
-    b, h, g, bucket = lam.shape
-    kb_pos = k_pos.view(b, h, g, 1, bucket).expand(b, h, g, bucket, bucket)
-    return (q_pos, kb_pos.reshape(b, h, g * bucket, bucket),
-            resid.reshape(b, h, g * bucket, bucket), lam.reshape(b, h, g * bucket))
-
-
 def _merge(accs: _Accumulators, rows, num_c, den_c, lam_c) -> None:
     """Fold one chunk into the accumulators at ``rows``, rescaling both to the larger
     log-scale (online softmax)."""
@@ -439,7 +264,7 @@ def _merge(accs: _Accumulators, rows, num_c, den_c, lam_c) -> None:
     accs.lam.index_copy_(0, rows, new_lam)
 
 
-def _dense_estimate(qf, lowrank: _LowRank | None, pieces, common, buckets: _Buckets):
+def _dense_estimate(qf, lowrank: LowRank | None, pieces, common, buckets: Buckets):
     """The dense [b, h, n, n] estimate in the scale exp(common_i): low-rank everywhere
     plus the residual on the bucketed pairs (``return_weights`` only)."""
     b, h, n, _ = qf.shape
