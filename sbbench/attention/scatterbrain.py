@@ -107,7 +107,7 @@ def scatterbrain_attention(
     sink: int = 0,
     window: int = 0,
 ):
-    """Scatterbrain attention: sparse (LSH buckets or local blocks) + low-rank (Performer).
+    """Scatterbrain attention: sparse (a support of exact keys) + low-rank (Performer).
 
     q, k: [batch, heads, seq, head_dim]; v: [batch, heads, seq, head_dim_v];
     key_padding_mask: [batch, seq] bool, True = keep. Returns [batch, heads, seq, head_dim_v]
