@@ -27,7 +27,7 @@ from sbbench.attention.residual import (
     Buckets,
     LowRank,
     block_piece,
-    fixed_chunk,
+    fixed_part,
     sparse_chunk,
 )
 from sbbench.attention.supports import kmeans_order
@@ -149,12 +149,7 @@ def attend(
     width = max(d, dv, lowrank.qh.shape[-1] if lowrank is not None else 0)
     elements = chunk_elements or CHUNK_ELEMENTS
     buckets = _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
-                            max(1, elements // (b * h)))
-    buckets.sink, buckets.window = sink, window
-    if buckets.has_fixed and buckets.n_rounds and buckets.q_bucket is None \
-            and buckets.key_sets is None:
-        buckets.q_bucket = bucket_ids(buckets.q_order, bucket_size)
-        buckets.k_bucket = bucket_ids(buckets.k_order, bucket_size)
+                            max(1, elements // (b * h)), sink, window)
     accs = _start_accumulators(qf, dv, buckets.seq_pad, lowrank)
     row_offsets = torch.arange(0, b * h * buckets.seq_pad, buckets.seq_pad,
                                device=q.device).view(b, h, 1)
@@ -173,12 +168,8 @@ def attend(
             if return_weights:
                 pieces.append(block_piece(q_pos, k_pos, resid, lam))
     if buckets.has_fixed:
-        rows_step = max(1, elements // (b * h * (sink + window) * width))
-        for start in range(0, n, rows_step):
-            q_pos = torch.arange(start, min(n, start + rows_step), device=q.device
-                                 ).expand(b, h, -1)
-            num_c, den_c, lam, resid, keys = fixed_chunk(qf, kf, vf, scale, q_pos, buckets,
-                                                          lowrank)
+        for q_pos, num_c, den_c, lam, resid, keys in fixed_part(qf, kf, vf, scale, buckets,
+                                                                lowrank, elements):
             _merge(accs, (q_pos + row_offsets).reshape(-1), num_c, den_c, lam.reshape(-1))
             if return_weights:
                 pieces.append((q_pos, keys, resid, lam))
@@ -204,7 +195,7 @@ def _lowrank_part(qf, kf, vf, projections, scale, key_padding_mask, causal) -> L
 
 
 def _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
-                  elements) -> Buckets:
+                  elements, sink, window) -> Buckets:
     """Buckets of the padded sequence: LSH (sorted hash order), k-means clusters, local
     blocks or none (sparse None)."""
     b, h, n, _ = qf.shape
@@ -227,6 +218,8 @@ def _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
         bucket_size, n, seq_pad, q_order, k_order, key_ok=key_ok,
         any_invalid=causal or seq_pad > n or key_padding_mask is not None, causal=causal,
         key_sets=key_sets)
+    buckets.sink, buckets.window = sink, window
+    buckets.any_invalid = buckets.any_invalid or buckets.has_fixed
     if buckets.n_rounds > 1 and key_sets is None:
         buckets.q_bucket = bucket_ids(q_order, bucket_size)  # [b,h,R,n_pad]
         buckets.k_bucket = bucket_ids(k_order, bucket_size)

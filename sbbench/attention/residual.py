@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sbbench.attention.supports import KeySets, fixed_membership, window_keys
+from sbbench.attention.supports import KeySets, fixed_membership
 
 
 def gather_seq(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -64,17 +64,6 @@ class Buckets:
         """Whether sink or window keys join the support."""
         return bool(self.sink or self.window)
 
-    def round_hits(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        """In how many rounds key k_pos [b, h, M, K] is in query q_pos [b, h, M]'s set."""
-        if self.key_sets is not None:
-            return self.key_sets.contains(q_pos, k_pos).sum(dim=2)
-        b, h, m, width = k_pos.shape
-        rounds = self.n_rounds
-        qb = torch.gather(self.q_bucket, 3, q_pos[:, :, None].expand(b, h, rounds, m))
-        kb = torch.gather(self.k_bucket, 3, k_pos.reshape(b, h, 1, m * width).expand(
-            b, h, rounds, m * width)).view(b, h, rounds, m, width)
-        return (qb[..., None] == kb).sum(dim=2)
-
 
 def sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: Buckets,
                   lowrank: LowRank | None):
@@ -105,17 +94,16 @@ def sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: Buckets,
         if buckets.causal:
             valid = valid & (kb_pos[..., None, :] <= qb_pos[..., :, None])
         logits = logits.masked_fill(~valid, float("-inf"))
+    if buckets.has_fixed:  # pairs the sinks or the window hold are counted there only
+        in_fixed = fixed_membership(qb_pos[..., None], kb_pos[..., None, :].expand(
+            b, h, g, bucket_size, bucket_size), buckets.sink, buckets.window, buckets.causal)
+        valid = valid & (in_fixed == 0)
+        logits = logits.masked_fill(~valid, float("-inf"))
     count = None
-    if (buckets.key_sets is not None and n_rounds > 1) or buckets.has_fixed:
-        # a pair found c times (rounds, sinks, window) counts 1/c each
-        q_flat = q_pos
+    if buckets.key_sets is not None and n_rounds > 1:  # a pair in c rounds counts 1/c each
         k_flat = kb_pos[..., None, :].expand(b, h, g, bucket_size, bucket_size).reshape(
             b, h, g * bucket_size, bucket_size)
-        hits = (buckets.round_hits(q_flat, k_flat) if n_rounds > 1
-                else torch.ones_like(k_flat))
-        if buckets.has_fixed:
-            hits = hits + fixed_membership(q_flat, k_flat, buckets.sink, buckets.window,
-                                           buckets.causal)
+        hits = buckets.key_sets.contains(q_pos, k_flat).sum(dim=2)
         count = hits.clamp_min(1).to(qf.dtype).view(b, h, g, bucket_size, bucket_size)
         logits = logits - torch.log(count)
     elif n_rounds > 1:  # a pair found in c rounds counts 1/c in each
@@ -149,45 +137,101 @@ def sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: Buckets,
     return num_c, den_c, lam, resid
 
 
-def fixed_chunk(qf, kf, vf, scale, q_pos, buckets: Buckets, lowrank: LowRank | None):
-    """The residual of the sink and window keys of queries q_pos [b, h, M] (original
-    positions). Returns numerator [rows, dv], denominator [rows], lam [b, h, M], the
-    residual [b, h, M, S] (scale exp(lam)) and the key positions [b, h, M, S]."""
+def _pad_rows(x, before, after, value=0.0):
+    """Pad dim 2 of a [b, h, n, ...] tensor with ``before`` / ``after`` rows of value."""
+    if x.dim() == 3:
+        return torch.nn.functional.pad(x, (before, after), value=value)
+    return torch.nn.functional.pad(x, (0, 0, before, after), value=value)
+
+
+def fixed_part(qf, kf, vf, scale, buckets: Buckets, lowrank: LowRank | None, elements: int):
+    """The residual of the sink and window keys, block by block of queries.
+
+    Queries go in blocks of M; the window keys of block t are one contiguous run of
+    M + window - 1 keys (an unfold of the padded keys, no gather), so each block is a
+    few small matmuls, [M, d] @ [d, M + window - 1], plus [M, d] @ [d, sink]. A sink key
+    that is also in the query's window is counted in the window only: every pair once.
+    Yields (query positions [b, h, m], numerator [rows, dv], denominator [rows], lam
+    [b, h, m], residual [b, h, m, S] in the scale exp(lam), key positions [b, h, m, S]).
+    """
     b, h, n, d = qf.shape
-    m = q_pos.shape[-1]
-    keys, valid = window_keys(q_pos, n, buckets.sink, buckets.window, buckets.causal)
-    width = keys.shape[-1]
-    flat = keys.reshape(b, h, m * width)
-    valid = valid & torch.gather(buckets.key_ok, 2, flat).view_as(keys)
+    window, causal = buckets.window, buckets.causal
+    sink = min(buckets.sink, n)
+    left = window - 1 if causal else (window - 1) // 2  # query i sees i - left .. + window
+    block = max(32, window)
+    n_blocks = -(-n // block)
+    width = block + window - 1  # window keys of one block
+    after = n_blocks * block + window - 1 - left - n
+    key_ok = buckets.key_ok[:, :, :n]
+    device = qf.device
+    # [b,h,nb,f,width]: the window keys of every block (views of the padded keys)
+    def windows(x):
+        return _pad_rows(x, left, after).unfold(2, width, block)
 
-    def rows_of(x, order):  # [b,h,n,f] -> [b,h,M,S,f]
-        return gather_seq(x, order).view(b, h, m, width, x.shape[-1])
-
-    # [b,h,M,1,d] @ [b,h,M,d,S] -> [b,h,M,1,S]
-    logits = torch.matmul(gather_seq(qf, q_pos)[..., None, :],
-                          rows_of(kf, flat).transpose(-1, -2))[..., 0, :].mul_(scale)
-    hits = fixed_membership(q_pos, keys, buckets.sink, buckets.window, buckets.causal)
-    if buckets.n_rounds:
-        hits = hits + buckets.round_hits(q_pos, keys)
-    count = hits.clamp_min(1).to(qf.dtype)
-    logits = (logits - torch.log(count)).masked_fill(~valid, float("-inf"))
+    k_win, v_win = windows(kf), windows(vf)
+    ok_win = _pad_rows(key_ok, left, after, value=False).unfold(2, width, block)
+    rows_in_block = torch.arange(block, device=device)[:, None]
+    cols = torch.arange(width, device=device)[None, :]
+    band = (cols >= rows_in_block) & (cols < rows_in_block + window)  # [M, width]
+    q_blocks = _pad_rows(qf, 0, n_blocks * block - n).view(b, h, n_blocks, block, d)
     if lowrank is not None:
-        log_lr_rows = torch.gather(lowrank.log_lr, 2, q_pos)
-    with torch.no_grad():
-        lam = logits.amax(dim=-1)  # [b, h, M]
+        qh_blocks = _pad_rows(lowrank.qh, 0, n_blocks * block - n).view(
+            b, h, n_blocks, block, -1)
+        kh_win = windows(lowrank.kh)
+        log_lr = _pad_rows(lowrank.log_lr, 0, n_blocks * block - n).view(
+            b, h, n_blocks, block)
+    sink_pos = torch.arange(sink, device=device)
+    per_block = b * h * block * max(width + sink, d, vf.shape[-1])
+    group = max(1, elements // per_block)
+    for t0 in range(0, n_blocks, group):
+        t1 = min(n_blocks, t0 + group)
+        q_pos = (torch.arange(t0 * block, t1 * block, device=device)
+                 .view(t1 - t0, block))  # [g, M]
+        qg = q_blocks[:, :, t0:t1]
+        # [b,h,g,M,d] @ [b,h,g,d,width] -> [b,h,g,M,width]
+        logits = torch.matmul(qg, k_win[:, :, t0:t1]).mul_(scale)
+        valid = band & ok_win[:, :, t0:t1, None, :]
+        k_pos = q_pos[..., None] - rows_in_block.view(1, block, 1) + cols - left  # window
+        if sink:
+            # [b,h,g,M,d] @ [b,h,d,sink] -> [b,h,g,M,sink]
+            k_sink = kf[:, :, :sink]
+            logits = torch.cat([torch.matmul(qg, k_sink.transpose(-1, -2)[:, :, None]
+                                             ).mul_(scale), logits], dim=-1)
+            low = q_pos[..., None] - left
+            in_window = (sink_pos >= low) & (sink_pos < low + window)
+            sink_ok = key_ok[:, :, None, None, :sink] & ~in_window
+            if causal:
+                sink_ok = sink_ok & (sink_pos <= q_pos[..., None])
+            valid = torch.cat([sink_ok.expand(b, h, -1, -1, -1),
+                               valid.expand(b, h, -1, -1, -1)], dim=-1)
+            k_pos = torch.cat([sink_pos.expand(t1 - t0, block, sink), k_pos], dim=-1)
+        logits = logits.masked_fill(~valid, float("-inf"))
+        with torch.no_grad():
+            lam = logits.amax(dim=-1)  # [b,h,g,M]
+            if lowrank is not None:
+                lam = torch.maximum(lam, log_lr[:, :, t0:t1])
+            lam = torch.where(torch.isfinite(lam), lam, torch.zeros_like(lam))
+        resid = torch.exp(logits - lam[..., None])
         if lowrank is not None:
-            lam = torch.maximum(lam, log_lr_rows)
-        lam = torch.where(torch.isfinite(lam), lam, torch.zeros_like(lam))
-    resid = torch.exp(logits - lam[..., None])
-    if lowrank is not None:
-        # [b,h,M,1,F] @ [b,h,M,F,S] -> [b,h,M,S]
-        est = torch.matmul(gather_seq(lowrank.qh, q_pos)[..., None, :],
-                           rows_of(lowrank.kh, flat).transpose(-1, -2))[..., 0, :]
-        est = est * torch.exp(log_lr_rows - lam)[..., None] / count
-        resid = resid - est.masked_fill(~valid, 0.0)
-    # [b,h,M,1,S] @ [b,h,M,S,dv] -> [b,h,M,dv]
-    num_c = torch.matmul(resid[..., None, :], rows_of(vf, flat))[..., 0, :]
-    return num_c.reshape(-1, vf.shape[-1]), resid.sum(dim=-1).reshape(-1), lam, resid, keys
+            qh = qh_blocks[:, :, t0:t1]
+            est = torch.matmul(qh, kh_win[:, :, t0:t1])  # [b,h,g,M,width]
+            if sink:
+                est = torch.cat([torch.matmul(qh, lowrank.kh[:, :, :sink].transpose(
+                    -1, -2)[:, :, None]), est], dim=-1)
+            est = est * torch.exp(log_lr[:, :, t0:t1] - lam)[..., None]
+            resid = resid - est.masked_fill(~valid, 0.0)
+        # [b,h,g,M,width] @ [b,h,g,width,dv] (+ the sinks) -> [b,h,g,M,dv]
+        num = torch.matmul(resid[..., sink:], v_win[:, :, t0:t1].transpose(-1, -2))
+        if sink:
+            num = num + torch.matmul(resid[..., :sink], vf[:, :, None, :sink])
+        keep = min((t1 - t0) * block, n - t0 * block)  # rows past n are padding
+        m = (t1 - t0) * block
+        positions = q_pos.reshape(m)[:keep].expand(b, h, keep)
+        yield (positions, num.reshape(b, h, m, -1)[:, :, :keep].reshape(b * h * keep, -1),
+               resid.sum(-1).reshape(b, h, m)[:, :, :keep].reshape(-1),
+               lam.reshape(b, h, m)[:, :, :keep],
+               resid.reshape(b, h, m, -1)[:, :, :keep],
+               k_pos.clamp(0, n - 1).reshape(m, -1)[:keep].expand(b, h, -1, -1))
 
 
 def block_piece(q_pos, k_pos, resid, lam):

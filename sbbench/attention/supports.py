@@ -177,20 +177,6 @@ def _top_keys(q, k, q_order, bucket_size, key_ok, causal, elements):
     return torch.cat(chosen, 2)
 
 
-def window_keys(q_pos: torch.Tensor, n: int, sink: int, window: int, causal: bool
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sink and window keys of queries ``q_pos`` [b, h, M]: positions [b, h, M, S]
-    (S = sink + window, clamped into [0, n)) and whether each is a real position."""
-    sinks = torch.arange(sink, device=q_pos.device).expand(*q_pos.shape, sink)
-    start = q_pos - (window - 1) if causal else q_pos - (window - 1) // 2
-    near = start[..., None] + torch.arange(window, device=q_pos.device)
-    keys = torch.cat([sinks, near], dim=-1)
-    inside = (keys >= 0) & (keys < n)
-    if causal:
-        inside = inside & (keys <= q_pos[..., None])
-    return keys.clamp(0, n - 1), inside
-
-
 def fixed_membership(q_pos, k_pos, sink: int, window: int, causal: bool) -> torch.Tensor:
     """How many of the sink and window parts pick each pair: [b, h, M, K] int.
     q_pos [b, h, M] or [b, h, M, 1]; k_pos [b, h, M, K]."""
