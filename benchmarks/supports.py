@@ -173,13 +173,17 @@ def evaluate(layers, seed: int) -> None:
     return rows
 
 
-def time_call(fn, repeats: int) -> float:
-    fn()
-    best = math.inf
+def time_calls(calls: dict, repeats: int) -> dict[str, float]:
+    """Best of ``repeats`` seconds per call, the calls interleaved so that load from other
+    processes falls on all of them alike."""
+    best = dict.fromkeys(calls, math.inf)
+    for fn in calls.values():
+        fn()  # warm-up
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
@@ -203,7 +207,7 @@ def timing(seq: int, head_dim: int, heads: int, causal: bool, repeats: int, seed
             q, k, v, n_features=0, bucket_size=32, n_hashes=2, sparse="kmeans", sink=4,
             window=60, hashes=hashes2, **common),
     }
-    times = {name: time_call(fn, repeats) for name, fn in calls.items()}
+    times = time_calls(calls, repeats)
     base = times["scatterbrain f64+lsh64 (today)"]
     for name, seconds in times.items():
         print(f"seq {seq} heads {heads} d {head_dim} causal {causal} | {name:32s} | "
@@ -222,9 +226,10 @@ def main(argv=None) -> None:
     parser.add_argument("--causal", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--timing-only", action="store_true")
     parser.add_argument("--timing-seq", type=int, default=16384)
     parser.add_argument("--timing-heads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     if args.capture is not None:
         layers = capture_layers(args.capture)
@@ -234,7 +239,8 @@ def main(argv=None) -> None:
     print(f"inputs: {layers[0][0]}.. ({len(layers)} layers) q {tuple(layers[0][1].shape)} "
           f"causal {layers[0][5]}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
-    evaluate(layers, args.seed)
+    if not args.timing_only:
+        evaluate(layers, args.seed)
     if not args.no_timing:
         timing(args.timing_seq, args.head_dim, args.timing_heads, args.causal, args.repeats,
                args.seed)

@@ -12,8 +12,10 @@ A *support* is the set of keys a query attends to exactly. Three kinds of parts 
 - a window: every query also attends to its ``window`` nearest positions (causal: the
   ``window`` previous ones, itself included; otherwise centred, clipped at the ends).
 
-A pair picked by ``c`` parts counts ``1 / c`` in each (:func:`pair_counts`), so every key
-of the support counts exactly once and the low-rank correction stays unbiased.
+Every key of the support counts exactly once, so the low-rank correction stays unbiased:
+a pair the sinks or the window hold is left out of the buckets (:func:`fixed_membership`),
+a sink key inside the window is counted in the window only, and a pair found in ``c``
+bucket rounds counts ``1 / c`` in each (:meth:`KeySets.contains` for k-means).
 """
 
 from __future__ import annotations
@@ -129,11 +131,15 @@ def _assign(unit, centroids, alive, elements):
     """Nearest live centroid (largest cosine) of every row: ([b, h, n] long, [b, h, n])."""
     n, n_clusters = unit.shape[2], centroids.shape[2]
     step = _chunk_rows(n, n_clusters, elements)
+    # cosines lie in [-1, 1]: a bias of -4 keeps a dead centre below every live one, added
+    # inside the matmul (no masked copy of the [rows, clusters] scores)
+    bias = torch.where(alive, 0.0, -4.0).to(unit.dtype)[:, :, None, :]
+    centres_t = centroids.transpose(-1, -2).contiguous()  # [b, h, d, C]
     ids, best = [], []
     for start in range(0, n, step):
-        # [b,h,rows,d] @ [b,h,d,C] -> [b,h,rows,C]
-        scores = torch.matmul(unit[:, :, start:start + step], centroids.transpose(-1, -2))
-        scores = scores.masked_fill(~alive[:, :, None, :], float("-inf"))
+        rows = unit[:, :, start:start + step]
+        # [b,h,rows,d] @ [b,h,d,C] + bias -> [b,h,rows,C]
+        scores = torch.matmul(rows, centres_t).add_(bias)
         value, index = scores.max(dim=-1)
         ids.append(index)
         best.append(value)
