@@ -2,7 +2,7 @@
 
 Every random draw is seeded, so a test gives the same numbers on every run. The random
 projections and hash functions are drawn once per seed and passed in precomputed
-(STYLE.md 2): two calls with the same ``seed`` compute the same estimate even when their
+(randomness is an input): two calls with the same ``seed`` compute the same estimate even when their
 inputs differ in length, which the padding, independence and gradient tests rely on.
 """
 

@@ -1,6 +1,6 @@
 """The shared core of every approximate method, in PyTorch: the reference and the CPU path.
 
-One function, :func:`attend`, computes every approximate method (SCATTERBRAIN.md 4-5):
+One function, :func:`attend`, computes every approximate method (docs/algorithm.md):
 
 - low-rank only (Performer): ``out = phi(Q) (phi(K)^T V) / phi(Q) (phi(K)^T 1)``;
 - sparse only (LSH / SMYRF): softmax over each query's support: its balanced hash

@@ -1,6 +1,6 @@
 """Public entry points of the approximate methods and their shared argument handling.
 
-Randomness is an input (STYLE.md 2): the feature projections and hash functions are drawn
+Randomness is an input: the feature projections and hash functions are drawn
 from ``generator`` (or passed in precomputed as ``projections=`` / ``hashes=``), so the
 same seed gives the same estimate on every backend.
 """

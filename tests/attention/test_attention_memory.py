@@ -1,5 +1,5 @@
 """Memory grows linearly with seq: the approximate methods never build a seq x seq tensor
-unless asked for the dense weights (issue 2, "Efficiency of the PyTorch path").
+unless asked for the dense weights.
 
 A TorchDispatchMode sees every aten op and records the size of the storage behind each
 output tensor (a view or an expand of a small tensor is not an allocation; a fresh

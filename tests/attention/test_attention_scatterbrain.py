@@ -1,4 +1,4 @@
-"""The Scatterbrain estimate itself (SCATTERBRAIN.md sections 4 and 6).
+"""The Scatterbrain estimate itself (docs/algorithm.md).
 
 - The unnormalised estimate equals exp(tau q.k) exactly on the selected (bucketed) pairs
   and phi(q).phi(k) everywhere else; the selected pairs are recomputed here from the

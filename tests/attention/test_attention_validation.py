@@ -1,4 +1,4 @@
-"""Bad input raises ValueError / TypeError naming the argument (issue 2), never an obscure
+"""Bad input raises ValueError / TypeError naming the argument, never an obscure
 error from inside a matmul. Each case runs against every function that takes the argument.
 """
 
