@@ -2,7 +2,7 @@
 
 Every random draw is seeded, so a test gives the same numbers on every run. The random
 projections and hash functions are drawn once per seed and passed in precomputed
-(STYLE.md 2): two calls with the same ``seed`` compute the same estimate even when their
+(randomness is an input): two calls with the same ``seed`` compute the same estimate even when their
 inputs differ in length, which the padding, independence and gradient tests rely on.
 """
 
@@ -23,9 +23,14 @@ from sbbench.attention import (
     scatterbrain_attention,
 )
 
-# Every method under test, by the name used in parametrize ids.
-APPROX_METHODS = ("performer", "lsh", "scatterbrain", "scatterbrain_local")
+# Every method under test, by the name used in parametrize ids. The last two are the
+# newer supports: k-means clusters plus one sink key and a window of ``bucket_size // 2``
+# with the low-rank part, and sink + window keys alone (no buckets, no low-rank part).
+APPROX_METHODS = ("performer", "lsh", "scatterbrain", "scatterbrain_local",
+                  "scatterbrain_kmeans", "sink_window")
 ALL_METHODS = ("exact",) + APPROX_METHODS
+# methods that take n_hashes (several hash rounds or clusterings)
+HASHED_METHODS = ("lsh", "scatterbrain", "scatterbrain_kmeans")
 
 
 def qkv(
@@ -93,6 +98,15 @@ def attention(
     if method == "scatterbrain_local":
         return scatterbrain_attention(q, k, v, n_features=n_features, bucket_size=bucket_size,
                                       sparse="local", projections=projections, **kwargs)
+    if method == "scatterbrain_kmeans":
+        kwargs = {"sink": 1, "window": max(1, bucket_size // 2), **kwargs}
+        return scatterbrain_attention(q, k, v, n_features=n_features, bucket_size=bucket_size,
+                                      n_hashes=n_hashes, sparse="kmeans",
+                                      projections=projections, hashes=hashes, **kwargs)
+    if method == "sink_window":
+        kwargs = {"sink": 2, "window": bucket_size, **kwargs}
+        return scatterbrain_attention(q, k, v, n_features=0, bucket_size=0, sparse=None,
+                                      **kwargs)
     raise AssertionError(f"unknown method {method!r}")
 
 

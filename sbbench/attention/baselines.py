@@ -9,8 +9,8 @@ import torch
 from sbbench.attention.checks import (
     check_mask,
     check_n_features,
-    check_positive_int,
     check_qkv,
+    check_support,
     softmax_scale_for,
 )
 from sbbench.attention.lsh import HashFunctions
@@ -69,21 +69,25 @@ def lsh_attention(
     backend: str = "auto",
     hashes: HashFunctions | None = None,
     return_weights: bool | str = False,
+    sink: int = 0,
+    window: int = 0,
 ):
     """LSH (SMYRF) attention: exact softmax inside balanced hash buckets, nothing outside.
 
     q, k: [batch, heads, seq, head_dim]; v: [batch, heads, seq, head_dim_v] ->
-    [batch, heads, seq, head_dim_v]. A pair found in several rounds counts once.
+    [batch, heads, seq, head_dim_v]. ``sink`` / ``window``: every query also attends to
+    the first ``sink`` keys and its ``window`` nearest ones (see
+    :func:`scatterbrain_attention`). A pair found in several parts counts once.
     """
     check_qkv(q, k, v)
     check_mask(key_padding_mask, q)
-    bucket_size = check_positive_int("bucket_size", bucket_size)
-    n_hashes = check_positive_int("n_hashes", n_hashes)
+    _, bucket_size, n_hashes, sink, window = check_support(0, bucket_size, n_hashes, "lsh",
+                                                           sink, window)
     check_return_weights(return_weights)
     scale = softmax_scale_for(q, softmax_scale)
     hashes = resolve_hashes(hashes, n_hashes, q.shape[-1], generator, q.device)
     return run_method(
         q, k, v, backend=backend, return_weights=return_weights, scale=scale,
         projections=None, hashes=hashes, bucket_size=bucket_size, sparse="lsh",
-        causal=causal, key_padding_mask=key_padding_mask,
+        causal=causal, key_padding_mask=key_padding_mask, sink=sink, window=window,
     )

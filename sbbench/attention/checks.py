@@ -103,3 +103,45 @@ def softmax_scale_for(q: torch.Tensor, softmax_scale: float | None) -> float:
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulate half inputs in float32; keep float64 for references."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+SPARSE_KINDS = ("lsh", "kmeans", "local")  # or None: no buckets
+
+
+def check_nonnegative_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 0, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def check_support(n_features: object, bucket_size: object, n_hashes: object, sparse: object,
+                  sink: object, window: object) -> tuple[int, int, int, int, int]:
+    """(n_features, bucket_size, n_hashes, sink, window) of a Scatterbrain call, checked.
+
+    n_features 0: no low-rank part (exact softmax over the support); sparse None: no
+    buckets (bucket_size 0, the support is the sink and window keys)."""
+    if sparse is not None and sparse not in SPARSE_KINDS:
+        raise ValueError(f"sparse must be one of {', '.join(SPARSE_KINDS)} or None, "
+                         f"got {sparse!r}")
+    sink = check_nonnegative_int("sink", sink)
+    window = check_nonnegative_int("window", window)
+    if n_features != 0:
+        n_features = check_n_features(n_features)
+    if sparse is None:
+        if bucket_size not in (0, None):
+            raise ValueError(f"sparse=None has no buckets: bucket_size must be 0, got "
+                             f"{bucket_size!r} (or pick sparse='lsh', 'kmeans' or 'local')")
+        bucket_size = 0
+        n_hashes = check_positive_int("n_hashes", n_hashes)
+        if not (n_features or sink or window):
+            raise ValueError("sparse=None with n_features=0, sink=0 and window=0 attends "
+                             "to nothing: give n_features, sink or window")
+    else:
+        bucket_size = check_positive_int("bucket_size", bucket_size)
+        n_hashes = check_positive_int("n_hashes", n_hashes)
+        if sparse == "local" and n_hashes != 1:
+            raise ValueError(f"sparse='local' uses fixed blocks: n_hashes must be 1, got "
+                             f"{n_hashes}")
+    return n_features, bucket_size, n_hashes, sink, window

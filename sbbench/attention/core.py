@@ -1,12 +1,14 @@
 """The shared core of every approximate method, in PyTorch: the reference and the CPU path.
 
-One function, :func:`attend`, computes every approximate method (SCATTERBRAIN.md 4-5):
+One function, :func:`attend`, computes every approximate method (docs/algorithm.md):
 
 - low-rank only (Performer): ``out = phi(Q) (phi(K)^T V) / phi(Q) (phi(K)^T 1)``;
-- sparse only (LSH / SMYRF): softmax inside balanced hash buckets;
+- sparse only (LSH / SMYRF): softmax over each query's support: its balanced hash
+  buckets (or k-means cluster keys, local block), sink keys and window
+  (:mod:`sbbench.attention.supports`);
 - both (Scatterbrain): ``E_hat = phi(Q) phi(K)^T + R``, ``R`` the residual
-  ``exp(tau q.k) - phi(q).phi(k)`` on the bucketed pairs, so the estimate is exact on
-  them and the unbiased low-rank estimate elsewhere.
+  ``exp(tau q.k) - phi(q).phi(k)`` on the support (:mod:`sbbench.attention.residual`),
+  so the estimate is exact there and the unbiased low-rank estimate elsewhere.
 
 Memory grows linearly with ``seq``: the sparse part works on [buckets, bucket, bucket]
 blocks, the low-rank part on [seq, n_features] features. Only ``return_weights`` builds
@@ -21,20 +23,17 @@ import torch
 
 from sbbench.attention.features import key_features, query_features
 from sbbench.attention.lsh import HashFunctions, bucket_ids, local_order, lsh_order, padded_length
+from sbbench.attention.residual import (
+    Buckets,
+    LowRank,
+    block_piece,
+    fixed_part,
+    sparse_chunk,
+)
+from sbbench.attention.supports import kmeans_order
 
 CAUSAL_CHUNK = 64  # chunk of the prefix-sum form of causal low-rank attention
 CHUNK_ELEMENTS = 1 << 20  # default size of the sparse loop's temporaries (see buckets_per_chunk)
-
-
-def _gather_seq(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """x: [b, h, n, f], order: [b, h, m] -> x[b, h, order, :]: [b, h, m, f].
-
-    A row gather on the flattened [b * h * n, f] tensor (index_select copies whole rows;
-    take_along_dim with a broadcast index is several times slower on the CPU)."""
-    b, h, n, f = x.shape
-    offsets = torch.arange(0, b * h * n, n, device=x.device).view(b, h, 1)
-    rows = (order + offsets).reshape(-1)
-    return x.reshape(b * h * n, f).index_select(0, rows).view(b, h, order.shape[-1], f)
 
 
 def _pad_seq(x: torch.Tensor, seq_pad: int) -> torch.Tensor:
@@ -87,37 +86,6 @@ def buckets_per_chunk(batch_heads: int, bucket_size: int, width: int,
 
 
 @dataclass
-class _LowRank:
-    """The low-rank part in the hat scale: phi(q_i).phi(k_j) = exp(log_lr_i) qh_i.kh_j."""
-
-    qh: torch.Tensor  # [b, h, n, F]
-    kh: torch.Tensor  # [b, h, n, F]
-    log_lr: torch.Tensor  # [b, h, n]
-    num: torch.Tensor  # [b, h, n, dv]
-    den: torch.Tensor  # [b, h, n]
-
-
-@dataclass
-class _Buckets:
-    """Where every query and key goes in the sparse part, and which pairs are valid."""
-
-    bucket_size: int
-    seq: int
-    seq_pad: int
-    q_order: torch.Tensor  # [b, h, R, seq_pad] sorted padded positions
-    k_order: torch.Tensor
-    key_ok: torch.Tensor  # [b, h, seq_pad] bool: a real, unmasked key
-    any_invalid: bool  # some pair must be masked (causal, padding or key mask)
-    causal: bool
-    q_bucket: torch.Tensor | None = None  # [b, h, R, seq_pad] bucket per position (R > 1)
-    k_bucket: torch.Tensor | None = None
-
-    @property
-    def n_rounds(self) -> int:
-        return self.q_order.shape[2]
-
-
-@dataclass
 class _Accumulators:
     """Numerator, denominator and their log-scale over the padded rows in original order,
     flattened to [b*h*seq_pad, ...] (a running max over the low-rank term and every round,
@@ -142,11 +110,16 @@ def attend(
     key_padding_mask: torch.Tensor | None,
     return_weights: bool | str = False,
     chunk_elements: int | None = None,
+    sink: int = 0,
+    window: int = 0,
 ):
     """Core of every approximate method (inputs already validated).
 
     q, k: [b, h, n, d]; v: [b, h, n, dv]. ``projections`` None -> no low-rank part;
-    ``sparse`` None -> no sparse part, "lsh" (uses ``hashes``) or "local" (fixed blocks).
+    ``sparse`` None -> no buckets, "lsh" (uses ``hashes``), "kmeans" (clusters started
+    from ``hashes``, see :mod:`supports`) or "local" (fixed blocks); ``sink`` / ``window``
+    add the first keys / the nearest keys to every query's support (sparse part only
+    when all three are absent: Performer).
     Computes in float32 (float64 for float64 inputs) and returns the output in q's dtype,
     plus the dense weights if asked: normalised, or with ``return_weights="unnormalized"``
     the estimate of ``exp(tau q k^T)`` itself. ``chunk_elements`` sizes the bucket loop
@@ -161,7 +134,7 @@ def attend(
     if projections is not None:
         lowrank = _lowrank_part(qf, kf, vf, projections, scale, key_padding_mask, causal)
 
-    if sparse is None:  # Performer: the scales cancel in the ratio
+    if sparse is None and not (sink or window):  # Performer: the scales cancel
         out = lowrank.num / lowrank.den.clamp_min(torch.finfo(acc).tiny)[..., None]
         if not return_weights:
             return out.to(q.dtype)
@@ -171,26 +144,35 @@ def attend(
         return out.to(q.dtype), _finish_weights(dense, lowrank.den, lowrank.log_lr,
                                                 return_weights)
 
-    buckets = _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask)
     b, h, n, d = q.shape
     dv = v.shape[-1]
+    width = max(d, dv, lowrank.qh.shape[-1] if lowrank is not None else 0)
+    elements = chunk_elements or CHUNK_ELEMENTS
+    buckets = _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
+                            max(1, elements // (b * h)), sink, window)
     accs = _start_accumulators(qf, dv, buckets.seq_pad, lowrank)
     row_offsets = torch.arange(0, b * h * buckets.seq_pad, buckets.seq_pad,
                                device=q.device).view(b, h, 1)
-    width = max(d, dv, lowrank.qh.shape[-1] if lowrank is not None else 0)
-    step = buckets_per_chunk(b * h, bucket_size, width, chunk_elements) * bucket_size
+    step = buckets_per_chunk(b * h, bucket_size or 1, width, chunk_elements) * (bucket_size
+                                                                                 or 1)
 
     pieces = []
     for r in range(buckets.n_rounds):
         for start in range(0, buckets.seq_pad, step):
             q_pos = buckets.q_order[:, :, r, start:start + step]  # [b, h, slots]
             k_pos = buckets.k_order[:, :, r, start:start + step]
-            num_c, den_c, lam, resid = _sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets,
+            num_c, den_c, lam, resid = sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets,
                                                      lowrank)
             rows = (q_pos + row_offsets).reshape(-1)  # each query once per round
             _merge(accs, rows, num_c, den_c, lam.reshape(-1))
             if return_weights:
-                pieces.append((q_pos.view_as(lam), k_pos.view_as(lam), resid, lam))
+                pieces.append(block_piece(q_pos, k_pos, resid, lam))
+    if buckets.has_fixed:
+        for q_pos, num_c, den_c, lam, resid, keys in fixed_part(qf, kf, vf, scale, buckets,
+                                                                lowrank, elements):
+            _merge(accs, (q_pos + row_offsets).reshape(-1), num_c, den_c, lam.reshape(-1))
+            if return_weights:
+                pieces.append((q_pos, keys, resid, lam))
 
     num = accs.num.view(b, h, buckets.seq_pad, dv)[:, :, :n]
     den = accs.den.view(b, h, buckets.seq_pad)[:, :, :n]
@@ -202,38 +184,49 @@ def attend(
     return out.to(q.dtype), _finish_weights(dense, den, common[:, :, :n], return_weights)
 
 
-def _lowrank_part(qf, kf, vf, projections, scale, key_padding_mask, causal) -> _LowRank:
+def _lowrank_part(qf, kf, vf, projections, scale, key_padding_mask, causal) -> LowRank:
     """Features of q and k and the low-rank numerator / denominator (hat scale)."""
     proj = projections.to(device=qf.device, dtype=qf.dtype)
     qh, lq = query_features(qf, proj, scale)  # [b,h,n,F], [b,h,n]
     kh, lk = key_features(kf, proj, scale, key_padding_mask)  # [b,h,n,F], [b,h]
     log_lr = lq + lk[..., None]  # phi(q_i).phi(k_j) = exp(log_lr_i) qh_i.kh_j
     num, den = lowrank_sums(qh, kh, vf, causal)
-    return _LowRank(qh, kh, log_lr, num, den)
+    return LowRank(qh, kh, log_lr, num, den)
 
 
-def _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask) -> _Buckets:
-    """Buckets of the padded sequence: LSH (sorted hash order) or local blocks."""
+def _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
+                  elements, sink, window) -> Buckets:
+    """Buckets of the padded sequence: LSH (sorted hash order), k-means clusters, local
+    blocks or none (sparse None)."""
     b, h, n, _ = qf.shape
-    seq_pad = padded_length(n, bucket_size)
-    if sparse == "local":
+    seq_pad = n if sparse is None else padded_length(n, bucket_size)
+    key_ok = torch.zeros(b, seq_pad, dtype=torch.bool, device=qf.device)
+    key_ok[:, :n] = True if key_padding_mask is None else key_padding_mask
+    key_ok = key_ok[:, None, :].expand(b, h, seq_pad)
+    key_sets = None
+    if sparse is None:
+        q_order = k_order = None
+    elif sparse == "local":
         q_order, k_order = local_order(b, h, n, bucket_size, qf.device)
+    elif sparse == "kmeans":
+        q_order, k_order, key_sets = kmeans_order(qf, kf, hashes.to(qf.device), bucket_size,
+                                                  key_ok, causal, elements)
     else:
         q_order, k_order = lsh_order(qf, kf, hashes.to(qf.device), bucket_size,
                                      key_padding_mask)
-    key_ok = torch.zeros(b, seq_pad, dtype=torch.bool, device=qf.device)
-    key_ok[:, :n] = True if key_padding_mask is None else key_padding_mask
-    buckets = _Buckets(
-        bucket_size, n, seq_pad, q_order, k_order,
-        key_ok=key_ok[:, None, :].expand(b, h, seq_pad),
-        any_invalid=causal or seq_pad > n or key_padding_mask is not None, causal=causal)
-    if buckets.n_rounds > 1:
+    buckets = Buckets(
+        bucket_size, n, seq_pad, q_order, k_order, key_ok=key_ok,
+        any_invalid=causal or seq_pad > n or key_padding_mask is not None, causal=causal,
+        key_sets=key_sets)
+    buckets.sink, buckets.window = sink, window
+    buckets.any_invalid = buckets.any_invalid or buckets.has_fixed
+    if buckets.n_rounds > 1 and key_sets is None:
         buckets.q_bucket = bucket_ids(q_order, bucket_size)  # [b,h,R,n_pad]
         buckets.k_bucket = bucket_ids(k_order, bucket_size)
     return buckets
 
 
-def _start_accumulators(qf, dv, seq_pad, lowrank: _LowRank | None) -> _Accumulators:
+def _start_accumulators(qf, dv, seq_pad, lowrank: LowRank | None) -> _Accumulators:
     """The accumulators before the first chunk: the low-rank sums, or empty."""
     b, h = qf.shape[:2]
     rows_total = b * h * seq_pad
@@ -250,66 +243,6 @@ def _start_accumulators(qf, dv, seq_pad, lowrank: _LowRank | None) -> _Accumulat
                          _pad_seq(den0[..., None], seq_pad).reshape(rows_total), lam)
 
 
-def _sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: _Buckets,
-                  lowrank: _LowRank | None):
-    """The residual of one chunk of buckets of one round.
-
-    q_pos, k_pos: [b, h, g * bucket] padded positions in sorted order. Returns the
-    chunk's numerator [rows, dv], denominator [rows], log-scale lam [b, h, g, bucket] and
-    the residual weights [b, h, g, bucket, bucket] (in the scale exp(lam)).
-    """
-    b, h, n, _ = qf.shape
-    dv = vf.shape[-1]
-    bucket_size, n_rounds = buckets.bucket_size, buckets.n_rounds
-    g = q_pos.shape[-1] // bucket_size  # buckets in this chunk
-    # positions >= n read row n - 1 (finite); their keys are masked below and their
-    # query rows are cut off at the end
-    qi, ki = q_pos.clamp_max(n - 1), k_pos.clamp_max(n - 1)
-
-    def blocks(x, order):  # [b,h,n,f] -> [b,h,g,bucket,f] in sorted order
-        return _gather_seq(x, order).view(b, h, g, bucket_size, x.shape[-1])
-
-    qb_pos = q_pos.view(b, h, g, bucket_size)
-    kb_pos = k_pos.view(b, h, g, bucket_size)
-    # [.., bucket, d] @ [.., d, bucket] -> [b, h, g, bucket, bucket]
-    logits = torch.matmul(blocks(qf, qi), blocks(kf, ki).transpose(-1, -2)).mul_(scale)
-    valid = None
-    if buckets.any_invalid:
-        valid = torch.gather(buckets.key_ok, 2, k_pos).view(b, h, g, 1, bucket_size)
-        if buckets.causal:
-            valid = valid & (kb_pos[..., None, :] <= qb_pos[..., :, None])
-        logits = logits.masked_fill(~valid, float("-inf"))
-    if n_rounds > 1:  # a pair found in c rounds counts 1/c in each
-        same = torch.gather(
-            buckets.q_bucket, 3, q_pos[:, :, None].expand(b, h, n_rounds, -1)
-        ).view(b, h, n_rounds, g, bucket_size, 1) == torch.gather(
-            buckets.k_bucket, 3, k_pos[:, :, None].expand(b, h, n_rounds, -1)
-        ).view(b, h, n_rounds, g, 1, bucket_size)
-        count = same.sum(dim=2).clamp_min(1).to(qf.dtype)
-        logits = logits - torch.log(count)
-    if lowrank is not None:
-        log_lr_rows = torch.gather(lowrank.log_lr, 2, qi).view(b, h, g, bucket_size)
-    with torch.no_grad():  # the stabiliser cancels: no gradient through it
-        lam = logits.amax(dim=-1)  # [b,h,g,bucket]; a max, never a log-sum-exp
-        if lowrank is not None:
-            lam = torch.maximum(lam, log_lr_rows)
-        lam = torch.where(torch.isfinite(lam), lam, torch.zeros_like(lam))
-    resid = torch.exp(logits - lam[..., None])  # 0 where invalid
-    if lowrank is not None:
-        # [.., bucket, F] @ [.., F, bucket] -> [b, h, g, bucket, bucket]
-        est = torch.matmul(blocks(lowrank.qh, qi), blocks(lowrank.kh, ki).transpose(-1, -2))
-        est = est * torch.exp(log_lr_rows - lam)[..., None]
-        if n_rounds > 1:
-            est = est / count
-        if valid is not None:
-            est = est.masked_fill(~valid, 0.0)
-        resid = resid - est
-    # [.., bucket, bucket] @ [.., bucket, dv] -> [b, h, g, bucket, dv]
-    num_c = torch.matmul(resid, blocks(vf, ki)).reshape(-1, dv)
-    den_c = resid.sum(dim=-1).reshape(-1)
-    return num_c, den_c, lam, resid
-
-
 def _merge(accs: _Accumulators, rows, num_c, den_c, lam_c) -> None:
     """Fold one chunk into the accumulators at ``rows``, rescaling both to the larger
     log-scale (online softmax)."""
@@ -324,7 +257,7 @@ def _merge(accs: _Accumulators, rows, num_c, den_c, lam_c) -> None:
     accs.lam.index_copy_(0, rows, new_lam)
 
 
-def _dense_estimate(qf, lowrank: _LowRank | None, pieces, common, buckets: _Buckets):
+def _dense_estimate(qf, lowrank: LowRank | None, pieces, common, buckets: Buckets):
     """The dense [b, h, n, n] estimate in the scale exp(common_i): low-rank everywhere
     plus the residual on the bucketed pairs (``return_weights`` only)."""
     b, h, n, _ = qf.shape
@@ -335,10 +268,10 @@ def _dense_estimate(qf, lowrank: _LowRank | None, pieces, common, buckets: _Buck
             lowrank.log_lr - common[:, :, :n])[..., None]
         dense[:, :, :n, :n] = low.tril() if buckets.causal else low
     dense = dense.reshape(b, h, seq_pad * seq_pad)
-    for qb_pos, kb_pos, resid, lam in pieces:
-        rel = lam - torch.gather(common, 2, qb_pos.reshape(b, h, -1)).view_as(lam)
+    for q_pos, k_pos, resid, lam in pieces:  # [b,h,M], [b,h,M,K], [b,h,M,K], [b,h,M]
+        rel = lam - torch.gather(common, 2, q_pos)
         scaled = resid * torch.exp(rel)[..., None]
-        flat = (qb_pos[..., :, None] * seq_pad + kb_pos[..., None, :]).reshape(b, h, -1)
+        flat = (q_pos[..., None] * seq_pad + k_pos).reshape(b, h, -1)
         dense = dense.scatter_add(2, flat, scaled.reshape(b, h, -1))
     return dense.view(b, h, seq_pad, seq_pad)[:, :, :n, :n]
 

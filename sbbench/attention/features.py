@@ -8,7 +8,7 @@ so that ``E[phi(q) . phi(k)] = exp(tau q . k)`` exactly (unbiased and entrywise 
 
 Numerically, features are kept as ``exp(log_scale) * hat``: query features are divided by
 their row maximum, key features by one maximum over the whole (unmasked) sequence, and the
-log-scales are carried separately (SCATTERBRAIN.md section 2, "Numerical stability").
+log-scales are carried separately (docs/algorithm.md, numerical stability).
 """
 
 from __future__ import annotations

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sbbench.attention.checks import check_n_features, check_positive_int
+from sbbench.attention.checks import check_positive_int, check_support
 from sbbench.attention.exact import exact_attention
 from sbbench.attention.features import draw_projections
 from sbbench.attention.lsh import HashFunctions, draw_hashes
-from sbbench.attention.scatterbrain import SPARSE_KINDS, impl_settings, scatterbrain_attention
+from sbbench.attention.scatterbrain import impl_settings, scatterbrain_attention
 from sbbench.attention.settings import ConfigRequest, warn_once
 from sbbench.attention.settings import resolve as resolve_settings
 
@@ -20,7 +20,9 @@ class ScatterbrainAttention(nn.Module):
     x: [batch, seq, embed_dim] -> [batch, seq, embed_dim]; key_padding_mask: [batch, seq]
     bool, True = keep. The random projections and hash functions are buffers drawn once
     from ``seed`` (so the layer is deterministic and saves with its state dict);
-    :meth:`redraw` draws new ones. Forward and backward both work.
+    :meth:`redraw` draws new ones. Forward and backward both work. ``sparse``, ``sink``,
+    ``window`` pick the support as in :func:`scatterbrain_attention` (``sparse=None`` takes
+    ``bucket_size=0``; ``n_features=0`` drops the low-rank part).
     """
 
     def __init__(
@@ -31,7 +33,7 @@ class ScatterbrainAttention(nn.Module):
         n_features: int = 64,
         bucket_size: int = 64,
         n_hashes: int = 1,
-        sparse: str = "lsh",
+        sparse: str | None = "lsh",
         causal: bool = False,
         softmax_scale: float | None = None,
         bias: bool = True,
@@ -39,6 +41,8 @@ class ScatterbrainAttention(nn.Module):
         seed: int = 0,
         config: dict | str | None = None,
         exact: bool = False,
+        sink: int = 0,
+        window: int = 0,
     ) -> None:
         super().__init__()
         embed_dim = check_positive_int("embed_dim", embed_dim)
@@ -47,13 +51,10 @@ class ScatterbrainAttention(nn.Module):
             raise ValueError(
                 f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})"
             )
-        if sparse not in SPARSE_KINDS:
-            raise ValueError(f"sparse must be one of {', '.join(SPARSE_KINDS)}, got {sparse!r}")
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
-        self.n_features = check_n_features(n_features)
-        self.bucket_size = check_positive_int("bucket_size", bucket_size)
-        self.n_hashes = check_positive_int("n_hashes", n_hashes)
+        (self.n_features, self.bucket_size, self.n_hashes, self.sink,
+         self.window) = check_support(n_features, bucket_size, n_hashes, sparse, sink, window)
         self.sparse, self.causal = sparse, causal
         self.softmax_scale, self.backend = softmax_scale, backend
         self.config = config  # implementation settings (kernel tiles, CPU chunking)
@@ -111,9 +112,9 @@ class ScatterbrainAttention(nn.Module):
     def redraw(self, generator: torch.Generator | None = None) -> None:
         """Draw new random projections and hash functions (e.g. every few training steps)."""
         device = self.projections.device
-        self.projections.copy_(
-            draw_projections(self.n_features, self.head_dim, generator=generator, device=device)
-        )
+        if self.n_features:  # n_features 0: no low-rank part, nothing to draw
+            self.projections.copy_(draw_projections(self.n_features, self.head_dim,
+                                                    generator=generator, device=device))
         hashes = draw_hashes(self.n_hashes, self.head_dim, generator=generator, device=device)
         self.hash_directions.copy_(hashes.directions)
         self.hash_shifts.copy_(hashes.shifts)
@@ -136,9 +137,9 @@ class ScatterbrainAttention(nn.Module):
             n_features=self.n_features, bucket_size=self.bucket_size, n_hashes=self.n_hashes,
             sparse=self.sparse, causal=self.causal, key_padding_mask=key_padding_mask,
             softmax_scale=self.softmax_scale, backend=self.backend,
-            projections=self.projections,
+            projections=self.projections if self.n_features else None,
             hashes=HashFunctions(self.hash_directions, self.hash_shifts),
-            config=self.config,
+            config=self.config, sink=self.sink, window=self.window,
         )
         return self.out(attn.transpose(1, 2).reshape(batch, seq, self.embed_dim))
 
@@ -146,4 +147,6 @@ class ScatterbrainAttention(nn.Module):
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
                 f"n_features={self.n_features}, bucket_size={self.bucket_size}, "
                 f"n_hashes={self.n_hashes}, sparse={self.sparse!r}, causal={self.causal}"
+                + (f", sink={self.sink}" if self.sink else "")
+                + (f", window={self.window}" if self.window else "")
                 + (", exact=True" if self.exact else ""))

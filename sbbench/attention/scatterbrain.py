@@ -1,6 +1,6 @@
 """Public entry points of the approximate methods and their shared argument handling.
 
-Randomness is an input (STYLE.md 2): the feature projections and hash functions are drawn
+Randomness is an input: the feature projections and hash functions are drawn
 from ``generator`` (or passed in precomputed as ``projections=`` / ``hashes=``), so the
 same seed gives the same estimate on every backend.
 """
@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import torch
 
 from sbbench.attention.checks import (
+    SPARSE_KINDS,  # noqa: F401
     check_mask,
-    check_n_features,
-    check_positive_int,
     check_qkv,
+    check_support,
     softmax_scale_for,
 )
 from sbbench.attention.core import attend
@@ -29,7 +29,7 @@ from sbbench.attention.settings import resolve as resolve_settings
 BACKENDS = ("auto", "torch", "triton")
 # implementation settings config= may hold; none of them changes the estimate
 IMPL_KEYS = ("kernels", "chunk_elements", "num_threads")
-SPARSE_KINDS = ("lsh", "local")
+# SPARSE_KINDS (from checks, kept importable here): the bucket kinds; None = no buckets
 
 
 def resolve_backend(backend: str, q: torch.Tensor) -> str:
@@ -93,7 +93,7 @@ def scatterbrain_attention(
     n_features: int | None = None,
     bucket_size: int | None = None,
     n_hashes: int = 1,
-    sparse: str = "lsh",
+    sparse: str | None = "lsh",
     causal: bool = False,
     key_padding_mask: torch.Tensor | None = None,
     softmax_scale: float | None = None,
@@ -104,8 +104,10 @@ def scatterbrain_attention(
     return_weights: bool | str = False,
     config: str | dict | None = None,
     max_error: float = 0.05,
+    sink: int = 0,
+    window: int = 0,
 ):
-    """Scatterbrain attention: sparse (LSH buckets or local blocks) + low-rank (Performer).
+    """Scatterbrain attention: sparse (a support of exact keys) + low-rank (Performer).
 
     q, k: [batch, heads, seq, head_dim]; v: [batch, heads, seq, head_dim_v];
     key_padding_mask: [batch, seq] bool, True = keep. Returns [batch, heads, seq, head_dim_v]
@@ -114,8 +116,15 @@ def scatterbrain_attention(
     n_features: rank of the low-rank part (length of phi(x); n_features / 2 projections).
     bucket_size, n_hashes: the sparse part; each query attends exactly to the
     ``bucket_size`` keys of its bucket in each of ``n_hashes`` rounds. ``sparse="local"``
-    uses fixed consecutive blocks of ``bucket_size`` instead (one round).
-    Attention memory per query: ``n_features + bucket_size * n_hashes``.
+    uses fixed consecutive blocks of ``bucket_size`` instead (one round);
+    ``sparse="kmeans"`` balanced k-means clusters of the queries, each attending to the
+    ``bucket_size`` keys of largest centroid score (``n_hashes`` independent clusterings,
+    started from the hash buckets, so deterministic given ``generator`` / ``hashes``);
+    ``sparse=None`` no buckets (``bucket_size`` 0). ``sink``: every query also attends to
+    the first ``sink`` keys; ``window``: to its ``window`` nearest keys (causal: the
+    previous ones, itself included; else centred). A key picked by several parts counts
+    once. ``n_features=0``: no low-rank part, exact softmax over the support.
+    Attention memory per query: ``n_features + bucket_size * n_hashes + sink + window``.
     ``seq`` need not be a multiple of ``bucket_size``.
 
     With ``return_weights=True`` also returns the dense normalised [batch, heads, seq, seq]
@@ -141,23 +150,20 @@ def scatterbrain_attention(
         return _exact_instead(q, k, v, impl["no_budget"], causal=causal,
                               key_padding_mask=key_padding_mask, softmax_scale=softmax_scale,
                               return_weights=return_weights)
-    n_features = check_n_features(n_features)
-    bucket_size = check_positive_int("bucket_size", bucket_size)
-    n_hashes = check_positive_int("n_hashes", n_hashes)
-    if sparse not in SPARSE_KINDS:
-        raise ValueError(f"sparse must be one of {', '.join(SPARSE_KINDS)}, got {sparse!r}")
-    if sparse == "local" and n_hashes != 1:
-        raise ValueError(f"sparse='local' uses fixed blocks: n_hashes must be 1, got {n_hashes}")
+    n_features, bucket_size, n_hashes, sink, window = check_support(
+        n_features, bucket_size, n_hashes, sparse, sink, window)
     check_return_weights(return_weights)
     scale = softmax_scale_for(q, softmax_scale)
     head_dim = q.shape[-1]
-    projections = resolve_projections(projections, n_features, head_dim, generator, q.device)
+    projections = (resolve_projections(projections, n_features, head_dim, generator, q.device)
+                   if n_features else None)
     hashes = (resolve_hashes(hashes, n_hashes, head_dim, generator, q.device)
-              if sparse == "lsh" else None)
+              if sparse in ("lsh", "kmeans") else None)
     return run_method(
         q, k, v, backend=backend, return_weights=return_weights, scale=scale,
-        projections=projections, hashes=hashes, bucket_size=bucket_size, sparse=sparse,
-        causal=causal, key_padding_mask=key_padding_mask, impl=impl,
+        projections=projections, hashes=hashes, bucket_size=bucket_size or None,
+        sparse=sparse, causal=causal, key_padding_mask=key_padding_mask, impl=impl,
+        sink=sink, window=window,
     )
 
 
@@ -219,11 +225,19 @@ def impl_settings(resolved) -> dict:
             for name in IMPL_KEYS}
 
 
-def run_method(q, k, v, *, backend, return_weights, impl=None, **kwargs):
+def run_method(q, k, v, *, backend, return_weights, impl=None, sink=0, window=0, **kwargs):
     """Dispatch one validated call to the torch core or the Triton kernels; ``impl``
-    holds implementation settings that never change the result."""
+    holds implementation settings that never change the result. The kernels compute
+    SMYRF / local buckets only: k-means clusters, sinks and windows run on the torch
+    path ("auto" picks it for them)."""
     impl = impl or {}
-    chosen = resolve_backend(backend, q)
+    torch_only = kwargs.get("sparse") == "kmeans" or sink or window
+    if torch_only and backend == "triton":
+        raise ValueError("sparse='kmeans', sink and window run on backend='torch' only "
+                         "(the Triton kernels compute hash or local buckets)")
+    chosen = "torch" if torch_only else resolve_backend(backend, q)
+    if torch_only:
+        resolve_backend(backend, q)  # still reject an unknown name
     if q.shape[0] == 0 or q.shape[1] == 0:
         return _empty_result(q, k, v, return_weights)
     if chosen == "triton":
@@ -238,7 +252,8 @@ def run_method(q, k, v, *, backend, return_weights, impl=None, **kwargs):
         return scatterbrain_forward(q, k, v, configs=impl.get("kernels") or None, **kwargs)
     with intra_op_threads(impl.get("num_threads")):
         return attend(q, k, v, return_weights=return_weights,
-                      chunk_elements=impl.get("chunk_elements"), **kwargs)
+                      chunk_elements=impl.get("chunk_elements"), sink=sink, window=window,
+                      **kwargs)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,9 @@ DTYPES = ("float32", "float16", "bfloat16", "float64")
 LOWRANK_METHODS = ("performer", "scatterbrain", "scatterbrain_local")
 SPARSE_METHODS = ("lsh", "scatterbrain", "scatterbrain_local")
 HASHING_METHODS = ("lsh", "scatterbrain")
+# the bucket kinds each sparse method may use; the first is its default
+SPARSE_KINDS_OF = {"lsh": ("lsh",), "scatterbrain": ("lsh", "kmeans"),
+                   "scatterbrain_local": ("local",)}
 
 
 @dataclass(frozen=True)
@@ -44,19 +47,37 @@ class Budget:
     """A method and its approximation budget.
 
     n_features: feature length of the low-rank part (0 if none); bucket_size, n_hashes:
-    the sparse part (0 if none). ``memory_per_query`` is the budget methods are compared
-    at: n_features + bucket_size * n_hashes (docs/algorithm.md).
+    the sparse part (0 if none); sparse: the bucket kind ("lsh" hash buckets, "kmeans"
+    query clusters, "local" blocks; None for methods without buckets; defaults to the
+    method's own); sink, window: keys every query also attends to (the first ``sink``,
+    its ``window`` nearest). ``memory_per_query`` is the budget methods are compared at:
+    n_features + bucket_size * n_hashes + sink + window (docs/algorithm.md).
     """
 
     method: str
     n_features: int = 0
     bucket_size: int = 0
     n_hashes: int = 0
+    sparse: str | None = None
+    sink: int = 0
+    window: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"Budget.method must be one of {', '.join(METHODS)}, "
                              f"got {self.method!r}")
+        kinds = SPARSE_KINDS_OF.get(self.method, ())
+        if self.sparse is None and kinds:
+            object.__setattr__(self, "sparse", kinds[0])  # frozen: set the default once
+        if self.sparse is not None and self.sparse not in kinds:
+            raise ValueError(f"Budget.sparse of {self.method} must be "
+                             f"{' or '.join(kinds) if kinds else 'None'}, got {self.sparse!r}")
+        for name in ("sink", "window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"Budget.{name} must be an int >= 0, got {value!r}")
+            if value and not kinds:
+                raise ValueError(f"{self.method} has no sparse part: {name} must be 0")
         uses_lowrank, uses_sparse = self.has_lowrank, self.has_sparse
         if uses_lowrank and (self.n_features < 2 or self.n_features % 2):
             raise ValueError(f"{self.method} needs an even n_features >= 2, "
@@ -89,18 +110,23 @@ class Budget:
 
     @property
     def memory_per_query(self) -> int:
-        return self.n_features + self.bucket_size * self.n_hashes
+        return self.n_features + self.bucket_size * self.n_hashes + self.sink + self.window
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def budget_label(budget) -> str:
-    """Short label of a budget, e.g. "f=64 bucket=32 hashes=2" ("-" for exact).
+    """Short label of a budget, e.g. "f=64 bucket=32 hashes=2" ("-" for exact), with
+    "kmeans", "sink=4", "window=64" only where they are not the defaults.
 
     ``budget``: anything with method, n_features, bucket_size and n_hashes (a Budget, a
-    Record, a DataFrame row or a dict)."""
-    get = budget.get if isinstance(budget, dict) else lambda name: getattr(budget, name)
+    Record, a DataFrame row or a dict; sparse, sink and window are read where present)."""
+    if isinstance(budget, dict):
+        get = budget.get
+    else:
+        def get(name):
+            return getattr(budget, name, None)
     parts = []
     if get("n_features"):
         parts.append(f"f={int(get('n_features'))}")
@@ -108,6 +134,12 @@ def budget_label(budget) -> str:
         parts.append(f"bucket={int(get('bucket_size'))}")
     if get("n_hashes") and get("method") != "scatterbrain_local":
         parts.append(f"hashes={int(get('n_hashes'))}")
+    if get("sparse") == "kmeans":
+        parts.append("kmeans")
+    for name in ("sink", "window"):
+        value = get(name)
+        if value and value == value:  # not 0, None or NaN (a table row without the column)
+            parts.append(f"{name}={int(value)}")
     return " ".join(parts) or "-"
 
 

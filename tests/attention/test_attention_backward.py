@@ -25,6 +25,10 @@ GRAD_CASES = [
     pytest.param("lsh", 2, False, False, True, id="lsh-2hashes"),
     pytest.param("lsh", 2, True, False, True, id="lsh-2hashes-causal"),
     pytest.param("lsh", 1, False, True, True, id="lsh-mask"),
+    pytest.param("scatterbrain_kmeans", 2, False, False, True, id="kmeans-2rounds"),
+    pytest.param("scatterbrain_kmeans", 2, True, True, True, id="kmeans-2rounds-causal-mask"),
+    pytest.param("sink_window", 1, True, True, True, id="sink_window-causal-mask"),
+    pytest.param("sink_window", 1, False, False, True, id="sink_window"),
 ]
 
 
@@ -51,8 +55,11 @@ def test_gradcheck(method, n_hashes, causal, masked, fast_mode):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("method", ["lsh", "scatterbrain", "scatterbrain_local"])
+@pytest.mark.parametrize("method", ["lsh", "scatterbrain", "scatterbrain_local",
+                                    "scatterbrain_kmeans"])
 def test_one_bucket_gradient_equals_exact_gradient(method, causal):
+    """One bucket holds every key (for k-means plus a sink and a window that pick some
+    keys again: counted once, the estimate is still exact)."""
     q, k, v = qkv(2, 2, 13, 6, seed=32, requires_grad=True)
     grad_out = qkv(2, 2, 13, 6, seed=33)[0]
     out = attention(method, q, k, v, n_features=4, bucket_size=16, causal=causal)

@@ -1,5 +1,5 @@
 """Memory grows linearly with seq: the approximate methods never build a seq x seq tensor
-unless asked for the dense weights (issue 2, "Efficiency of the PyTorch path").
+unless asked for the dense weights.
 
 A TorchDispatchMode sees every aten op and records the size of the storage behind each
 output tensor (a view or an expand of a small tensor is not an allocation; a fresh
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import APPROX_METHODS, attention, qkv
+from conftest import APPROX_METHODS, HASHED_METHODS, attention, qkv
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -44,7 +44,7 @@ def largest_allocation(method: str, seq: int, *, causal: bool, masked: bool,
         mask[0, -seq // 5:] = False
     with LargestAllocation() as recorder:
         out = attention(method, q, k, v, n_features=32, bucket_size=64,
-                        n_hashes=2 if method in ("lsh", "scatterbrain") else 1,
+                        n_hashes=2 if method in HASHED_METHODS else 1,
                         causal=causal, key_padding_mask=mask, **kwargs)
         if backward:
             out.square().sum().backward()
@@ -65,7 +65,8 @@ def test_no_seq_by_seq_tensor(method, causal, masked):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("method", ["scatterbrain", "performer", "lsh"])
+@pytest.mark.parametrize("method", ["scatterbrain", "performer", "lsh",
+                                    "scatterbrain_kmeans", "sink_window"])
 def test_no_seq_by_seq_tensor_in_backward(method, causal):
     seq = 2048
     largest, op = largest_allocation(method, seq, causal=causal, masked=True, backward=True)

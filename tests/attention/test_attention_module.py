@@ -36,11 +36,15 @@ def matching_mha(layer: ScatterbrainAttention) -> nn.MultiheadAttention:
 
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("sparse", ["lsh", "local"])
-def test_one_bucket_layer_equals_multihead_attention(sparse, causal, masked):
+@pytest.mark.parametrize("sparse, extra", [
+    pytest.param("lsh", {}, id="lsh"), pytest.param("local", {}, id="local"),
+    pytest.param("kmeans", dict(n_hashes=2, sink=2, window=5), id="kmeans-sink-window"),
+    pytest.param(None, dict(bucket_size=0, n_features=0, window=64), id="window-only")])
+def test_one_bucket_layer_equals_multihead_attention(sparse, extra, causal, masked):
     torch.manual_seed(0)
-    layer = ScatterbrainAttention(EMBED, HEADS, n_features=4, bucket_size=32, sparse=sparse,
-                                  causal=causal).double()
+    options = {"n_features": 4, "bucket_size": 32, **extra}
+    layer = ScatterbrainAttention(EMBED, HEADS, sparse=sparse, causal=causal,
+                                  **options).double()
     mha = matching_mha(layer)
     x = inputs()
     mask = None
@@ -168,6 +172,8 @@ def test_seed_state_dict_and_redraw():
         pytest.param(dict(n_hashes=0), ValueError, r"n_hashes must be >= 1", id="n_hashes"),
         pytest.param(dict(sparse="block"), ValueError, r"sparse must be one of",
                      id="sparse"),
+        pytest.param(dict(sparse=None), ValueError, r"bucket_size must be 0", id="no-buckets"),
+        pytest.param(dict(window=-1), ValueError, r"window must be >= 0", id="window"),
         pytest.param(dict(num_heads=0), ValueError, r"num_heads must be >= 1", id="num_heads"),
     ],
 )
@@ -183,3 +189,12 @@ def test_bad_layer_input_is_named(shape):
     layer = ScatterbrainAttention(EMBED, HEADS, n_features=8, bucket_size=8)
     with pytest.raises(ValueError, match=r"x must have shape \[batch, seq, embed_dim=24\]"):
         layer(torch.zeros(shape))
+
+
+def test_layer_with_new_supports_runs_backward_and_says_so():
+    layer = ScatterbrainAttention(EMBED, HEADS, n_features=0, bucket_size=8, n_hashes=2,
+                                  sparse="kmeans", sink=1, window=4, causal=True).double()
+    x = inputs().requires_grad_(True)
+    layer(x).square().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().max() > 0
+    assert "sparse='kmeans'" in repr(layer) and "sink=1, window=4" in repr(layer)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ALL_METHODS, APPROX_METHODS, attention, qkv
+from conftest import ALL_METHODS, APPROX_METHODS, HASHED_METHODS, attention, qkv
 
 from sbbench.attention import (
     lsh_attention,
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # many tiny calls (see co
 
 def n_hashes_for(method: str) -> int:
     """Two hash rounds wherever hashing is used, so multi-round bookkeeping is covered."""
-    return 2 if method in ("lsh", "scatterbrain") else 1
+    return 2 if method in HASHED_METHODS else 1
 
 
 # ---------------------------------------------------------------- key padding
@@ -196,6 +196,12 @@ SEEDED_CALLS = {
         q, k, v, n_features=16, bucket_size=8, n_hashes=2, generator=gen),
     "scatterbrain_local": lambda q, k, v, gen: scatterbrain_attention(
         q, k, v, n_features=16, bucket_size=8, sparse="local", generator=gen),
+    "scatterbrain_kmeans": lambda q, k, v, gen: scatterbrain_attention(
+        q, k, v, n_features=16, bucket_size=8, n_hashes=2, sparse="kmeans", sink=1,
+        window=3, generator=gen),
+    # no features: only the clustering's start is drawn, so this checks that it is
+    "kmeans_only": lambda q, k, v, gen: scatterbrain_attention(
+        q, k, v, n_features=0, bucket_size=8, n_hashes=2, sparse="kmeans", generator=gen),
 }
 
 

@@ -1,4 +1,4 @@
-"""The Scatterbrain estimate itself (SCATTERBRAIN.md sections 4 and 6).
+"""The Scatterbrain estimate itself (docs/algorithm.md).
 
 - The unnormalised estimate equals exp(tau q.k) exactly on the selected (bucketed) pairs
   and phi(q).phi(k) everywhere else; the selected pairs are recomputed here from the
@@ -190,14 +190,18 @@ def monte_carlo_verdict(samples: torch.Tensor, expected: torch.Tensor) -> dict:
 
 
 @pytest.mark.parametrize(
-    "sparse, n_hashes, causal",
+    "sparse, n_hashes, causal, extra",
     [
-        pytest.param("lsh", 1, False, id="lsh-full"),
-        pytest.param("lsh", 2, True, id="lsh-2hashes-causal"),
-        pytest.param("local", 1, True, id="local-causal"),
+        pytest.param("lsh", 1, False, {}, id="lsh-full"),
+        pytest.param("lsh", 2, True, {}, id="lsh-2hashes-causal"),
+        pytest.param("local", 1, True, {}, id="local-causal"),
+        # supports whose parts overlap: a sink inside the window, clusters over both
+        pytest.param("kmeans", 2, True, dict(sink=1, window=2), id="kmeans-sink-window-causal"),
+        pytest.param("kmeans", 1, False, dict(window=3), id="kmeans-window-full"),
+        pytest.param(None, 1, False, dict(sink=2, window=3), id="sink-window-only"),
     ],
 )
-def test_unnormalized_estimate_is_unbiased(sparse, n_hashes, causal):
+def test_unnormalized_estimate_is_unbiased(sparse, n_hashes, causal, extra):
     """Mean over 800 seeds (new projections and hashes each) of E_hat -> exp(tau QK^T).
 
     Small inputs (|tau q.k| < 1) keep the feature estimates' tails light enough for a
@@ -208,9 +212,9 @@ def test_unnormalized_estimate_is_unbiased(sparse, n_hashes, causal):
     expected = exp_scores(q, k, causal=causal)
     samples = torch.stack([
         scatterbrain_attention(
-            q, k, v, n_features=32, bucket_size=4, n_hashes=n_hashes, sparse=sparse,
-            causal=causal, generator=torch.Generator().manual_seed(seed),
-            return_weights="unnormalized",
+            q, k, v, n_features=32, bucket_size=4 if sparse else 0, n_hashes=n_hashes,
+            sparse=sparse, causal=causal, generator=torch.Generator().manual_seed(seed),
+            return_weights="unnormalized", **extra,
         )[1]
         for seed in range(draws)
     ])

@@ -1,4 +1,4 @@
-"""Bad input raises ValueError / TypeError naming the argument (issue 2), never an obscure
+"""Bad input raises ValueError / TypeError naming the argument, never an obscure
 error from inside a matmul. Each case runs against every function that takes the argument.
 """
 
@@ -102,7 +102,10 @@ BUDGET_CASES = [
      r"bucket_size must be an int"),
     ("bucket-size-bool", ["lsh", "scatterbrain"], dict(bucket_size=True), TypeError,
      r"bucket_size must be an int"),
-    ("n-features-0", ["performer", "scatterbrain"], dict(n_features=0), ValueError,
+    # scatterbrain takes n_features=0 (no low-rank part); performer has nothing else
+    ("n-features-0", ["performer"], dict(n_features=0), ValueError,
+     r"n_features must be >= 1"),
+    ("n-features-negative", ["performer", "scatterbrain"], dict(n_features=-2), ValueError,
      r"n_features must be >= 1"),
     ("n-features-odd", ["performer", "scatterbrain"], dict(n_features=7), ValueError,
      r"n_features must be even"),
@@ -111,8 +114,19 @@ BUDGET_CASES = [
     ("n-hashes-0", ["lsh", "scatterbrain"], dict(n_hashes=0), ValueError,
      r"n_hashes must be >= 1"),
     ("sparse-unknown", ["scatterbrain"], dict(sparse="dense"), ValueError,
-     r"sparse must be one of lsh, local, got 'dense'"),
-    ("sparse-none", ["scatterbrain"], dict(sparse=None), ValueError, r"sparse must be one of"),
+     r"sparse must be one of lsh, kmeans, local or None, got 'dense'"),
+    ("sparse-none-with-buckets", ["scatterbrain"], dict(sparse=None), ValueError,
+     r"sparse=None has no buckets: bucket_size must be 0"),
+    ("sparse-none-empty", ["scatterbrain"],
+     dict(sparse=None, bucket_size=0, n_features=0), ValueError, r"attends to nothing"),
+    ("sink-negative", ["lsh", "scatterbrain"], dict(sink=-1), ValueError,
+     r"sink must be >= 0"),
+    ("window-float", ["lsh", "scatterbrain"], dict(window=2.0), TypeError,
+     r"window must be an int >= 0"),
+    ("kmeans-on-triton", ["scatterbrain"], dict(sparse="kmeans", backend="triton"),
+     ValueError, r"run on backend='torch' only"),
+    ("window-on-triton", ["lsh"], dict(window=4, backend="triton"), ValueError,
+     r"run on backend='torch' only"),
     ("local-with-hashes", ["scatterbrain"], dict(sparse="local", n_hashes=2), ValueError,
      r"n_hashes must be 1"),
     ("backend-unknown", ["performer", "lsh", "scatterbrain"], dict(backend="cuda"),

@@ -1,0 +1,250 @@
+"""Which keys do the sparse supports find, and what does it cost on the CPU?
+
+For each support (SMYRF hash buckets, k-means clusters, sink + window keys, with or
+without the low-rank part) and the top-k oracle, at budgets of <= 128 and <= 256 keys
+per query, prints per head: the share of each row's softmax mass that the support holds
+(mean over rows) and the output error (relative Frobenius vs exact attention), then the
+median and mean over heads. Then the CPU time of sparse="kmeans" with sink + window
+against today's Scatterbrain (64 features + 64-key hash buckets) at seq 16384.
+
+Inputs: a capture (safetensors: ``layer{i}.q`` / ``.k`` / ``.v`` [heads, tokens,
+head_dim], header metadata ``softmax_scale`` and ``causal``) or synthetic inputs from
+``sbbench.measure.inputs.make_qkv``. From the repository root:
+
+    python benchmarks/supports.py --synthetic clustered --seq 512 --heads 8
+    python benchmarks/supports.py --capture minilm.safetensors
+    python benchmarks/supports.py --synthetic clustered --seq 2048 --causal --no-timing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import struct
+import time
+from pathlib import Path
+
+import torch
+
+from sbbench.attention import draw_hashes, draw_projections, exact_attention
+from sbbench.attention import scatterbrain_attention as attention
+
+# name -> (keys per query, arguments). "f" = n_features; the sparse part as in the call.
+SUPPORTS = {
+    128: {
+        "scatterbrain f64+lsh64 (today)": dict(n_features=64, bucket_size=64),
+        "lsh128": dict(n_features=0, bucket_size=128),
+        "kmeans128": dict(n_features=0, bucket_size=128, sparse="kmeans"),
+        "kmeans64+sink4+window60": dict(n_features=0, bucket_size=64, sparse="kmeans",
+                                        sink=4, window=60),
+        "kmeans2x32+sink4+window60": dict(n_features=0, bucket_size=32, n_hashes=2,
+                                          sparse="kmeans", sink=4, window=60),
+        "f32+kmeans48+sink4+window44": dict(n_features=32, bucket_size=48,
+                                            sparse="kmeans", sink=4, window=44),
+        "sink4+window124": dict(n_features=0, sparse=None, bucket_size=0, sink=4,
+                                window=124),
+        "f64+sink4+window60": dict(n_features=64, sparse=None, bucket_size=0, sink=4,
+                                   window=60),
+    },
+    256: {
+        "scatterbrain f128+lsh128 (today)": dict(n_features=128, bucket_size=128),
+        "kmeans256": dict(n_features=0, bucket_size=256, sparse="kmeans"),
+        "kmeans128+sink4+window124": dict(n_features=0, bucket_size=128, sparse="kmeans",
+                                          sink=4, window=124),
+        "kmeans2x64+sink4+window124": dict(n_features=0, bucket_size=64, n_hashes=2,
+                                           sparse="kmeans", sink=4, window=124),
+        "f64+kmeans96+sink4+window92": dict(n_features=64, bucket_size=96,
+                                            sparse="kmeans", sink=4, window=92),
+        "sink4+window252": dict(n_features=0, sparse=None, bucket_size=0, sink=4,
+                                window=252),
+    },
+}
+# the same supports with a low-rank part on top (budget + n_features): helps or hurts?
+WITH_FEATURES = {"kmeans64+sink4+window60": 64, "kmeans128+sink4+window124": 64}
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of a safetensors file (the format is an 8-byte
+    little-endian header length, a JSON header, then the raw data), via the safetensors
+    package when installed, else read here (float16 / bfloat16 / float32 only)."""
+    try:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+    except ImportError:
+        dtypes = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+        raw = path.read_bytes()
+        (size,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8:8 + size])
+        metadata = header.pop("__metadata__", {}) or {}
+        data = raw[8 + size:]
+        tensors = {}
+        for name, info in header.items():
+            start, stop = info["data_offsets"]
+            flat = torch.frombuffer(bytearray(data[start:stop]), dtype=dtypes[info["dtype"]])
+            tensors[name] = flat.view(info["shape"])
+        return tensors, metadata
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return load_file(str(path)), metadata
+
+
+def capture_layers(path: Path):
+    """[(name, q, k, v [1, heads, tokens, d] float32, softmax_scale, causal)] per layer."""
+    tensors, metadata = read_safetensors(path)
+    causal = str(metadata.get("causal", "false")).lower() in ("1", "true", "yes")
+    layers = sorted({name.split(".")[0] for name in tensors},
+                    key=lambda s: int(s.removeprefix("layer")))
+    out = []
+    for layer in layers:
+        q, k, v = (tensors[f"{layer}.{x}"].float()[None] for x in "qkv")
+        scale = float(metadata.get("softmax_scale", 1.0 / math.sqrt(q.shape[-1])))
+        out.append((layer, q, k, v, scale, causal))
+    return out
+
+
+def synthetic_layers(kind: str, seq: int, heads: int, head_dim: int, causal: bool,
+                     temperature: float, seed: int):
+    from sbbench.core.types import Problem
+    from sbbench.measure.inputs import make_qkv
+
+    problem = Problem(seq, head_dim, heads=heads, causal=causal)
+    q, k, v = make_qkv(problem, seed=seed, kind=kind, temperature=temperature)
+    return [(f"{kind}:t={temperature}", q, k, v, 1.0 / math.sqrt(head_dim), causal)]
+
+
+def head_metrics(q, k, v, scale, causal, args, seed):
+    """(mass, error) of one head [1, 1, n, d] for a support (args) or the oracle (int)."""
+    logits = (q[0, 0] @ k[0, 0].T) * scale
+    if causal:
+        logits = logits.masked_fill(torch.ones_like(logits, dtype=torch.bool).triu(1),
+                                    float("-inf"))
+    weights = torch.softmax(logits, dim=-1)
+    exact = exact_attention(q, k, v, causal=causal, softmax_scale=scale)[0, 0]
+    if isinstance(args, int):  # top-k oracle: exact softmax over the k largest logits
+        top = logits.topk(min(args, logits.shape[-1]), dim=-1).indices
+        support = torch.zeros_like(weights, dtype=torch.bool).scatter_(1, top, True)
+        kept = torch.where(support, weights, torch.zeros(()))
+        out = (kept / kept.sum(-1, keepdim=True)) @ v[0, 0]
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        call = dict(args)
+        n_features = call.pop("n_features")
+        projections = (draw_projections(n_features, q.shape[-1], generator=gen)
+                       if n_features else None)
+        sparse = call.get("sparse", "lsh")
+        hashes = (draw_hashes(call.get("n_hashes", 1), q.shape[-1], generator=gen)
+                  if sparse in ("lsh", "kmeans") else None)
+        call.update(causal=causal, softmax_scale=scale, hashes=hashes, backend="torch")
+        out = attention(q, k, v, n_features=n_features, projections=projections,
+                        **call)[0, 0]
+        _, sparse_only = attention(q, k, v, n_features=0, return_weights="unnormalized",
+                                   **call)
+        support = sparse_only[0, 0] != 0
+    mass = (weights * support).sum(-1).mean().item()
+    error = ((out - exact).norm() / exact.norm()).item()
+    return mass, error
+
+
+def evaluate(layers, seed: int) -> None:
+    rows = []
+    for budget, supports in SUPPORTS.items():
+        named = dict(supports)
+        for name, extra in WITH_FEATURES.items():
+            if name in named:
+                named[f"{name} +f{extra} (budget {budget + extra})"] = {
+                    **named[name], "n_features": extra}
+        named[f"top-{budget} oracle"] = budget
+        for name, args in named.items():
+            masses, errors = [], []
+            for _, q, k, v, scale, causal in layers:
+                for head in range(q.shape[1]):
+                    sl = slice(head, head + 1)
+                    mass, error = head_metrics(q[:, sl], k[:, sl], v[:, sl], scale, causal,
+                                               args, seed)
+                    masses.append(mass)
+                    errors.append(error)
+            rows.append((budget, name, masses, errors))
+            print(f"<= {budget:3d} | {name:44s} | mass median {statistics.median(masses):.3f} "
+                  f"mean {statistics.mean(masses):.3f} | error median "
+                  f"{statistics.median(errors):.3f} mean {statistics.mean(errors):.3f}",
+                  flush=True)
+    return rows
+
+
+def time_calls(calls: dict, repeats: int) -> dict[str, float]:
+    """Best of ``repeats`` seconds per call, the calls interleaved so that load from other
+    processes falls on all of them alike."""
+    best = dict.fromkeys(calls, math.inf)
+    for fn in calls.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def timing(seq: int, head_dim: int, heads: int, causal: bool, repeats: int, seed: int):
+    """Seconds of today's Scatterbrain (f64 + lsh64) and of k-means supports at <= 128
+    keys per query, randomness drawn outside the timed call."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, heads, seq, head_dim, generator=gen) for _ in range(3))
+    projections = draw_projections(64, head_dim, generator=gen)
+    hashes = draw_hashes(1, head_dim, generator=gen)
+    hashes2 = draw_hashes(2, head_dim, generator=gen)
+    common = dict(causal=causal, backend="torch")
+    calls = {
+        "scatterbrain f64+lsh64 (today)": lambda: attention(
+            q, k, v, n_features=64, bucket_size=64, projections=projections, hashes=hashes,
+            **common),
+        "kmeans64+sink4+window60": lambda: attention(
+            q, k, v, n_features=0, bucket_size=64, sparse="kmeans", sink=4, window=60,
+            hashes=hashes, **common),
+        "kmeans2x32+sink4+window60": lambda: attention(
+            q, k, v, n_features=0, bucket_size=32, n_hashes=2, sparse="kmeans", sink=4,
+            window=60, hashes=hashes2, **common),
+    }
+    times = time_calls(calls, repeats)
+    base = times["scatterbrain f64+lsh64 (today)"]
+    for name, seconds in times.items():
+        print(f"seq {seq} heads {heads} d {head_dim} causal {causal} | {name:32s} | "
+              f"{seconds:.3f} s ({seconds / base:.2f}x today)", flush=True)
+    return times
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--capture", type=Path, help="safetensors capture (see above)")
+    parser.add_argument("--synthetic", default="clustered", choices=["clustered", "gaussian"])
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--causal", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--timing-only", action="store_true")
+    parser.add_argument("--timing-seq", type=int, default=16384)
+    parser.add_argument("--timing-heads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    if args.capture is not None:
+        layers = capture_layers(args.capture)
+    else:
+        layers = synthetic_layers(args.synthetic, args.seq, args.heads, args.head_dim,
+                                  args.causal, args.temperature, args.seed)
+    print(f"inputs: {layers[0][0]}.. ({len(layers)} layers) q {tuple(layers[0][1].shape)} "
+          f"causal {layers[0][5]}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    if not args.timing_only:
+        evaluate(layers, args.seed)
+    if not args.no_timing:
+        timing(args.timing_seq, args.head_dim, args.timing_heads, args.causal, args.repeats,
+               args.seed)
+
+
+if __name__ == "__main__":
+    main()
