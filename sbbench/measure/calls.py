@@ -70,14 +70,14 @@ def call_method(
     if budget.method == "performer":
         return performer_attention(q, k, v, n_features=budget.n_features,
                                    projections=projections, **common)
+    support = dict(sink=budget.sink, window=budget.window)
     if budget.method == "lsh":
         return lsh_attention(q, k, v, bucket_size=budget.bucket_size,
-                             n_hashes=budget.n_hashes, hashes=hashes, **common)
-    sparse = "local" if budget.method == "scatterbrain_local" else "lsh"
+                             n_hashes=budget.n_hashes, hashes=hashes, **support, **common)
     return scatterbrain_attention(q, k, v, n_features=budget.n_features,
                                   bucket_size=budget.bucket_size, n_hashes=budget.n_hashes,
-                                  sparse=sparse, projections=projections, hashes=hashes,
-                                  **common)
+                                  sparse=budget.sparse, projections=projections, hashes=hashes,
+                                  **support, **common)
 
 
 def make_call(budget: Budget, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
