@@ -37,7 +37,8 @@ from sbbench.analyze.report_tables import (  # noqa: F401 - re-exported: old imp
     write_tables,
 )
 from sbbench.analyze.results import MATCH_FIELDS
-from sbbench.analyze.selection import budgets_markdown, select
+from sbbench.analyze.selection import select
+from sbbench.analyze.selection_report import budgets_markdown
 from sbbench.core.errors import UserError
 from sbbench.core.format import markdown_table
 from sbbench.core.provenance import now_utc

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import math
 
-from sbbench.analyze.selection import SHAPE, Selection, _finite, _shape_text
+from sbbench.analyze.selection import SHAPE, Selection, _shape_text
+from sbbench.analyze.thresholds import _finite
 from sbbench.core.format import markdown_table, number, percent
 from sbbench.core.types import budget_label as types_budget_label
 

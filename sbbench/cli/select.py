@@ -97,7 +97,8 @@ def command_line(args) -> str:
 
 
 def run_select_command(args) -> int:
-    from sbbench.analyze.selection import budgets_markdown, select
+    from sbbench.analyze.selection import select
+    from sbbench.analyze.selection_report import budgets_markdown
     from sbbench.core.devices import resolve_gpu
     from sbbench.core.record import now_utc
     from sbbench.sweep.store import Store

@@ -17,13 +17,7 @@ import torch
 
 from sbbench.core.provenance import machine, now_utc, revision_text
 from sbbench.measure.inputs import CLUSTER_NOISE
-from sbbench.study.accuracy import (
-    StudyConfig,
-    StudyResult,
-    best_splits,
-    regime_ratios,
-    summarise,
-)
+from sbbench.study.accuracy import StudyConfig, StudyResult
 from sbbench.study.findings import (
     _kind_findings,
     _limit_findings,
@@ -32,6 +26,7 @@ from sbbench.study.findings import (
     _temps,
 )
 from sbbench.study.oracle import POWER_ITERATIONS, SPLIT_SHARES
+from sbbench.study.summary import best_splits, regime_ratios, summarise
 from sbbench.study.tables import (  # noqa: F401 - re-exported: the old import path
     LABELS,
     STYLE,

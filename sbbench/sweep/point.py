@@ -2,10 +2,9 @@
 
 A measured point, in this order (docs/measurement.md):
 
-1. peak memory. CPU: peak RSS of a child process that runs only that point
-   (``sbbench.measure.memory``: a helper forks a child per point); the child runs while
-   this process checks accuracy, which is not timed. GPU: the CUDA allocator's peak over
-   one call.
+1. peak memory. CPU: peak RSS of a child process running only that point
+   (``sbbench.measure.memory``), while this process checks accuracy. GPU: the CUDA
+   allocator's peak over one call.
 2. accuracy against exact attention on the same inputs (float64 reference, float32 on
    large sizes), over every seed; a NaN/Inf output fails the point, and it gets no time;
 3. time, through ``timing.time_fn`` on a zero-argument closure: inputs, random

@@ -6,33 +6,8 @@ produce. :func:`parse` turns loaded YAML into a :class:`TunedTable` or raises
 :class:`TuningFileError` naming the file and the key path; files.py reads and writes
 them, lookup.py answers "which config for this call?".
 
-The schema (every key checked on load; an error names the key path)::
-
-    schema_version: 1
-    device: cpu                       # the device profile name; equals the file name
-    kernels:                          # written by `sbbench tune`
-      torch:scatterbrain:             # target: a Triton kernel name, or torch:<method>
-        default: {chunk_elements: 1048576}     # the untuned config (the baseline)
-        buckets:                      # one per tuned shape bucket
-          - shape: {seq_len: 1024, head_dim: 64, n_features: 64, bucket_size: 64,
-                    dtype: float32}
-            best: {chunk_elements: 262144, num_threads: 2}
-            time_ms: 12.1             # median of best; p20_ms / p80_ms / n_samples
-            default_time_ms: 13.0     # the default config, same measurement (optional)
-            runner_ups: [{config: {...}, time_ms: 12.3}]   # within a few percent
-            strategy: exhaustive
-            evaluated: 14             # configs measured (cache hits included)
-            pruned: 0                 # dropped by static pruning (before running)
-            rejected: 0               # failed or changed the output
-            pruned_configs: [{config: {...}, reason: ...}]    # optional, with reasons
-            rejected_configs: [{config: {...}, reason: ...}]
-    budgets:                          # written by `sbbench select`: a list of entries
-      - {seq_len: 4096, head_dim: 64, max_error: 0.05, method: scatterbrain,
-         n_features: 64, bucket_size: 64, n_hashes: 1, error: 0.031, time_ms: 3.2,
-         exact_time_ms: 9.8}
-    metadata:                         # per section: who wrote it, when, on what
-      kernels: {date: ..., command: ..., versions: {...}, device_state: {...}}
-      budgets: {...}
+The schema, key by key, with an example: docs/tuning_files.md (every key is checked on
+load; an error names the key path).
 
 Config values are ints (tile sizes, warps, stages, chunk elements, threads) or null.
 """

@@ -16,14 +16,13 @@ from sbbench.analyze.selection import (
     budget_entries,
     candidates,
     cheapest_meeting,
-    exact_thresholds,
     pareto_fronts,
     pareto_mask,
     parse_targets,
     select,
-    threshold_along,
 )
 from sbbench.analyze.selection_report import budgets_markdown
+from sbbench.analyze.thresholds import exact_thresholds, threshold_along
 from sbbench.cli.main import main
 from sbbench.core.errors import UserError
 from sbbench.core.record import COLUMNS, Record

@@ -22,15 +22,7 @@ from sbbench.measure.accuracy import (
     selected_pairs,
 )
 from sbbench.measure.inputs import make_qkv
-from sbbench.study.accuracy import (
-    RAW_COLUMNS,
-    StudyConfig,
-    best_splits,
-    regime_ratios,
-    run_split_sweep,
-    run_study,
-    summarise,
-)
+from sbbench.study.accuracy import RAW_COLUMNS, StudyConfig, run_split_sweep, run_study
 from sbbench.study.oracle import (
     leading_subspace,
     oracle_approximations,
@@ -39,6 +31,7 @@ from sbbench.study.oracle import (
     truncated_svd,
 )
 from sbbench.study.report import FILES, load_result, write_outputs
+from sbbench.study.summary import best_splits, regime_ratios, summarise
 
 SMALL = Problem(seq_len=64, head_dim=16, heads=2, dtype="float64")
 
