@@ -40,6 +40,7 @@ LAYERS = {
     "attention": 1,
     "kernels": 1,
     "measure": 2,
+    "models": 2,
     "tuned": 2,
     "sweep": 3,
     "analyze": 4,

@@ -94,7 +94,7 @@ def register(subparsers) -> None:
         "backends": "torch, triton", "features": "random features (even), e.g. 64,128",
         "bucket-size": "LSH bucket / local block sizes, e.g. 32,64",
         "hashes": "hash rounds, e.g. 1,2", "seeds": "number of seeds for accuracy",
-        "inputs": "synthetic input kind: gaussian or clustered",
+        "inputs": "input kind: qkv:minilm, qkv:FILE[#layer=N] (captured) or gaussian, clustered",
         "temperature": "softmax temperature of the inputs",
         "warmup-ms": "warm-up time budget per point", "rep-ms": "timing budget per point",
     }

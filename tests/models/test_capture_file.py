@@ -76,7 +76,9 @@ def test_exact_attention_reproduces_the_stored_model_output(shipped, index):
 
 
 def test_layer_lookup(shipped):
-    assert shipped.layer().index == 0
+    assert shipped.layer().index == -1  # no index: every layer stacked along the heads
+    assert shipped.layer().heads == 12 * len(shipped.layers)
+    assert shipped.layer(0).index == 0
     assert shipped.layer(3).index == 3
     with pytest.raises(UserError, match="no layer 7"):
         shipped.layer(7)

@@ -23,7 +23,8 @@ from sbbench.measure.inputs import (
 
 SHIPPED = (Path(__file__).resolve().parents[2] / "sbbench" / "data" / "captures"
            / "minilm_attention_kernels.safetensors")
-KIND = f"qkv:{SHIPPED}"
+FILE_KIND = f"qkv:{SHIPPED}"  # every layer stacked along the heads
+KIND = f"{FILE_KIND}#layer=0"
 
 
 def problem(seq_len=128, **kw) -> Problem:
@@ -49,15 +50,19 @@ def test_prefix_shape_dtype_and_batch():
 
 def test_layer_fragment_and_default_layer():
     capture = load_capture(SHIPPED)
-    q3, _, _ = make_qkv(problem(16, dtype="float16"), seed=0, kind=f"{KIND}#layer=3")
+    q3, _, _ = make_qkv(problem(16, dtype="float16"), seed=0, kind=f"{FILE_KIND}#layer=3")
     q0, _, _ = make_qkv(problem(16, dtype="float16"), seed=0, kind=KIND)
     assert torch.equal(q3[0], capture.layer(3).q[:, :16])
     assert torch.equal(q0[0], capture.layer(0).q[:, :16])
     assert not torch.equal(q0, q3)
+    # no fragment: every layer, stacked along the heads (6 x 12)
+    q_all, _, _ = make_qkv(problem(16, heads=72, dtype="float32"), seed=0, kind=FILE_KIND)
+    assert q_all.shape == (1, 72, 16, 32)
+    torch.testing.assert_close(q_all[0, 36:48], capture.layer(3).q[:, :16].float())
 
 
 def test_full_length_matches_the_stored_output():
-    q, k, v = make_qkv(problem(512, dtype="float64"), seed=0, kind=f"{KIND}#layer=2")
+    q, k, v = make_qkv(problem(512, dtype="float64"), seed=0, kind=f"{FILE_KIND}#layer=2")
     out = load_capture(SHIPPED).layer(2).out.double()
     assert float((exact_attention(q, k, v)[0] - out).norm() / out.norm()) < 2e-3
 
@@ -104,7 +109,7 @@ def test_other_heads_or_head_dim_is_a_user_error(heads, head_dim):
 
 def test_bad_kinds_and_arguments():
     with pytest.raises(UserError, match="no layer 9"):
-        make_qkv(problem(), seed=0, kind=f"{KIND}#layer=9")
+        make_qkv(problem(), seed=0, kind=f"{FILE_KIND}#layer=9")
     with pytest.raises(UserError, match="does not exist"):
         make_qkv(problem(), seed=0, kind="qkv:/nonexistent/x.safetensors")
     with pytest.raises(ValueError, match="temperature"):

@@ -56,9 +56,9 @@ def test_overrides_replace_axes():
     grid = apply_overrides(load_grid("quick"), {
         "seq-len": "1024,4096", "head-dim": "64", "features": "64,128",
         "bucket-size": "32,64", "hashes": "1,2", "methods": "exact,scatterbrain",
-        "seeds": "3", "causal": "true,false", "batch": None,
+        "seeds": "3", "causal": "true,false", "batch": None, "inputs": "clustered",
     })
-    assert grid.seq_len == (1024, 4096)
+    assert grid.seq_len == (1024, 4096) and grid.input_kind == "clustered"
     assert grid.n_features == (64, 128) and grid.bucket_size == (32, 64)
     assert grid.n_hashes == (1, 2) and grid.methods == ("exact", "scatterbrain")
     assert grid.seeds == (0, 1, 2) and grid.causal == (True, False)
