@@ -7,22 +7,20 @@ per query, prints per head: the share of each row's softmax mass that the suppor
 median and mean over heads. Then the CPU time of sparse="kmeans" with sink + window
 against today's Scatterbrain (64 features + 64-key hash buckets) at seq 16384.
 
-Inputs: a capture (safetensors: ``layer{i}.q`` / ``.k`` / ``.v`` [heads, tokens,
-head_dim], header metadata ``softmax_scale`` and ``causal``) or synthetic inputs from
-``sbbench.measure.inputs.make_qkv``. From the repository root:
+Inputs: a capture written by ``sbbench capture`` (each layer with the model's softmax
+scale and causal flag) or synthetic inputs from ``sbbench.measure.inputs.make_qkv``. From
+the repository root:
 
     python benchmarks/supports.py --synthetic clustered --seq 512 --heads 8
-    python benchmarks/supports.py --capture minilm.safetensors
+    python benchmarks/supports.py --capture sbbench/data/captures/minilm_attention_kernels.safetensors
     python benchmarks/supports.py --synthetic clustered --seq 2048 --causal --no-timing
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
-import struct
 import time
 from pathlib import Path
 
@@ -65,44 +63,15 @@ SUPPORTS = {
 WITH_FEATURES = {"kmeans64+sink4+window60": 64, "kmeans128+sink4+window124": 64}
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and header metadata of a safetensors file (the format is an 8-byte
-    little-endian header length, a JSON header, then the raw data), via the safetensors
-    package when installed, else read here (float16 / bfloat16 / float32 only)."""
-    try:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-    except ImportError:
-        dtypes = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
-        raw = path.read_bytes()
-        (size,) = struct.unpack("<Q", raw[:8])
-        header = json.loads(raw[8:8 + size])
-        metadata = header.pop("__metadata__", {}) or {}
-        data = raw[8 + size:]
-        tensors = {}
-        for name, info in header.items():
-            start, stop = info["data_offsets"]
-            flat = torch.frombuffer(bytearray(data[start:stop]), dtype=dtypes[info["dtype"]])
-            tensors[name] = flat.view(info["shape"])
-        return tensors, metadata
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    return load_file(str(path)), metadata
-
-
 def capture_layers(path: Path):
-    """[(name, q, k, v [1, heads, tokens, d] float32, softmax_scale, causal)] per layer."""
-    tensors, metadata = read_safetensors(path)
-    causal = str(metadata.get("causal", "false")).lower() in ("1", "true", "yes")
-    layers = sorted({name.split(".")[0] for name in tensors},
-                    key=lambda s: int(s.removeprefix("layer")))
-    out = []
-    for layer in layers:
-        q, k, v = (tensors[f"{layer}.{x}"].float()[None] for x in "qkv")
-        scale = float(metadata.get("softmax_scale", 1.0 / math.sqrt(q.shape[-1])))
-        out.append((layer, q, k, v, scale, causal))
-    return out
+    """[(name, q, k, v [1, heads, tokens, d] float32, softmax_scale, causal)] per layer,
+    read with sbbench's own capture reader (the model's scale and causal flag per layer)."""
+    from sbbench.measure.inputs import load_capture
 
+    capture = load_capture(path)
+    return [(f"layer{index}", *(t.float()[None] for t in (layer.q, layer.k, layer.v)),
+             layer.scale, layer.causal)
+            for index, layer in sorted(capture.layers.items())]
 
 def synthetic_layers(kind: str, seq: int, heads: int, head_dim: int, causal: bool,
                      temperature: float, seed: int):
