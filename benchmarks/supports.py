@@ -12,7 +12,7 @@ scale and causal flag) or synthetic inputs from ``sbbench.measure.inputs.make_qk
 the repository root:
 
     python benchmarks/supports.py --synthetic clustered --seq 512 --heads 8
-    python benchmarks/supports.py --capture sbbench/data/captures/minilm_attention_kernels.safetensors
+    python benchmarks/supports.py --capture my_capture.safetensors
     python benchmarks/supports.py --synthetic clustered --seq 2048 --causal --no-timing
 """
 
