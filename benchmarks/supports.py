@@ -29,36 +29,35 @@ import torch
 from sbbench.attention import draw_hashes, draw_projections, exact_attention
 from sbbench.attention import scatterbrain_attention as attention
 
-# name -> (keys per query, arguments). "f" = n_features; the sparse part as in the call.
-SUPPORTS = {
-    128: {
-        "scatterbrain f64+lsh64 (today)": dict(n_features=64, bucket_size=64),
-        "lsh128": dict(n_features=0, bucket_size=128),
-        "kmeans128": dict(n_features=0, bucket_size=128, sparse="kmeans"),
-        "kmeans64+sink4+window60": dict(n_features=0, bucket_size=64, sparse="kmeans",
-                                        sink=4, window=60),
-        "kmeans2x32+sink4+window60": dict(n_features=0, bucket_size=32, n_hashes=2,
-                                          sparse="kmeans", sink=4, window=60),
-        "f32+kmeans48+sink4+window44": dict(n_features=32, bucket_size=48,
-                                            sparse="kmeans", sink=4, window=44),
-        "sink4+window124": dict(n_features=0, sparse=None, bucket_size=0, sink=4,
-                                window=124),
-        "f64+sink4+window60": dict(n_features=64, sparse=None, bucket_size=0, sink=4,
-                                   window=60),
-    },
-    256: {
-        "scatterbrain f128+lsh128 (today)": dict(n_features=128, bucket_size=128),
-        "kmeans256": dict(n_features=0, bucket_size=256, sparse="kmeans"),
-        "kmeans128+sink4+window124": dict(n_features=0, bucket_size=128, sparse="kmeans",
-                                          sink=4, window=124),
-        "kmeans2x64+sink4+window124": dict(n_features=0, bucket_size=64, n_hashes=2,
-                                           sparse="kmeans", sink=4, window=124),
-        "f64+kmeans96+sink4+window92": dict(n_features=64, bucket_size=96,
-                                            sparse="kmeans", sink=4, window=92),
-        "sink4+window252": dict(n_features=0, sparse=None, bucket_size=0, sink=4,
-                                window=252),
-    },
-}
+
+def _supports(keys: int, *, plain_lsh: bool = False) -> dict[str, dict]:
+    """The supports of at most ``keys`` keys per query, by name; "f" = n_features, the
+    sparse part as in the call. ``plain_lsh``: also LSH buckets of the whole budget."""
+    half, quarter, three_eighths = keys // 2, keys // 4, 3 * keys // 8
+    named = {f"scatterbrain f{half}+lsh{half} (today)": dict(n_features=half,
+                                                            bucket_size=half)}
+    if plain_lsh:
+        named[f"lsh{keys}"] = dict(n_features=0, bucket_size=keys)
+    named.update({
+        f"kmeans{keys}": dict(n_features=0, bucket_size=keys, sparse="kmeans"),
+        f"kmeans{half}+sink4+window{half - 4}": dict(
+            n_features=0, bucket_size=half, sparse="kmeans", sink=4, window=half - 4),
+        f"kmeans2x{quarter}+sink4+window{half - 4}": dict(
+            n_features=0, bucket_size=quarter, n_hashes=2, sparse="kmeans", sink=4,
+            window=half - 4),
+        f"f{quarter}+kmeans{three_eighths}+sink4+window{three_eighths - 4}": dict(
+            n_features=quarter, bucket_size=three_eighths, sparse="kmeans", sink=4,
+            window=three_eighths - 4),
+        f"sink4+window{keys - 4}": dict(n_features=0, sparse=None, bucket_size=0, sink=4,
+                                        window=keys - 4),
+    })
+    return named
+
+
+# keys per query -> the supports measured at that budget
+SUPPORTS = {128: _supports(128, plain_lsh=True), 256: _supports(256)}
+SUPPORTS[128]["f64+sink4+window60"] = dict(n_features=64, sparse=None, bucket_size=0, sink=4,
+                                           window=60)
 # the same supports with a low-rank part on top (budget + n_features): helps or hurts?
 WITH_FEATURES = {"kmeans64+sink4+window60": 64, "kmeans128+sink4+window124": 64}
 

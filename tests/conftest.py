@@ -1,4 +1,5 @@
-"""Shared fixtures for the attention tests: seeded inputs, seeded randomness, one caller.
+"""Shared test helpers: seeded attention inputs, seeded randomness, one caller; a
+stored-record factory and a tiny sweep grid for the report and CLI tests.
 
 Every random draw is seeded, so a test gives the same numbers on every run. The random
 projections and hash functions are drawn once per seed and passed in precomputed
@@ -22,6 +23,7 @@ from sbbench.attention import (
     performer_attention,
     scatterbrain_attention,
 )
+from sbbench.core.record import Record
 
 # Every method under test, by the name used in parametrize ids. The last two are the
 # newer supports: k-means clusters plus one sink key and a window of ``bucket_size // 2``
@@ -31,6 +33,20 @@ APPROX_METHODS = ("performer", "lsh", "scatterbrain", "scatterbrain_local",
 ALL_METHODS = ("exact",) + APPROX_METHODS
 # methods that take n_hashes (several hash rounds or clusterings)
 HASHED_METHODS = ("lsh", "scatterbrain", "scatterbrain_kmeans")
+
+
+# a grid small enough for a CLI test to sweep it in seconds
+TINY_GRID = """\
+seq_len: [64]
+head_dim: [16]
+heads: [2]
+methods: [exact, performer, scatterbrain]
+features: [8]
+bucket_size: [16]
+seeds: 1
+warmup_ms: 1
+rep_ms: 3
+"""
 
 
 def qkv(
@@ -131,3 +147,28 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def record_row(method: str, seq_len: int, *, source="measured", status="ok", device="cpu",
+               time_ms=1.0, error=0.1, energy=None, **budget) -> Record:
+    """A Record as a sweep stores it: ``budget`` overrides the method's defaults; a
+    failed ``status`` has no timings."""
+    defaults = {"exact": {}, "performer": {"n_features": 32},
+                "lsh": {"bucket_size": 32, "n_hashes": 1},
+                "scatterbrain": {"n_features": 32, "bucket_size": 32, "n_hashes": 1}}[method]
+    defaults.update(budget)
+    return Record(device=device, method=method, backend="torch", seq_len=seq_len,
+                  head_dim=64, batch=1, heads=4, dtype="float32", causal=False,
+                  n_features=defaults.get("n_features", 0),
+                  bucket_size=defaults.get("bucket_size", 0),
+                  n_hashes=defaults.get("n_hashes", 0), kernel_config="",
+                  inputs="clustered:t=1", code_version="0.1.0+test", source=source,
+                  status=status, reason="" if status == "ok" else "RuntimeError: boom",
+                  time_median_ms=time_ms if status == "ok" else None,
+                  time_p20_ms=time_ms * 0.9 if status == "ok" else None,
+                  time_p80_ms=time_ms * 1.1 if status == "ok" else None,
+                  time_samples_ms=[time_ms] * 5 if status == "ok" else [],
+                  error_mean=error if status == "ok" else None, error_std=0.01,
+                  peak_memory_delta_bytes=seq_len * 1000, working_set_bytes=seq_len * 900,
+                  flops=1e9, energy_j=energy, versions={"torch": "2.x"},
+                  device_state={"before": {"name": "Test CPU"}}, timestamp="2026-01-01T00:00:00")

@@ -209,18 +209,24 @@ def tune_cpu(request: TuneRequest, progress: Progress | None = None, *,
         case = CpuCase(method, shape, batch=request.batch, heads=request.heads,
                        seed=request.seed, warmup_ms=request.warmup_ms, rep_ms=request.rep_ms,
                        min_samples=request.min_samples, **_cpu_axes(request))
-        outcome = tune_case(case, strategy=request.strategy, options=request.options,
-                            cache=cache, device=request.device.name,
-                            code_version=version, progress=progress)
-        outcomes.append(outcome)
-        if progress:
-            progress(_summary_line(outcome))
+        outcomes.append(_tune(case, request, cache, version, progress))
     defaults = {tuned.cpu_target(m): tuned.cpu_default(m) for m, _ in pairs}
     meta = metadata(request, source="measured", load_before=load_before, torch_device="cpu")
     meta["evaluations"] = _evaluation_counts(outcomes)
     meta["torch_default_threads"] = torch.get_num_threads()
     path = write_outcomes(request, outcomes, defaults, meta) if write else None
     return TuneReport(path, outcomes, skipped, defaults, meta)
+
+
+def _tune(case, request: TuneRequest, cache: TuneCache | None, version: str,
+          progress: Progress | None) -> BucketOutcome:
+    """Tune one case with the request's strategy and report its summary line."""
+    outcome = tune_case(case, strategy=request.strategy, options=request.options,
+                        cache=cache, device=request.device.name, code_version=version,
+                        progress=progress)
+    if progress:
+        progress(_summary_line(outcome))
+    return outcome
 
 
 def _cpu_axes(request: TuneRequest) -> dict:
@@ -255,14 +261,7 @@ def tune_gpu(request: TuneRequest, progress: Progress | None = None, *,
                   f"{result.reason_counts() or ''}".rstrip())
         return TuneReport(None, [], skipped)
     load_before = _load_average()
-    outcomes = []
-    for case in cases:
-        outcome = tune_case(case, strategy=request.strategy, options=request.options,
-                            cache=cache, device=request.device.name,
-                            code_version=version, progress=progress)
-        outcomes.append(outcome)
-        if progress:
-            progress(_summary_line(outcome))
+    outcomes = [_tune(case, request, cache, version, progress) for case in cases]
     defaults = {case.target: dict(case.default()) for case in cases}
     source = f"simulated: timings replayed from {request.simulate}" if request.simulate \
         else "measured"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sbbench.cli.args import (
     DEFAULT_REPORTS,
+    add_command,
     add_out_argument,
     float_list,
     int_at_least,
@@ -41,14 +42,12 @@ examples:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "accuracy",
+    parser = add_command(
+        subparsers, "accuracy",
         help="error of Performer / LSH / Scatterbrain vs exact attention across softmax "
              "temperatures (writes a report)",
         description=_DESCRIPTION,
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        epilog=_EPILOG)
     add_out_argument(parser, default=DEFAULT_OUT,
                      help=f"output folder (default: ./{DEFAULT_OUT})")
     parser.add_argument("--seq-len", metavar="N", type=int_at_least(8),

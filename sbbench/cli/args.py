@@ -199,6 +199,19 @@ def list_text(value) -> str:
 # Shared arguments
 # ---------------------------------------------------------------------------------------
 
+def add_command(subparsers, name: str, *, help: str, description: str,
+                epilog: str | None = None) -> argparse.ArgumentParser:
+    """The parser of one command; its description and examples keep their line breaks."""
+    return subparsers.add_parser(name, help=help, description=description, epilog=epilog,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+# --gpu of the commands that measure here, or on each device of the list with Ray
+GPU_LIST_HELP = ("device profile (see `sbbench devices`): cpu, a100-80gb, h100-sxm, ...; auto "
+                 "detects (default: auto); with --executor ray a comma-separated list, e.g. "
+                 "a100-80gb,h100-sxm")
+
+
 def add_gpu_argument(parser, *, help: str, default: str | None = "auto") -> None:
     parser.add_argument("--gpu", default=default, metavar="NAME", help=help)
 
@@ -210,6 +223,12 @@ def add_store_argument(parser, *, help: str | None = None) -> None:
 
 def add_out_argument(parser, *, default: str, help: str, flag: str = "--out") -> None:
     parser.add_argument(flag, default=default, metavar="DIR", help=help)
+
+
+def add_model_arguments(parser, *, models: str) -> None:
+    """--model (``models`` says which) and --text, of the commands that run a real model."""
+    parser.add_argument("--model", required=True, metavar="NAME_OR_FOLDER", help=models)
+    parser.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text to run on")
 
 
 def default_tuning_dir() -> str:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 
+from sbbench.cli.args import add_command, add_model_arguments
 from sbbench.core.errors import UserError
 
 _DESCRIPTION = """\
@@ -31,13 +31,9 @@ examples:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "capture", help="save a real model's per-layer Q/K/V (input kind qkv:FILE)",
-        description=_DESCRIPTION, epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, metavar="NAME_OR_FOLDER",
-                        help="minilm, gemma3-270m or a local Hugging Face folder")
-    parser.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text to run on")
+    parser = add_command(subparsers, "capture", description=_DESCRIPTION, epilog=_EPILOG,
+                         help="save a real model's per-layer Q/K/V (input kind qkv:FILE)")
+    add_model_arguments(parser, models="minilm, gemma3-270m or a local Hugging Face folder")
     parser.add_argument("--max-tokens", metavar="N",
                         help="cut the tokenised text to N tokens, special tokens included "
                              "(default 512)")

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from sbbench.cli.args import (
+    add_command,
     file_path,
     finite_float,
     nonnegative_float,
@@ -60,10 +61,8 @@ def metric_factors(text: str) -> dict[str, float]:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "check", help="performance regression check of a result set against a baseline",
-        description=_DESCRIPTION, epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = add_command(subparsers, "check", description=_DESCRIPTION, epilog=_EPILOG,
+                         help="performance regression check of a result set against a baseline")
     parser.add_argument("--baseline", required=True, metavar="PATH", type=file_path,
                         help="baseline result set (JSON or SQLite store)")
     parser.add_argument("--current", required=True, metavar="PATH", action="append",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
 import time
 from pathlib import Path
+
+from sbbench.cli.args import add_command
 
 # Defaults of sbbench.sweep.ci_sampling.Options, repeated so that `sbbench --help` does
 # not import torch (a test checks that they agree).
@@ -37,10 +38,8 @@ examples:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "ci-bench", help="short CPU benchmark for the CI regression check (JSON for check)",
-        description=_DESCRIPTION, epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = add_command(subparsers, "ci-bench", description=_DESCRIPTION, epilog=_EPILOG,
+                         help="short CPU benchmark for the CI regression check (JSON for check)")
     parser.add_argument("--out", required=True, metavar="PATH", help="result JSON to write")
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
                         help=f"time budget of the interleaved sampling rounds, all "

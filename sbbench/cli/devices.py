@@ -6,6 +6,7 @@ import argparse
 
 from tabulate import tabulate
 
+from sbbench.cli.args import add_command
 from sbbench.core import devices
 from sbbench.core.devices import PEAK_DTYPES, DeviceSpec
 
@@ -18,14 +19,12 @@ examples:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "devices",
+    parser = add_command(
+        subparsers, "devices",
         help="list the device profiles and the device detected here",
         description="List the device profiles (figures from vendor datasheets, see "
                     "sbbench/data/devices.yaml) and the device detected on this machine.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        epilog=_EPILOG)
     parser.add_argument("--measure-cpu", action="store_true",
                         help="measure this CPU's matmul FLOP/s and copy bandwidth (~1 s) "
                              "and show them in the cpu row")

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-
+from sbbench.cli.args import add_command, add_model_arguments
 from sbbench.cli.capture import positive_int
 from sbbench.core.errors import UserError
 
@@ -24,13 +23,9 @@ examples:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "e2e", help="sentence-embedding cosine of a model with approximate attention",
-        description=_DESCRIPTION, epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, metavar="NAME_OR_FOLDER",
-                        help="minilm or a local Hugging Face folder")
-    parser.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text to run on")
+    parser = add_command(subparsers, "e2e", description=_DESCRIPTION, epilog=_EPILOG,
+                         help="sentence-embedding cosine of a model with approximate attention")
+    add_model_arguments(parser, models="minilm or a local Hugging Face folder")
     parser.add_argument("--budgets", required=True, metavar="B,B,...",
                         help="attention memory per query, features + bucket_size * hashes")
     parser.add_argument("--methods", metavar="M,...",

@@ -9,6 +9,7 @@ import sys
 from sbbench.cli.args import (
     DEFAULT_REPORTS,
     DeprecatedAlias,
+    add_command,
     add_out_argument,
     add_store_argument,
     name_list,
@@ -31,10 +32,10 @@ by --model-only go to <out>/<device>/modeled/.
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "report", help="write markdown tables, CSV and plots from a results store",
-        description="Write <out>/<device>/ from a results store.", epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = add_command(
+        subparsers, "report",
+        help="write markdown tables, CSV and plots from a results store",
+        description="Write <out>/<device>/ from a results store.", epilog=_EPILOG)
     add_store_argument(parser)
     add_out_argument(parser, default=DEFAULT_REPORTS,
                      help=f"output folder; one sub-folder per device (default: "

@@ -12,6 +12,7 @@ from sbbench.cli.args import (
     DEFAULT_REPORTS,
     DEFAULT_TUNING,
     TUNING_ENV,
+    add_command,
     add_gpu_argument,
     add_store_argument,
     as_text,
@@ -59,10 +60,8 @@ def error_targets(text: str) -> tuple[float, ...]:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "select", help="choose budgets per error target from sweep results",
-        description=_DESCRIPTION, epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = add_command(subparsers, "select", description=_DESCRIPTION, epilog=_EPILOG,
+                         help="choose budgets per error target from sweep results")
     add_gpu_argument(parser, help="device profile whose rows to use (cpu, h100-sxm, ...; "
                                   "auto: the local device; default: auto)")
     add_store_argument(parser)

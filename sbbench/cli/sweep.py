@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from pathlib import Path
@@ -10,6 +9,8 @@ from pathlib import Path
 from sbbench.cli.args import (
     DEFAULT_REPORTS,
     DEFAULT_STORE,
+    GPU_LIST_HELP,
+    add_command,
     add_executor_arguments,
     add_gpu_argument,
     add_store_argument,
@@ -73,14 +74,9 @@ grid axes (YAML keys; a flag replaces the grid's list):
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "sweep", help="measure a grid of methods and budgets on one device",
-        description=_DESCRIPTION, epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_gpu_argument(parser, help="device profile (see `sbbench devices`): cpu, a100-80gb, "
-                                  "h100-sxm, ...; auto detects (default: auto); with "
-                                  "--executor ray a comma-separated list, e.g. "
-                                  "a100-80gb,h100-sxm")
+    parser = add_command(subparsers, "sweep", description=_DESCRIPTION, epilog=_EPILOG,
+                         help="measure a grid of methods and budgets on one device")
+    add_gpu_argument(parser, help=GPU_LIST_HELP)
     parser.add_argument("--grid", default="quick", metavar="NAME|FILE", type=file_path,
                         help=f"a shipped grid ({', '.join(shipped_grids())}) or a YAML "
                              f"file (default: quick)")

@@ -3,7 +3,6 @@ run is ``sbbench.autotune``)."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
@@ -12,7 +11,9 @@ from pathlib import Path
 from sbbench.autotune.shapes import DEFAULT_AXES
 from sbbench.cli.args import (
     DEFAULT_TUNING,
+    GPU_LIST_HELP,
     TUNING_ENV,
+    add_command,
     add_executor_arguments,
     add_gpu_argument,
     default_tuning_dir,
@@ -69,13 +70,10 @@ def _axis_default(name: str) -> str:
 def register(subparsers) -> None:
     from sbbench.autotune.strategies import STRATEGIES
 
-    parser = subparsers.add_parser(
-        "tune", help="tune kernel tile sizes (GPU) or the torch path (CPU) per shape bucket",
-        description=_DESCRIPTION, epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_gpu_argument(parser, help="device profile (see `sbbench devices`): cpu, h100-sxm, ...; "
-                                  "auto detects (default: auto); with --executor ray a "
-                                  "comma-separated list")
+    parser = add_command(subparsers, "tune", description=_DESCRIPTION, epilog=_EPILOG,
+                         help="tune kernel tile sizes (GPU) or the torch path (CPU) per "
+                              "shape bucket")
+    add_gpu_argument(parser, help=GPU_LIST_HELP)
     shapes = parser.add_argument_group(
         "shape buckets (comma-separated; crossed with each other)")
     shapes.add_argument("--seq-len", metavar="N,..", type=int_list(),

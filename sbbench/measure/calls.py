@@ -13,14 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sbbench.attention import (
-    draw_hashes,
-    draw_projections,
-    exact_attention,
-    lsh_attention,
-    performer_attention,
-    scatterbrain_attention,
-)
+from sbbench import attention
 from sbbench.core.types import Budget
 from sbbench.measure.inject import INJECT_ENV, injected
 
@@ -37,47 +30,36 @@ class Randomness:
 def draw_randomness(budget: Budget, head_dim: int, generator: torch.Generator, *,
                     device: torch.device | str | None = None) -> Randomness:
     """The budget's randomness, drawn from ``generator``: projections, then hashes."""
-    projections = (draw_projections(budget.n_features, head_dim, generator=generator,
-                                    device=device) if budget.has_lowrank else None)
-    hashes = (draw_hashes(budget.n_hashes, head_dim, generator=generator, device=device)
+    projections = (attention.draw_projections(budget.n_features, head_dim, generator=generator,
+                                              device=device) if budget.has_lowrank else None)
+    hashes = (attention.draw_hashes(budget.n_hashes, head_dim, generator=generator, device=device)
               if budget.draws_hashes else None)
     return Randomness(projections, hashes)
 
 
-def call_method(
-    budget: Budget,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    causal: bool = False,
-    key_padding_mask: torch.Tensor | None = None,
-    softmax_scale: float | None = None,
-    generator: torch.Generator | None = None,
-    backend: str = "auto",
-    return_weights: bool | str = False,
-    projections: torch.Tensor | None = None,
-    hashes=None,
-):
+def call_method(budget: Budget, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                generator: torch.Generator | None = None, backend: str = "auto",
+                projections: torch.Tensor | None = None, hashes=None, **options):
     """q, k, v: [batch, heads, seq, head_dim] -> output (and weights if asked).
 
-    ``projections`` / ``hashes``: randomness drawn beforehand (else from ``generator``)."""
-    common = dict(causal=causal, key_padding_mask=key_padding_mask,
-                  softmax_scale=softmax_scale, return_weights=return_weights)
+    ``options`` (causal, key_padding_mask, softmax_scale, return_weights) go to the
+    method as they are. ``projections`` / ``hashes``: randomness drawn beforehand (else
+    from ``generator``)."""
     if budget.method == "exact":
-        return exact_attention(q, k, v, **common)
-    common.update(generator=generator, backend=backend)
+        return attention.exact_attention(q, k, v, **options)
+    options.update(generator=generator, backend=backend)
     if budget.method == "performer":
-        return performer_attention(q, k, v, n_features=budget.n_features,
-                                   projections=projections, **common)
+        return attention.performer_attention(q, k, v, n_features=budget.n_features,
+                                             projections=projections, **options)
     support = dict(sink=budget.sink, window=budget.window)
     if budget.method == "lsh":
-        return lsh_attention(q, k, v, bucket_size=budget.bucket_size,
-                             n_hashes=budget.n_hashes, hashes=hashes, **support, **common)
-    return scatterbrain_attention(q, k, v, n_features=budget.n_features,
-                                  bucket_size=budget.bucket_size, n_hashes=budget.n_hashes,
-                                  sparse=budget.sparse, projections=projections, hashes=hashes,
-                                  **support, **common)
+        return attention.lsh_attention(q, k, v, bucket_size=budget.bucket_size,
+                                       n_hashes=budget.n_hashes, hashes=hashes, **support,
+                                       **options)
+    return attention.scatterbrain_attention(
+        q, k, v, n_features=budget.n_features, bucket_size=budget.bucket_size,
+        n_hashes=budget.n_hashes, sparse=budget.sparse, projections=projections,
+        hashes=hashes, **support, **options)
 
 
 def make_call(budget: Budget, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,

@@ -5,34 +5,12 @@ from __future__ import annotations
 import csv
 
 import pytest
+from conftest import record_row
 
 from sbbench.analyze.report import pareto_front, write_report
 from sbbench.core.errors import UserError
-from sbbench.core.record import COLUMNS, Record
+from sbbench.core.record import COLUMNS
 from sbbench.sweep.store import Store
-
-
-def row(method: str, seq_len: int, *, source="measured", status="ok", device="cpu",
-        time_ms=1.0, error=0.1, energy=None, **budget) -> Record:
-    defaults = {"exact": {}, "performer": {"n_features": 32},
-                "lsh": {"bucket_size": 32, "n_hashes": 1},
-                "scatterbrain": {"n_features": 32, "bucket_size": 32, "n_hashes": 1}}[method]
-    defaults.update(budget)
-    return Record(device=device, method=method, backend="torch", seq_len=seq_len,
-                  head_dim=64, batch=1, heads=4, dtype="float32", causal=False,
-                  n_features=defaults.get("n_features", 0),
-                  bucket_size=defaults.get("bucket_size", 0),
-                  n_hashes=defaults.get("n_hashes", 0), kernel_config="",
-                  inputs="clustered:t=1", code_version="0.1.0+test", source=source,
-                  status=status, reason="" if status == "ok" else "RuntimeError: boom",
-                  time_median_ms=time_ms if status == "ok" else None,
-                  time_p20_ms=time_ms * 0.9 if status == "ok" else None,
-                  time_p80_ms=time_ms * 1.1 if status == "ok" else None,
-                  time_samples_ms=[time_ms] * 5 if status == "ok" else [],
-                  error_mean=error if status == "ok" else None, error_std=0.01,
-                  peak_memory_delta_bytes=seq_len * 1000, working_set_bytes=seq_len * 900,
-                  flops=1e9, energy_j=energy, versions={"torch": "2.x"},
-                  device_state={"before": {"name": "Test CPU"}}, timestamp="2026-01-01T00:00:00")
 
 
 @pytest.fixture
@@ -42,13 +20,13 @@ def store_path(tmp_path):
         sweep = store.start_sweep("sbbench sweep --gpu cpu --grid quick", "cpu")
         for seq_len in (256, 1024):
             scale = seq_len / 256
-            store.add(row("exact", seq_len, time_ms=1.0 * scale**2, error=1e-7,
+            store.add(record_row("exact", seq_len, time_ms=1.0 * scale**2, error=1e-7,
                           energy=0.001 * scale))
-            store.add(row("performer", seq_len, time_ms=0.5 * scale, error=0.3))
-            store.add(row("scatterbrain", seq_len, time_ms=0.8 * scale, error=0.1))
-            store.add(row("lsh", seq_len, time_ms=0.9 * scale, error=0.5))  # dominated
-        store.add(row("performer", 2048, status="failed"))
-        store.add(row("exact", 256, source="modeled", time_ms=0.1, error=None))
+            store.add(record_row("performer", seq_len, time_ms=0.5 * scale, error=0.3))
+            store.add(record_row("scatterbrain", seq_len, time_ms=0.8 * scale, error=0.1))
+            store.add(record_row("lsh", seq_len, time_ms=0.9 * scale, error=0.5))  # dominated
+        store.add(record_row("performer", 2048, status="failed"))
+        store.add(record_row("exact", 256, source="modeled", time_ms=0.1, error=None))
         store.finish_sweep(sweep, "done")
     return path
 

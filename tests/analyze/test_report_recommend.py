@@ -4,52 +4,29 @@ code versions, the noise column, no machine paths, and a budgets.md that matches
 from __future__ import annotations
 
 import pandas as pd
+from conftest import record_row
 
 from sbbench.analyze.recommend import recommend
 from sbbench.analyze.report import public_text, write_report
 from sbbench.analyze.report_tables import shape_table
-from sbbench.core.record import Record
 from sbbench.core.types import budget_label
 from sbbench.sweep.store import Store
-
-
-def row(method: str, seq_len: int, *, source="measured", status="ok", device="cpu",
-        time_ms=1.0, error=0.1, energy=None, **budget) -> Record:
-    defaults = {"exact": {}, "performer": {"n_features": 32},
-                "lsh": {"bucket_size": 32, "n_hashes": 1},
-                "scatterbrain": {"n_features": 32, "bucket_size": 32, "n_hashes": 1}}[method]
-    defaults.update(budget)
-    return Record(device=device, method=method, backend="torch", seq_len=seq_len,
-                  head_dim=64, batch=1, heads=4, dtype="float32", causal=False,
-                  n_features=defaults.get("n_features", 0),
-                  bucket_size=defaults.get("bucket_size", 0),
-                  n_hashes=defaults.get("n_hashes", 0), kernel_config="",
-                  inputs="clustered:t=1", code_version="0.1.0+test", source=source,
-                  status=status, reason="" if status == "ok" else "RuntimeError: boom",
-                  time_median_ms=time_ms if status == "ok" else None,
-                  time_p20_ms=time_ms * 0.9 if status == "ok" else None,
-                  time_p80_ms=time_ms * 1.1 if status == "ok" else None,
-                  time_samples_ms=[time_ms] * 5 if status == "ok" else [],
-                  error_mean=error if status == "ok" else None, error_std=0.01,
-                  peak_memory_delta_bytes=seq_len * 1000, working_set_bytes=seq_len * 900,
-                  flops=1e9, energy_j=energy, versions={"torch": "2.x"},
-                  device_state={"before": {"name": "Test CPU"}}, timestamp="2026-01-01T00:00:00")
 
 
 def _store(path, extra=()):
     with Store(path) as store:
         sweep = store.start_sweep(f"sbbench sweep --gpu cpu --store {path}", "cpu")
         # 256: performer meets 0.1 and beats exact
-        store.add(row("exact", 256, time_ms=1.0, error=1e-7))
-        store.add(row("performer", 256, time_ms=0.5, error=0.05))
-        store.add(row("lsh", 256, time_ms=0.4, error=0.5))
+        store.add(record_row("exact", 256, time_ms=1.0, error=1e-7))
+        store.add(record_row("performer", 256, time_ms=0.5, error=0.05))
+        store.add(record_row("lsh", 256, time_ms=0.4, error=0.5))
         # 512: nothing meets 0.1
-        store.add(row("exact", 512, time_ms=1.0, error=1e-7))
-        store.add(row("performer", 512, time_ms=0.5, error=0.5))
-        store.add(row("lsh", 512, time_ms=0.6, error=1.3))
+        store.add(record_row("exact", 512, time_ms=1.0, error=1e-7))
+        store.add(record_row("performer", 512, time_ms=0.5, error=0.5))
+        store.add(record_row("lsh", 512, time_ms=0.6, error=1.3))
         # 1024: the approximation meeting 0.1 is slower than exact
-        store.add(row("exact", 1024, time_ms=1.0, error=1e-7))
-        store.add(row("scatterbrain", 1024, time_ms=2.0, error=0.05))
+        store.add(record_row("exact", 1024, time_ms=1.0, error=1e-7))
+        store.add(record_row("scatterbrain", 1024, time_ms=2.0, error=0.05))
         for record in extra:
             store.add(record)
         store.finish_sweep(sweep, "done")
@@ -84,7 +61,7 @@ def test_report_opens_with_recommendations_and_the_error_scale(tmp_path):
 
 
 def test_one_row_per_point_across_code_versions(tmp_path):
-    newer = row("performer", 256, time_ms=0.25, error=0.05)
+    newer = record_row("performer", 256, time_ms=0.25, error=0.05)
     newer.code_version, newer.timestamp = "0.1.0+newer", "2026-02-01T00:00:00"
     out = tmp_path / "reports"
     write_report(_store(tmp_path / "r.sqlite", [newer]), out)
@@ -111,7 +88,7 @@ def test_no_absolute_paths_and_a_matching_budgets_file(tmp_path):
 
 
 def test_noise_column_only_where_recorded():
-    frame = pd.DataFrame([row("exact", 256).as_dict(), row("performer", 256).as_dict()])
+    frame = pd.DataFrame([record_row(method, 256).as_dict() for method in ("exact", "performer")])
     frame["budget"] = [budget_label(r) for r in frame.itertuples()]
     assert "noise" not in shape_table(frame)
     frame["noise"] = ["±2%", ""]

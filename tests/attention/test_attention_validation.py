@@ -8,24 +8,16 @@ import pytest
 import torch
 from conftest import qkv
 
-from sbbench.attention import (
-    HashFunctions,
-    draw_hashes,
-    draw_projections,
-    exact_attention,
-    lsh_attention,
-    performer_attention,
-    scatterbrain_attention,
-)
+from sbbench import attention
 
 B, H, N, D = 2, 2, 12, 8
 
 CALLS = {
-    "exact": lambda q, k, v, **kw: exact_attention(q, k, v, **kw),
-    "performer": lambda q, k, v, **kw: performer_attention(
+    "exact": lambda q, k, v, **kw: attention.exact_attention(q, k, v, **kw),
+    "performer": lambda q, k, v, **kw: attention.performer_attention(
         q, k, v, **{"n_features": 8, **kw}),
-    "lsh": lambda q, k, v, **kw: lsh_attention(q, k, v, **{"bucket_size": 4, **kw}),
-    "scatterbrain": lambda q, k, v, **kw: scatterbrain_attention(
+    "lsh": lambda q, k, v, **kw: attention.lsh_attention(q, k, v, **{"bucket_size": 4, **kw}),
+    "scatterbrain": lambda q, k, v, **kw: attention.scatterbrain_attention(
         q, k, v, **{"n_features": 8, "bucket_size": 4, **kw}),
 }
 ALL = list(CALLS)
@@ -144,9 +136,9 @@ BUDGET_CASES = [
     ("projections-not-tensor", ["performer", "scatterbrain"],
      dict(projections=[[0.0] * D] * 4), TypeError, r"projections must be a tensor"),
     ("hashes-count", ["lsh", "scatterbrain"],
-     dict(n_hashes=2, hashes=draw_hashes(3, D)), ValueError,
+     dict(n_hashes=2, hashes=attention.draw_hashes(3, D)), ValueError,
      r"hashes must hold n_hashes=2 functions for head_dim=8"),
-    ("hashes-head-dim", ["lsh", "scatterbrain"], dict(hashes=draw_hashes(1, D + 2)),
+    ("hashes-head-dim", ["lsh", "scatterbrain"], dict(hashes=attention.draw_hashes(1, D + 2)),
      ValueError, r"hashes must hold"),
     ("hashes-not-hashfunctions", ["lsh", "scatterbrain"],
      dict(hashes=torch.zeros(1, D + 2)), TypeError, r"hashes must be a HashFunctions"),
@@ -168,25 +160,29 @@ def test_valid_inputs_pass_the_checks():
     """Control for the cases above: the same calls with good arguments run."""
     q, k, v = good()
     mask = torch.ones(B, N, dtype=torch.bool)
-    projections = draw_projections(8, D)
+    projections = attention.draw_projections(8, D)
     for method in ALL:
         assert CALLS[method](q, k, v, key_padding_mask=mask).shape == (B, H, N, D)
-    out = scatterbrain_attention(q, k, v, n_features=8, bucket_size=4, n_hashes=2,
-                                 projections=projections, hashes=draw_hashes(2, D))
+    out = attention.scatterbrain_attention(q, k, v, n_features=8, bucket_size=4, n_hashes=2,
+                                           projections=projections,
+                                           hashes=attention.draw_hashes(2, D))
     assert out.shape == (B, H, N, D)
-    assert isinstance(draw_hashes(2, D), HashFunctions)
+    assert isinstance(attention.draw_hashes(2, D), attention.HashFunctions)
 
 
 @pytest.mark.parametrize(
     "call, error, message",
     [
-        pytest.param(lambda: draw_projections(7, 8), ValueError, r"n_features must be even",
+        pytest.param(lambda: attention.draw_projections(7, 8), ValueError,
+                     r"n_features must be even",
                      id="projections-odd"),
-        pytest.param(lambda: draw_projections(8, 0), ValueError, r"head_dim must be >= 1",
+        pytest.param(lambda: attention.draw_projections(8, 0), ValueError,
+                     r"head_dim must be >= 1",
                      id="projections-head-dim"),
-        pytest.param(lambda: draw_hashes(0, 8), ValueError, r"n_hashes must be >= 1",
+        pytest.param(lambda: attention.draw_hashes(0, 8), ValueError, r"n_hashes must be >= 1",
                      id="hashes-zero"),
-        pytest.param(lambda: draw_hashes(2, 2.5), TypeError, r"head_dim must be an int",
+        pytest.param(lambda: attention.draw_hashes(2, 2.5), TypeError,
+                     r"head_dim must be an int",
                      id="hashes-head-dim-float"),
     ],
 )

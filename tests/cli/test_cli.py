@@ -11,25 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_GRID
 
 from sbbench.cli.main import main
 from sbbench.core.errors import UserError
 from sbbench.sweep.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_GRID = """\
-seq_len: [64]
-head_dim: [16]
-heads: [2]
-methods: [exact, performer, scatterbrain]
-features: [8]
-bucket_size: [16]
-seeds: 1
-warmup_ms: 1
-rep_ms: 3
-"""
-
-
 @pytest.fixture
 def tiny_grid(tmp_path) -> str:
     path = tmp_path / "tiny.yaml"

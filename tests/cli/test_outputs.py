@@ -7,21 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import TINY_GRID
 
 from sbbench import tuned
 from sbbench.cli.main import build_parser, main
-
-TINY_GRID = """\
-seq_len: [64]
-head_dim: [16]
-heads: [2]
-methods: [exact, performer, scatterbrain]
-features: [8]
-bucket_size: [16]
-seeds: 1
-warmup_ms: 1
-rep_ms: 3
-"""
 
 
 @pytest.fixture

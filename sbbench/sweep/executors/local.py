@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 from sbbench.core.devices import DeviceSpec, get_device, resolve_gpu
 from sbbench.core.errors import UserError
 from sbbench.sweep.grid import Point
+from sbbench.sweep.progress import Summary
 
 if TYPE_CHECKING:  # the runner imports torch: the CLI imports this package without it
-    from sbbench.sweep.progress import Summary
     from sbbench.sweep.runner import Settings
     from sbbench.sweep.store import Store
 
@@ -26,24 +26,15 @@ class Target:
 
 
 @dataclass
-class ExecutorSummary:
-    """``runner.Summary`` (same fields, same line) plus what a distributed sweep adds."""
+class ExecutorSummary(Summary):
+    """``progress.Summary`` (same fields, same line) plus what a distributed sweep adds."""
 
-    total: int = 0
-    measured: int = 0
-    resumed: int = 0  # already in the store: skipped
-    lost_race: int = 0  # another sweep wrote the same key first
-    statuses: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    claimed_elsewhere: int = 0  # left to another sweep measuring them on the same store
     retried: int = 0  # runs of a point again after its worker was lost or refused it
     gave_up: int = 0  # points recorded failed after max_attempts lost runs
     nodes: dict[str, int] = field(default_factory=dict)  # rows measured per worker host
 
     def line(self) -> str:
-        from sbbench.sweep.progress import Summary
-
-        text = Summary.line(self)
+        text = super().line()
         if self.nodes:
             text += "; rows by host: " + ", ".join(f"{h} {n}" for h, n in
                                                    sorted(self.nodes.items()))
@@ -62,7 +53,6 @@ class ExecutorSummary:
         self.seconds += other.seconds
         for status, count in other.statuses.items():
             self.statuses[status] = self.statuses.get(status, 0) + count
-
 
 
 def resolve_targets(gpu: str, settings: Settings, *, remote: bool,
