@@ -122,7 +122,8 @@ def _lowrank_causal_kernel(
 # ---------------------------------------------------------------- launcher
 
 
-def _causal_launch(q, k, v, weights, q_shift, k_bias, lk, key_padding_mask, config) -> Launch:
+def _causal_launch(q, k, v, weights, q_shift, k_bias, lk, key_padding_mask, config,
+                   residual=False) -> Launch:
     batch, heads, seq, head_dim = q.shape
     head_dim_v = v.shape[-1]
     n_proj = weights.n_proj
@@ -148,7 +149,7 @@ def _causal_launch(q, k, v, weights, q_shift, k_bias, lk, key_padding_mask, conf
         heads=heads, seq=seq, head_dim=head_dim, head_dim_v=head_dim_v, n_proj=n_proj,
         HAS_MASK=key_padding_mask is not None, ATOMIC=atomic,
         BLOCK_N=config["BLOCK_N"], BLOCK_D=next_pow2(head_dim), BLOCK_DV=next_pow2(head_dim_v),
-        BLOCK_P=config["BLOCK_P"], PREC=feature_precision(q.dtype),
+        BLOCK_P=config["BLOCK_P"], PREC=feature_precision(q.dtype, residual),
     )
     return Launch(_lowrank_causal_kernel, (batch * heads, p_blocks), args,
                   config["num_warps"], config["num_stages"], outputs=(num, den))
@@ -158,12 +159,14 @@ def lowrank_causal(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: FeatureWeights,
     q_shift: torch.Tensor, k_bias: torch.Tensor, lk: torch.Tensor,
     key_padding_mask: torch.Tensor | None = None, *, config: Config | None = None,
+    residual: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal low-rank sums in the hat scale: num [batch, heads, seq, head_dim_v] and den
-    [batch, heads, seq] (float32), num_i = sum_{j <= i} (qh_i . kh_j) v_j."""
+    [batch, heads, seq] (float32), num_i = sum_{j <= i} (qh_i . kh_j) v_j. ``residual``:
+    they feed a Scatterbrain residual (tf32x3 products, see lowrank.lowrank_state)."""
     config = resolve_config(config, CAUSAL_DEFAULT, CAUSAL_SPACE)
     return _causal_launch(q, k, v, weights, q_shift, k_bias, lk, key_padding_mask,
-                          config).run()
+                          config, residual).run()
 
 
 # ---------------------------------------------------------------- search space
@@ -195,7 +198,7 @@ def keep_causal(config: Config, limits: DeviceLimits, shape: KernelShape | None 
 
 def plan_causal(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
     q, v, w, rows, lk = meta_inputs(shape, seq)
-    return _causal_launch(q, q, v, w, rows, rows, lk, None, config)
+    return _causal_launch(q, q, v, w, rows, rows, lk, None, config, residual=True)
 
 
 CAUSAL_SPEC = KernelSpec("lowrank_causal", CAUSAL_SPACE, CAUSAL_DEFAULT, keep_causal,

@@ -201,7 +201,8 @@ def default_splits(batch_heads: int, p_blocks: int, seq_blocks: int, device: tor
     return max(1, min(seq_blocks, triton.cdiv(2 * sms, batch_heads * p_blocks)))
 
 
-def _state_launch(k, v, weights, k_bias, lk, key_padding_mask, config, splits) -> Launch:
+def _state_launch(k, v, weights, k_bias, lk, key_padding_mask, config, splits,
+                  residual=False) -> Launch:
     batch, heads, seq, head_dim = k.shape
     head_dim_v = v.shape[-1]
     n_proj = weights.n_proj
@@ -230,7 +231,7 @@ def _state_launch(k, v, weights, k_bias, lk, key_padding_mask, config, splits) -
         blocks_per_split=blocks_per_split,
         HAS_MASK=key_padding_mask is not None, ATOMIC=atomic,
         BLOCK_N=config["BLOCK_N"], BLOCK_D=next_pow2(head_dim), BLOCK_DV=next_pow2(head_dim_v),
-        BLOCK_P=config["BLOCK_P"], PREC=feature_precision(k.dtype),
+        BLOCK_P=config["BLOCK_P"], PREC=feature_precision(k.dtype, residual),
     )
     return Launch(_lowrank_state_kernel, (batch * heads, p_blocks, splits), args,
                   config["num_warps"], config["num_stages"], outputs=(kv, ks))
@@ -239,7 +240,7 @@ def _state_launch(k, v, weights, k_bias, lk, key_padding_mask, config, splits) -
 def lowrank_state(
     k: torch.Tensor, v: torch.Tensor, weights: FeatureWeights, k_bias: torch.Tensor,
     lk: torch.Tensor, key_padding_mask: torch.Tensor | None = None, *,
-    config: Config | None = None, splits: int | None = None,
+    config: Config | None = None, splits: int | None = None, residual: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-causal low-rank state in the hat scale.
 
@@ -247,13 +248,16 @@ def lowrank_state(
     feature_map.scaled_projections for k's dtype; k_bias: [batch, heads, seq] and lk:
     [batch, heads] float32 (from feature_map) -> kv = kh^T V [batch, heads, 2m, head_dim_v],
     ks = kh^T 1 [batch, heads, 2m] (float32). ``splits`` slices of the sequence run in
-    parallel (None: fill the GPU).
+    parallel (None: fill the GPU). ``residual``: the state feeds a Scatterbrain residual
+    (products in tf32x3 for half inputs: _common.feature_precision).
     """
     config = resolve_config(config, STATE_DEFAULT, STATE_SPACE)
-    return _state_launch(k, v, weights, k_bias, lk, key_padding_mask, config, splits).run()
+    return _state_launch(k, v, weights, k_bias, lk, key_padding_mask, config, splits,
+                         residual).run()
 
 
-def _apply_launch(q, weights, q_shift, kv, ks, config, out, sums=False) -> Launch:
+def _apply_launch(q, weights, q_shift, kv, ks, config, out, sums=False, residual=False
+                  ) -> Launch:
     batch, heads, seq, head_dim = q.shape
     n_proj = weights.n_proj
     head_dim_v = kv.shape[-1]
@@ -278,7 +282,7 @@ def _apply_launch(q, weights, q_shift, kv, ks, config, out, sums=False) -> Launc
         stride_od=out.stride(3),
         heads=heads, seq=seq, head_dim=head_dim, head_dim_v=head_dim_v, n_proj=n_proj,
         BLOCK_M=config["BLOCK_M"], BLOCK_D=next_pow2(head_dim), BLOCK_DV=next_pow2(head_dim_v),
-        BLOCK_P=config["BLOCK_P"], PREC=feature_precision(q.dtype), WRITE_SUMS=sums,
+        BLOCK_P=config["BLOCK_P"], PREC=feature_precision(q.dtype, residual), WRITE_SUMS=sums,
     )
     grid = (batch * heads, triton.cdiv(seq, config["BLOCK_M"]))
     return Launch(_lowrank_apply_kernel, grid, args, config["num_warps"], config["num_stages"],
@@ -288,14 +292,15 @@ def _apply_launch(q, weights, q_shift, kv, ks, config, out, sums=False) -> Launc
 def lowrank_apply(
     q: torch.Tensor, weights: FeatureWeights, q_shift: torch.Tensor, kv: torch.Tensor,
     ks: torch.Tensor, *, config: Config | None = None, out: torch.Tensor | None = None,
-    sums: bool = False,
+    sums: bool = False, residual: bool = False,
 ):
     """Performer output (non-causal): q [batch, heads, seq, head_dim] with the state of
     :func:`lowrank_state` -> out [batch, heads, seq, head_dim_v] in q's dtype; with
     ``sums`` the float32 hat-scale numerator [batch, heads, seq, head_dim_v] and
-    denominator [batch, heads, seq] instead (what the sparse kernel merges)."""
+    denominator [batch, heads, seq] instead (what the sparse kernel merges; ``residual``
+    as in :func:`lowrank_state`)."""
     config = resolve_config(config, APPLY_DEFAULT, APPLY_SPACE)
-    outputs = _apply_launch(q, weights, q_shift, kv, ks, config, out, sums).run()
+    outputs = _apply_launch(q, weights, q_shift, kv, ks, config, out, sums, residual).run()
     return outputs if sums else outputs[0]
 
 
@@ -377,14 +382,14 @@ def meta_inputs(shape: KernelShape, seq: int):
 
 def plan_state(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
     q, v, w, rows, lk = meta_inputs(shape, seq)
-    return _state_launch(q, v, w, rows, lk, None, config, splits=4)
+    return _state_launch(q, v, w, rows, lk, None, config, splits=4, residual=True)
 
 
 def plan_apply(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
     q, v, w, rows, _ = meta_inputs(shape, seq)
     kv = torch.empty(1, 1, shape.n_features, shape.head_dim_v, device="meta")
     ks = torch.empty(1, 1, shape.n_features, device="meta")
-    return _apply_launch(q, w, rows, kv, ks, config, None)
+    return _apply_launch(q, w, rows, kv, ks, config, None, sums=True, residual=True)
 
 
 STATE_SPEC = KernelSpec("lowrank_state", STATE_SPACE, STATE_DEFAULT, keep_state, plan_state)

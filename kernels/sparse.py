@@ -172,8 +172,8 @@ def _bucket_kernel(
                  other=0.0)
     if LOWRANK != 0:
         # the residual is a difference (exact minus estimate) and can exceed the row's
-        # final denominator: rounding it to 8 bits would cost several times the error of
-        # the half-precision inputs, so the product stays in fp32 (tf32 on tensor cores)
+        # final denominator: rounding it to 8 bits (or tf32's 10) would cost several times
+        # the error of the half-precision inputs, so the product stays in fp32 (tf32x3)
         num = mma(resid, vb.to(tl.float32), PREC_F, False)
     else:  # softmax weights in [0, 1], as flash attention: half-precision product
         num = mma(resid.to(vb.dtype), vb, PREC, UPCAST)
@@ -324,7 +324,9 @@ def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_
         LAST=round_idx == state.n_rounds - 1,
         BLOCK_B=next_pow2(bucket_size), BLOCK_D=next_pow2(head_dim),
         BLOCK_DV=next_pow2(head_dim_v), BLOCK_P=config["BLOCK_P"],
-        PREC=feature_precision(q.dtype), PREC_F=feature_precision(q.dtype),
+        # every float32 product here (estimate, fused low-rank numerator, residual x v)
+        # feeds the residual's cancellation: tf32x3 for every input dtype
+        PREC=feature_precision(q.dtype), PREC_F=feature_precision(q.dtype, residual=True),
     )
     if lowrank is not None:
         args.update(weight_args(lr["weights"], q, _bucket_kernel))
