@@ -164,6 +164,28 @@ def feature_precision(dtype: torch.dtype, residual: bool = False) -> str:
     return "tf32x3" if dtype == torch.float32 or residual else "tf32"
 
 
+def element_span(t: torch.Tensor) -> int:
+    """1 + the largest element offset of ``t`` from its first element."""
+    return 1 + sum((size - 1) * abs(stride)
+                   for size, stride in zip(t.shape, t.stride(), strict=True) if size > 0)
+
+
+# Kernels compute element offsets (pid * seq * d, position * stride) in int32 unless their
+# INT64 constexpr is set, which widens the program ids and positions (so every product
+# with them is int64). Valid lanes stay inside their tensor's span; masked lanes (tile
+# padding, positions in padded buckets) reach at most about twice it, and are never
+# dereferenced, but the margin keeps even their addresses exact.
+INT32_OFFSET_LIMIT = 2 ** 31 // 2
+
+
+def needs_int64(values: Iterable[Any]) -> bool:
+    """Whether some tensor among ``values`` (a launch's arguments) spans enough elements
+    that int32 offsets could wrap: 64-bit offsets then (they cost registers, so only
+    then)."""
+    return any(isinstance(v, torch.Tensor) and element_span(v) > INT32_OFFSET_LIMIT
+               for v in values)
+
+
 # Tests set this to fill every buffer a kernel must write completely with NaN, so an
 # element a kernel forgot fails (STYLE.md 6).
 FILL_UNWRITTEN_WITH_NAN = False

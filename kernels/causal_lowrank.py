@@ -22,6 +22,7 @@ from sbbench.kernels._common import (
     empty,
     feature_precision,
     fits_registers,
+    needs_int64,
     next_pow2,
     resolve_config,
 )
@@ -30,6 +31,7 @@ from sbbench.kernels.feature_map import (
     FeatureWeights,
     project,
     weight_args,
+    wide,
 )
 from sbbench.kernels.lowrank import check_rows, mask_arg, meta_inputs, shared_estimate
 
@@ -47,19 +49,20 @@ def _lowrank_causal_kernel(
     HAS_MASK: tl.constexpr, ATOMIC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_P: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr,
+    INT64: tl.constexpr,
 ):
     """grid (batch * heads, cdiv(m, BLOCK_P)): causal num / den of one projection block,
     walking the sequence in chunks of BLOCK_N with the state before the chunk plus the
     masked quadratic term inside it. Blocks are summed with atomics when there are several.
     """
-    pid_bh = tl.program_id(0)
+    pid_bh = wide(tl.program_id(0), INT64)
     pid_p = tl.program_id(1)
     b = pid_bh // heads
     h = pid_bh % heads
     p0 = pid_p * BLOCK_P
     p_ok = (p0 + tl.arange(0, BLOCK_P)) < n_proj
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_d = wide(tl.arange(0, BLOCK_D), INT64)
+    offs_dv = wide(tl.arange(0, BLOCK_DV), INT64)
     dv_ok = offs_dv < head_dim_v
     d_ok = offs_d < head_dim
     lk = tl.load(lk_ptr + pid_bh)
@@ -68,7 +71,7 @@ def _lowrank_causal_kernel(
     z_plus = tl.full([BLOCK_P], 0.0, tl.float32)  # sum_{j < chunk} kh_j
     z_minus = tl.full([BLOCK_P], 0.0, tl.float32)
     for n0 in range(0, seq, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
+        offs_n = wide(n0 + tl.arange(0, BLOCK_N), INT64)
         n_ok = offs_n < seq
         xq = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_n[:, None] * stride_qn
                      + offs_d[None, :] * stride_qd,
@@ -151,6 +154,7 @@ def _causal_launch(q, k, v, weights, q_shift, k_bias, lk, key_padding_mask, conf
         BLOCK_N=config["BLOCK_N"], BLOCK_D=next_pow2(head_dim), BLOCK_DV=next_pow2(head_dim_v),
         BLOCK_P=config["BLOCK_P"], PREC=feature_precision(q.dtype, residual),
     )
+    args["INT64"] = needs_int64(args.values())
     return Launch(_lowrank_causal_kernel, (batch * heads, p_blocks), args,
                   config["num_warps"], config["num_stages"], outputs=(num, den))
 

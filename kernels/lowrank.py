@@ -29,6 +29,7 @@ from sbbench.kernels._common import (
     empty,
     feature_precision,
     fits_registers,
+    needs_int64,
     next_pow2,
     resolve_config,
 )
@@ -39,6 +40,7 @@ from sbbench.kernels.feature_map import (
     meta_weights,
     project,
     weight_args,
+    wide,
 )
 
 # ---------------------------------------------------------------- kernels
@@ -53,18 +55,19 @@ def _lowrank_state_kernel(
     HAS_MASK: tl.constexpr, ATOMIC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_P: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr,
+    INT64: tl.constexpr,
 ):
     """grid (batch * heads, cdiv(m, BLOCK_P), splits): kv and ks of one projection block
     over one slice of the sequence (slices are summed with atomics when splits > 1)."""
-    pid_bh = tl.program_id(0)
+    pid_bh = wide(tl.program_id(0), INT64)
     pid_p = tl.program_id(1)
     pid_s = tl.program_id(2)
     b = pid_bh // heads
     h = pid_bh % heads
     p0 = pid_p * BLOCK_P
     offs_p = p0 + tl.arange(0, BLOCK_P)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_d = wide(tl.arange(0, BLOCK_D), INT64)
+    offs_dv = wide(tl.arange(0, BLOCK_DV), INT64)
     p_ok = offs_p < n_proj
     lk = tl.load(lk_ptr + pid_bh)
     kv_plus = tl.full([BLOCK_P, BLOCK_DV], 0.0, tl.float32)
@@ -74,7 +77,7 @@ def _lowrank_state_kernel(
     n_start = pid_s * blocks_per_split * BLOCK_N
     n_end = tl.minimum(n_start + blocks_per_split * BLOCK_N, seq)
     for n0 in range(n_start, n_end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
+        offs_n = wide(n0 + tl.arange(0, BLOCK_N), INT64)
         n_ok = offs_n < seq
         key = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn
                       + offs_d[None, :] * stride_kd,
@@ -121,18 +124,18 @@ def _lowrank_apply_kernel(
     heads, seq, head_dim, head_dim_v, n_proj,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_P: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr,
-    WRITE_SUMS: tl.constexpr,
+    WRITE_SUMS: tl.constexpr, INT64: tl.constexpr,
 ):
     """grid (batch * heads, cdiv(seq, BLOCK_M)): Performer output rows
     out_i = (qh_i kv) / max(qh_i . ks, tiny), or with WRITE_SUMS the float32 numerator
     (into out) and denominator (into den) for the sparse kernel to merge."""
-    pid_bh = tl.program_id(0)
+    pid_bh = wide(tl.program_id(0), INT64)
     pid_m = tl.program_id(1)
     b = pid_bh // heads
     h = pid_bh % heads
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_m = wide(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
+    offs_d = wide(tl.arange(0, BLOCK_D), INT64)
+    offs_dv = wide(tl.arange(0, BLOCK_DV), INT64)
     m_ok = offs_m < seq
     dv_ok = offs_dv < head_dim_v
     x = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
@@ -233,6 +236,7 @@ def _state_launch(k, v, weights, k_bias, lk, key_padding_mask, config, splits,
         BLOCK_N=config["BLOCK_N"], BLOCK_D=next_pow2(head_dim), BLOCK_DV=next_pow2(head_dim_v),
         BLOCK_P=config["BLOCK_P"], PREC=feature_precision(k.dtype, residual),
     )
+    args["INT64"] = needs_int64(args.values())
     return Launch(_lowrank_state_kernel, (batch * heads, p_blocks, splits), args,
                   config["num_warps"], config["num_stages"], outputs=(kv, ks))
 
@@ -284,6 +288,7 @@ def _apply_launch(q, weights, q_shift, kv, ks, config, out, sums=False, residual
         BLOCK_M=config["BLOCK_M"], BLOCK_D=next_pow2(head_dim), BLOCK_DV=next_pow2(head_dim_v),
         BLOCK_P=config["BLOCK_P"], PREC=feature_precision(q.dtype, residual), WRITE_SUMS=sums,
     )
+    args["INT64"] = needs_int64(args.values())
     grid = (batch * heads, triton.cdiv(seq, config["BLOCK_M"]))
     return Launch(_lowrank_apply_kernel, grid, args, config["num_warps"], config["num_stages"],
                   outputs=(out, den) if sums else (out,))

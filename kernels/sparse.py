@@ -33,6 +33,7 @@ from sbbench.kernels._common import (
     empty,
     feature_precision,
     fits_registers,
+    needs_int64,
     next_pow2,
     resolve_config,
 )
@@ -45,6 +46,7 @@ from sbbench.kernels.feature_map import (
     mma,
     project,
     weight_args,
+    wide,
 )
 
 NO_LOWRANK, LOWRANK_FROM_STATE, LOWRANK_FROM_SUMS = 0, 1, 2
@@ -66,27 +68,27 @@ def _bucket_kernel(
     HAS_MASK: tl.constexpr, LOWRANK: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_P: tl.constexpr, PREC: tl.constexpr, PREC_F: tl.constexpr, SPLIT: tl.constexpr,
-    UPCAST: tl.constexpr,
+    UPCAST: tl.constexpr, INT64: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
+    pid_bh = wide(tl.program_id(0), INT64)
     bucket = tl.program_id(1)
     b = pid_bh // heads
     h = pid_bh % heads
     offs = tl.arange(0, BLOCK_B)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_d = wide(tl.arange(0, BLOCK_D), INT64)
+    offs_dv = wide(tl.arange(0, BLOCK_DV), INT64)
     d_ok = offs_d < head_dim
     dv_ok = offs_dv < head_dim_v
     slot_ok = offs < bucket_size
     slot = bucket * bucket_size + offs
     # ---- gather: positions (in the padded sequence) of the bucket's queries and keys
     if LOCAL:
-        q_pos = slot
-        k_pos = slot
+        q_pos = wide(slot, INT64)
+        k_pos = wide(slot, INT64)
     else:
         order_row = pid_bh * N_ROUNDS * seq_pad + round_idx * seq_pad
-        q_pos = tl.load(q_order_ptr + order_row + slot, mask=slot_ok, other=0)
-        k_pos = tl.load(k_order_ptr + order_row + slot, mask=slot_ok, other=0)
+        q_pos = wide(tl.load(q_order_ptr + order_row + slot, mask=slot_ok, other=0), INT64)
+        k_pos = wide(tl.load(k_order_ptr + order_row + slot, mask=slot_ok, other=0), INT64)
     q_ok = slot_ok & (q_pos < seq)  # rows to compute and write
     key_ok = slot_ok & (k_pos < seq)
     if HAS_MASK:
@@ -333,6 +335,7 @@ def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_
     else:
         args.update(w_ptr=dummy, w_lo_ptr=dummy, SPLIT=False,
                     UPCAST=q.dtype == torch.bfloat16 and interpreted(_bucket_kernel))
+    args["INT64"] = needs_int64(args.values())
     grid = (batch * heads, state.seq_pad // bucket_size)
     return Launch(_bucket_kernel, grid, args, config["num_warps"], config["num_stages"],
                   outputs=(out,))

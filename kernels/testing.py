@@ -252,3 +252,60 @@ def program_order(order: str = "reversed", seed: int = 0) -> Iterator[None]:
         yield
     finally:
         _restore(builder, "set_grid_idx", previous)
+
+
+@contextlib.contextmanager
+def checked_memory() -> Iterator[set[tuple[int, int]]]:
+    """Every interpreted load, store and atomic must hit the storage of a tensor argument
+    of its launch: an address outside (a wrapped int32 offset, a wrong stride) raises an
+    AssertionError naming it instead of reading or corrupting other memory (or crashing
+    the process). Yields the [start, end) byte ranges seen."""
+    interpreter, builder = _builder()
+    ranges: set[tuple[int, int]] = set()
+    cvt = interpreter._implicit_cvt
+    saved = {name: builder.__dict__.get(name) for name in
+             ("create_masked_load", "create_masked_store", "create_atomic_rmw",
+              "create_atomic_cas")}
+
+    def implicit_cvt(arg):
+        if hasattr(arg, "untyped_storage"):
+            storage = arg.untyped_storage()
+            ranges.add((storage.data_ptr(), storage.data_ptr() + storage.nbytes()))
+        return cvt(arg)
+
+    def check(ptrs, mask, what):
+        addresses = np.asarray(ptrs.data, dtype=np.uint64)
+        if mask is not None:
+            addresses = addresses[np.broadcast_to(np.asarray(mask.data, dtype=bool),
+                                                  addresses.shape)]
+        addresses = np.unique(addresses)
+        size = max(1, ptrs.get_element_ty().primitive_bitwidth // 8)
+        bounds = np.array(sorted(ranges), dtype=np.uint64).reshape(-1, 2)
+        inside = (addresses[:, None] >= bounds[None, :, 0]) \
+            & (addresses[:, None] + np.uint64(size) <= bounds[None, :, 1])
+        outside = addresses[~inside.any(axis=1)]
+        if outside.size:
+            raise AssertionError(f"out-of-bounds {what} at address {int(outside[0]):#x} "
+                                 f"({outside.size} addresses): outside every argument's "
+                                 f"storage")
+
+    def wrap(name, ptr_index, mask_index):
+        original = getattr(type(builder), name).__get__(builder)
+
+        def checked(*args):
+            check(args[ptr_index], args[mask_index] if mask_index is not None else None,
+                  name.removeprefix("create_").removeprefix("masked_"))
+            return original(*args)
+        return checked
+
+    builder.create_masked_load = wrap("create_masked_load", 0, 1)
+    builder.create_masked_store = wrap("create_masked_store", 0, 2)
+    builder.create_atomic_rmw = wrap("create_atomic_rmw", 1, 3)
+    builder.create_atomic_cas = wrap("create_atomic_cas", 0, None)
+    interpreter._implicit_cvt = implicit_cvt
+    try:
+        yield ranges
+    finally:
+        interpreter._implicit_cvt = cvt
+        for name, previous in saved.items():
+            _restore(builder, name, previous)
