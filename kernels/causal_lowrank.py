@@ -15,16 +15,14 @@ import triton
 import triton.language as tl
 from sbbench.kernels._common import (
     Config,
-    DeviceLimits,
     KernelShape,
     KernelSpec,
     Launch,
     empty,
     feature_precision,
-    fits_registers,
+    launch_limits,
     needs_int64,
     next_pow2,
-    resolve_config,
 )
 from sbbench.kernels.feature_map import (
     SUM_COMBINE,
@@ -33,7 +31,13 @@ from sbbench.kernels.feature_map import (
     weight_args,
     wide,
 )
-from sbbench.kernels.lowrank import check_rows, mask_arg, meta_inputs, shared_estimate
+from sbbench.kernels.lowrank import check_rows, mask_arg, meta_inputs
+from sbbench.kernels.lowrank_setup import (  # noqa: F401 - re-exported
+    CAUSAL_DEFAULT,
+    CAUSAL_SPACE,
+    keep_causal,
+    lowrank_shape,
+)
 
 # ---------------------------------------------------------------- kernel
 
@@ -168,36 +172,10 @@ def lowrank_causal(
     """Causal low-rank sums in the hat scale: num [batch, heads, seq, head_dim_v] and den
     [batch, heads, seq] (float32), num_i = sum_{j <= i} (qh_i . kh_j) v_j. ``residual``:
     they feed a Scatterbrain residual (tf32x3 products, see lowrank.lowrank_state)."""
-    config = resolve_config(config, CAUSAL_DEFAULT, CAUSAL_SPACE)
+    config = CAUSAL_SPEC.choose(config, launch_limits(q.device),
+                                lowrank_shape(q, v, weights.n_proj))
     return _causal_launch(q, k, v, weights, q_shift, k_bias, lk, key_padding_mask,
                           config, residual).run()
-
-
-# ---------------------------------------------------------------- search space
-#
-# As the non-causal kernels (lowrank.py), plus the [BLOCK_N, BLOCK_N] score tile of the
-# chunk, which grows quadratically: 16-row chunks stay in the space.
-
-CAUSAL_SPACE = {
-    "BLOCK_N": (16, 32, 64),
-    "BLOCK_P": (16, 32, 64),
-    "num_warps": (4, 8),
-    "num_stages": (1, 2),
-}
-CAUSAL_DEFAULT = {"BLOCK_N": 32, "BLOCK_P": 16, "num_warps": 4, "num_stages": 1}
-
-
-def keep_causal(config: Config, limits: DeviceLimits, shape: KernelShape | None = None) -> bool:
-    shape = shape or KernelShape(head_dim=128, head_dim_v=128)
-    block_d, block_dv = next_pow2(shape.head_dim), next_pow2(shape.head_dim_v)
-    n, p, warps = config["BLOCK_N"], config["BLOCK_P"], config["num_warps"]
-    live = 2 * p * block_dv + n * (block_d + 3 * block_dv) + 4 * n * p + n * n
-    if not fits_registers(live, warps, limits):
-        return False
-    staging = 4 * (n * n + n * block_dv + 4 * n * p) + 4 * block_d * p
-    if shared_estimate(2 * n, shape, config["num_stages"], staging) > limits.shared_bytes:
-        return False
-    return warps * 16 <= max(n, p) * 4
 
 
 def plan_causal(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:

@@ -31,9 +31,9 @@ from sbbench.kernels._common import (
     empty,
     feature_precision,
     fits_registers,
+    launch_limits,
     needs_int64,
     next_pow2,
-    resolve_config,
 )
 from triton.language.standard import _elementwise_max as MAX_COMBINE
 from triton.language.standard import _sum_combine as SUM_COMBINE
@@ -243,7 +243,9 @@ def feature_stats(x: torch.Tensor, weights: FeatureWeights, scale: float,
     :func:`scaled_projections` for x's dtype -> (shift, bias), each [batch, heads, seq] float32:
     ``log phi(x)_f = [W_s x, -W_s x]_f - bias`` and ``shift = max_f [W_s x, -W_s x]_f``.
     """
-    config = resolve_config(config, DEFAULT, SPACE)
+    shape = KernelShape(head_dim=x.shape[-1], n_features=2 * weights.n_proj,
+                        dtype_bytes=x.element_size())
+    config = SPEC.choose(config, launch_limits(x.device), shape)
     return _stats_launch(x, weights, scale, config).run()
 
 
@@ -260,14 +262,14 @@ def key_log_scale(k_shift: torch.Tensor, k_bias: torch.Tensor,
 
 def plan(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
     """The launch for a representative problem (meta tensors) for the static compiler."""
-    dtype = torch.float32 if shape.dtype_bytes == 4 else torch.bfloat16
+    dtype = shape.dtype
     x = torch.empty(1, 1, seq, shape.head_dim, dtype=dtype, device="meta")
     return _stats_launch(x, meta_weights(shape), 1.0 / math.sqrt(shape.head_dim), config)
 
 
 def meta_weights(shape: KernelShape) -> FeatureWeights:
     """FeatureWeights on the meta device (static compile plans)."""
-    dtype = torch.float32 if shape.dtype_bytes == 4 else torch.bfloat16
+    dtype = shape.dtype
     w = torch.empty(shape.n_features // 2, shape.head_dim, device="meta")
     if dtype == torch.float32:
         return FeatureWeights(w, w, w, False)

@@ -186,3 +186,4 @@ def test_program_order_really_reorders():
     with pytest.raises(ValueError, match="order"):
         with program_order("sideways"):
             pass
+
