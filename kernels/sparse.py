@@ -369,7 +369,8 @@ def plan(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
     dtype = shape.dtype
     q = torch.empty(1, 1, seq, shape.head_dim, dtype=dtype, device="meta")
     v = torch.empty(1, 1, seq, shape.head_dim_v, dtype=dtype, device="meta")
-    order = torch.empty(1, 1, shape.n_hashes, seq, dtype=torch.int32, device="meta")
+    seq_pad = -(-seq // shape.bucket_size) * shape.bucket_size  # orders cover padded buckets
+    order = torch.empty(1, 1, shape.n_hashes, seq_pad, dtype=torch.int32, device="meta")
     state = SparseState(q, q, v, bucket_size=shape.bucket_size, q_order=order, k_order=order)
     m = shape.n_features // 2
     rows = torch.empty(1, 1, seq, device="meta")

@@ -187,3 +187,27 @@ def test_program_order_really_reorders():
         with program_order("sideways"):
             pass
 
+
+def test_causal_scan_is_independent_of_program_order():
+    """The chunked causal scan: state pass, torch scan, apply pass; each pass's programs
+    in any order give bitwise the same sums (one projection block: no atomics)."""
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, 2, 90, 16, generator=gen) for _ in range(3))
+    projections = torch.randn(16, 16, generator=gen, dtype=torch.float64)
+    weights = kernels.scaled_projections(projections, 0.25, q.device)
+    q_shift, _ = kernels.feature_stats(q, weights, 0.25)
+    k_shift, k_bias = kernels.feature_stats(k, weights, 0.25)
+    lk = kernels.key_log_scale(k_shift, k_bias, None)
+
+    def sums():
+        return kernels.lowrank_causal(q, k, v, weights, q_shift, k_bias, lk,
+                                      config={"BLOCK_N": 16, "BLOCK_P": 16}, chunks=3)
+
+    with nan_filled_outputs():
+        plain = sums()
+        with program_order("reversed"):
+            reversed_ = sums()
+        with program_order("shuffled", seed=5):
+            shuffled = sums()
+    for a, b in ((plain, reversed_), (plain, shuffled)):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
