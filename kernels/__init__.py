@@ -29,6 +29,7 @@ from sbbench.kernels._common import (
     KernelSpec,
     expand_space,
     limits_for,
+    supports,
 )
 
 try:
@@ -39,7 +40,7 @@ else:
     HAVE_TRITON = True
 
 __all__ = ["HAVE_TRITON", "SM80", "SM90", "DeviceLimits", "KernelShape", "KernelSpec",
-           "expand_space", "limits_for"]
+           "expand_space", "limits_for", "supports"]
 
 if HAVE_TRITON:
     from sbbench.kernels import causal_lowrank, feature_map, lowrank, sparse

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -71,7 +72,8 @@ class KernelShape:
 
     head_dim / head_dim_v: of q, k and of v; n_features: length of phi(x) (2 x the
     projections); bucket_size: queries (and keys) per bucket; n_hashes: hash rounds;
-    dtype_bytes: 2 for bf16 / fp16 inputs, 4 for fp32.
+    dtype_bytes: 2 for bf16 / fp16 inputs, 4 for fp32; half: which half-precision dtype
+    a static-compile plan uses for 2-byte inputs ("bfloat16" or "float16").
     """
 
     head_dim: int = 64
@@ -80,6 +82,12 @@ class KernelShape:
     bucket_size: int = 64
     n_hashes: int = 1
     dtype_bytes: int = 2
+    half: str = "bfloat16"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The input dtype a static-compile plan uses."""
+        return torch.float32 if self.dtype_bytes == 4 else getattr(torch, self.half)
 
 
 def next_pow2(x: int, minimum: int = 16) -> int:
@@ -133,6 +141,90 @@ def resolve_config(config: Mapping[str, int] | None, default: Config,
     return merged
 
 
+def launch_limits(device: torch.device) -> DeviceLimits | None:
+    """The limits a launch on ``device`` must fit: its compute capability's on CUDA; None
+    on the CPU (the interpreter has no registers or shared memory to run out of)."""
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return limits_for(10 * major + minor)
+
+
+def _distance(a: Config, b: Config) -> float:
+    """How far two configs are: summed |log2| ratio of their values."""
+    return sum(abs(math.log2(a[key]) - math.log2(b[key])) for key in a)
+
+
+def nearest_kept(wanted: Config, space: Mapping[str, Iterable[int]], keep,
+                 limits: DeviceLimits, shape: KernelShape) -> Config | None:
+    """The config ``keep`` leaves that is nearest to ``wanted`` (fewest and smallest
+    changes; ties: the space's order), or None if keep leaves none."""
+    kept = [c for c in expand_space(space) if keep(c, limits, shape)]
+    return min(kept, key=lambda c: _distance(c, wanted)) if kept else None
+
+
+_WARNED: set[tuple] = set()
+
+
+def choose_config(name: str, config: Mapping[str, int] | None, default: Config,
+                  space: Mapping[str, Iterable[int]], keep, limits: DeviceLimits | None,
+                  shape: KernelShape) -> Config:
+    """The config a launch runs: ``config`` over the kernel's default, checked by
+    ``keep`` for the device's limits, dtype and head_dim (``shape``). A config keep drops
+    is replaced by the nearest one it keeps, with a one-line warning (once per case);
+    the default itself is first moved to the nearest kept config for this shape (see
+    :func:`default_for`), silently. Without limits (CPU) the SM80 limits pick the
+    default and the config is only validated."""
+    base = default_for(default, space, keep, limits or LIMITS_BY_ARCH[80], shape)
+    wanted = resolve_config(config, base, space)
+    if limits is None or keep(wanted, limits, shape):
+        return wanted
+    chosen = nearest_kept(wanted, space, keep, limits, shape)
+    if chosen is None:
+        raise ValueError(f"{name}: no config of the search space fits sm_{limits.arch} for "
+                         f"{_describe(shape)}; use a smaller bucket_size or head_dim, or "
+                         f"backend='torch'")
+    key = (name, tuple(sorted(wanted.items())), limits.arch, shape)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(f"{name}: config {wanted} does not fit sm_{limits.arch} for "
+                      f"{_describe(shape)} (keep()); running {chosen}", stacklevel=3)
+    return chosen
+
+
+def default_for(default: Config, space: Mapping[str, Iterable[int]], keep,
+                limits: DeviceLimits, shape: KernelShape) -> Config:
+    """The kernel's default for one shape: the static default if keep leaves it, else the
+    nearest config it keeps (a default tuned at head_dim 64 in half precision may not fit
+    at float32 head_dim 256 or bucket 256)."""
+    if keep(default, limits, shape):
+        return dict(default)
+    return nearest_kept(default, space, keep, limits, shape) or dict(default)
+
+
+def _describe(shape: KernelShape) -> str:
+    dtype = "float32" if shape.dtype_bytes == 4 else "half"
+    return (f"{dtype} head_dim {shape.head_dim}/{shape.head_dim_v}, "
+            f"{shape.n_features} features, bucket {shape.bucket_size}")
+
+
+# float32 inputs above this head_dim are refused: every feature_stats config then spills
+# kilobytes per thread (tf32x3 products with K = 256 fp32 operands; sm_80: 5,776-50,064 B
+# of stack over its 36 configs, reports/kernels/static_resources.md), and the other
+# kernels multiply the same operands
+MAX_FLOAT32_HEAD_DIM = 128
+MAX_HEAD_DIM = 256
+
+
+def supports(dtype: torch.dtype, head_dim: int, head_dim_v: int | None = None) -> bool:
+    """Whether the kernels take inputs of this dtype and head size (else use the torch
+    path): float32, float16, bfloat16; head_dim <= 256 (<= 128 in float32)."""
+    largest = max(head_dim, head_dim_v or head_dim)
+    if dtype not in KERNEL_DTYPES or largest > MAX_HEAD_DIM:
+        return False
+    return dtype != torch.float32 or largest <= MAX_FLOAT32_HEAD_DIM
+
+
 def check_kernel_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """q, k: [batch, heads, seq, head_dim]; v: [batch, heads, seq, head_dim_v]."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -148,16 +240,47 @@ def check_kernel_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> No
                          f"v {tuple(v.shape)}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if not supports(q.dtype, q.shape[-1], v.shape[-1]):
+        limit = MAX_FLOAT32_HEAD_DIM if q.dtype == torch.float32 else MAX_HEAD_DIM
+        raise ValueError(f"the triton kernels take {str(q.dtype).removeprefix('torch.')} "
+                         f"head_dim <= {limit}, got {q.shape[-1]} / {v.shape[-1]}; use "
+                         f"float16 / bfloat16 inputs or backend='torch'")
 
 
-def feature_precision(dtype: torch.dtype) -> str:
-    """tl.dot input precision of the feature-map products (fp32 operands).
+def feature_precision(dtype: torch.dtype, residual: bool = False) -> str:
+    """tl.dot input precision of the float32 products (features, low-rank sums).
 
-    Half inputs: "tf32" (10-bit mantissa: its rounding of W is several times below the
-    input rounding the reference itself sees). float32 inputs: "tf32x3" (three tf32
-    products, about float32 accuracy on tensor cores). The interpreter computes in fp32.
+    float32 inputs: "tf32x3" (three tf32 products, about float32 accuracy on tensor
+    cores). Half inputs: "tf32" (10-bit mantissa, relative rounding 2^-11 of each operand)
+    where the result is a positively weighted average (Performer: the error stays ~2^-11
+    of |v|), but "tf32x3" when ``residual``: Scatterbrain subtracts the low-rank estimate
+    of the bucketed pairs from their exact weights, and the difference can be far smaller
+    than the terms, so a 2^-11 rounding of the terms becomes a large error of the output
+    (under tf32 emulation, fp16 scatterbrain errors reach 1.3e-2 for a 1e-3 tolerance).
     """
-    return "tf32x3" if dtype == torch.float32 else "tf32"
+    return "tf32x3" if dtype == torch.float32 or residual else "tf32"
+
+
+def element_span(t: torch.Tensor) -> int:
+    """1 + the largest element offset of ``t`` from its first element."""
+    return 1 + sum((size - 1) * abs(stride)
+                   for size, stride in zip(t.shape, t.stride(), strict=True) if size > 0)
+
+
+# Kernels compute element offsets (pid * seq * d, position * stride) in int32 unless their
+# INT64 constexpr is set, which widens the program ids and positions (so every product
+# with them is int64). Valid lanes stay inside their tensor's span; masked lanes (tile
+# padding, positions in padded buckets) reach at most about twice it, and are never
+# dereferenced, but the margin keeps even their addresses exact.
+INT32_OFFSET_LIMIT = 2 ** 31 // 2
+
+
+def needs_int64(values: Iterable[Any]) -> bool:
+    """Whether some tensor among ``values`` (a launch's arguments) spans enough elements
+    that int32 offsets could wrap: 64-bit offsets then (they cost registers, so only
+    then)."""
+    return any(isinstance(v, torch.Tensor) and element_span(v) > INT32_OFFSET_LIMIT
+               for v in values)
 
 
 # Tests set this to fill every buffer a kernel must write completely with NaN, so an
@@ -207,3 +330,28 @@ class KernelSpec:
     def configs(self, limits: DeviceLimits, shape: KernelShape | None = None) -> list[Config]:
         """The search space after ``keep``."""
         return [c for c in expand_space(self.space) if self.keep(c, limits, shape)]
+
+    def default_for(self, limits: DeviceLimits, shape: KernelShape) -> Config:
+        """The default config for one shape (:func:`default_for`)."""
+        return default_for(self.default, self.space, self.keep, limits, shape)
+
+    def choose(self, config: Mapping[str, int] | None, limits: DeviceLimits | None,
+               shape: KernelShape) -> Config:
+        """The config a launch runs (:func:`choose_config`)."""
+        return choose_config(self.name, config, self.default, self.space, self.keep, limits,
+                             shape)
+
+
+MAX_GRID_YZ = 65535  # CUDA's limit on grid dimensions y and z (x: 2^31 - 1)
+
+
+def fold_grid(x: int, tiles: int) -> tuple[tuple[int, int, int], int]:
+    """Grid for x * tiles programs when ``tiles`` may exceed 65,535: tiles run on axes 1
+    and 2 (tile = program_id(1) + program_id(2) * tiles_y) -> (grid, tiles_y). Programs
+    past the last tile (at most tiles_y - 1) must do nothing. More than 65,535^2 tiles is
+    refused."""
+    if tiles > MAX_GRID_YZ * MAX_GRID_YZ:
+        raise ValueError(f"{tiles} tiles exceed the CUDA grid ({MAX_GRID_YZ}^2 on axes "
+                         f"y and z): use a larger bucket_size")
+    tiles_y = min(max(tiles, 1), MAX_GRID_YZ)
+    return (x, tiles_y, -(-tiles // tiles_y)), tiles_y

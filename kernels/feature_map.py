@@ -31,8 +31,9 @@ from sbbench.kernels._common import (
     empty,
     feature_precision,
     fits_registers,
+    launch_limits,
+    needs_int64,
     next_pow2,
-    resolve_config,
 )
 from triton.language.standard import _elementwise_max as MAX_COMBINE
 from triton.language.standard import _sum_combine as SUM_COMBINE
@@ -81,6 +82,16 @@ def project(x, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D: tl.constexpr,
 
 
 @triton.jit
+def wide(x, INT64: tl.constexpr):
+    """x as int64 when the launch needs 64-bit offsets (_common.needs_int64): program ids
+    and positions go through here, so every offset computed from them is int64."""
+    if INT64:
+        return x.to(tl.int64)
+    else:
+        return x
+
+
+@triton.jit
 def mma(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
     """tl.dot(a, b) with fp32 accumulation. UPCAST: give the operands to tl.dot as fp32
     (the interpreter multiplies the bit patterns of bfloat16 operands, triton issue
@@ -102,15 +113,15 @@ def _feature_stats_kernel(
     stride_xb, stride_xh, stride_xn, stride_xd,
     heads, seq, head_dim, n_proj, half_scale, log_norm,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, PREC: tl.constexpr,
-    SPLIT: tl.constexpr, UPCAST: tl.constexpr,
+    SPLIT: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr,
 ):
     """grid (batch * heads, cdiv(seq, BLOCK_M)): shift and bias of BLOCK_M rows."""
-    pid_bh = tl.program_id(0)
+    pid_bh = wide(tl.program_id(0), INT64)
     pid_m = tl.program_id(1)
     b = pid_bh // heads
     h = pid_bh % heads
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_m = wide(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
+    offs_d = wide(tl.arange(0, BLOCK_D), INT64)
     m_ok = offs_m < seq
     x = tl.load(x_ptr + b * stride_xb + h * stride_xh + offs_m[:, None] * stride_xn
                 + offs_d[None, :] * stride_xd,
@@ -194,6 +205,7 @@ def _stats_launch(x: torch.Tensor, weights: FeatureWeights, scale: float,
         BLOCK_M=config["BLOCK_M"], BLOCK_D=next_pow2(head_dim), BLOCK_P=config["BLOCK_P"],
         PREC=feature_precision(x.dtype),
     )
+    args["INT64"] = needs_int64(args.values())
     return Launch(_feature_stats_kernel, grid, args, config["num_warps"], config["num_stages"],
                   outputs=(shift, bias))
 
@@ -231,7 +243,9 @@ def feature_stats(x: torch.Tensor, weights: FeatureWeights, scale: float,
     :func:`scaled_projections` for x's dtype -> (shift, bias), each [batch, heads, seq] float32:
     ``log phi(x)_f = [W_s x, -W_s x]_f - bias`` and ``shift = max_f [W_s x, -W_s x]_f``.
     """
-    config = resolve_config(config, DEFAULT, SPACE)
+    shape = KernelShape(head_dim=x.shape[-1], n_features=2 * weights.n_proj,
+                        dtype_bytes=x.element_size())
+    config = SPEC.choose(config, launch_limits(x.device), shape)
     return _stats_launch(x, weights, scale, config).run()
 
 
@@ -248,14 +262,14 @@ def key_log_scale(k_shift: torch.Tensor, k_bias: torch.Tensor,
 
 def plan(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
     """The launch for a representative problem (meta tensors) for the static compiler."""
-    dtype = torch.float32 if shape.dtype_bytes == 4 else torch.bfloat16
+    dtype = shape.dtype
     x = torch.empty(1, 1, seq, shape.head_dim, dtype=dtype, device="meta")
     return _stats_launch(x, meta_weights(shape), 1.0 / math.sqrt(shape.head_dim), config)
 
 
 def meta_weights(shape: KernelShape) -> FeatureWeights:
     """FeatureWeights on the meta device (static compile plans)."""
-    dtype = torch.float32 if shape.dtype_bytes == 4 else torch.bfloat16
+    dtype = shape.dtype
     w = torch.empty(shape.n_features // 2, shape.head_dim, device="meta")
     if dtype == torch.float32:
         return FeatureWeights(w, w, w, False)

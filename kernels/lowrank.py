@@ -22,15 +22,14 @@ import triton
 import triton.language as tl
 from sbbench.kernels._common import (
     Config,
-    DeviceLimits,
     KernelShape,
     KernelSpec,
     Launch,
     empty,
     feature_precision,
-    fits_registers,
+    launch_limits,
+    needs_int64,
     next_pow2,
-    resolve_config,
 )
 from sbbench.kernels.feature_map import (
     FLOAT32_TINY,
@@ -39,6 +38,17 @@ from sbbench.kernels.feature_map import (
     meta_weights,
     project,
     weight_args,
+    wide,
+)
+from sbbench.kernels.lowrank_setup import (  # noqa: F401 - re-exported
+    APPLY_DEFAULT,
+    APPLY_SPACE,
+    STATE_DEFAULT,
+    STATE_SPACE,
+    keep_apply,
+    keep_state,
+    lowrank_shape,
+    shared_estimate,
 )
 
 # ---------------------------------------------------------------- kernels
@@ -53,18 +63,19 @@ def _lowrank_state_kernel(
     HAS_MASK: tl.constexpr, ATOMIC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_P: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr,
+    INT64: tl.constexpr,
 ):
     """grid (batch * heads, cdiv(m, BLOCK_P), splits): kv and ks of one projection block
     over one slice of the sequence (slices are summed with atomics when splits > 1)."""
-    pid_bh = tl.program_id(0)
+    pid_bh = wide(tl.program_id(0), INT64)
     pid_p = tl.program_id(1)
     pid_s = tl.program_id(2)
     b = pid_bh // heads
     h = pid_bh % heads
     p0 = pid_p * BLOCK_P
     offs_p = p0 + tl.arange(0, BLOCK_P)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_d = wide(tl.arange(0, BLOCK_D), INT64)
+    offs_dv = wide(tl.arange(0, BLOCK_DV), INT64)
     p_ok = offs_p < n_proj
     lk = tl.load(lk_ptr + pid_bh)
     kv_plus = tl.full([BLOCK_P, BLOCK_DV], 0.0, tl.float32)
@@ -74,7 +85,7 @@ def _lowrank_state_kernel(
     n_start = pid_s * blocks_per_split * BLOCK_N
     n_end = tl.minimum(n_start + blocks_per_split * BLOCK_N, seq)
     for n0 in range(n_start, n_end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
+        offs_n = wide(n0 + tl.arange(0, BLOCK_N), INT64)
         n_ok = offs_n < seq
         key = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn
                       + offs_d[None, :] * stride_kd,
@@ -121,18 +132,18 @@ def _lowrank_apply_kernel(
     heads, seq, head_dim, head_dim_v, n_proj,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_P: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr,
-    WRITE_SUMS: tl.constexpr,
+    WRITE_SUMS: tl.constexpr, INT64: tl.constexpr,
 ):
     """grid (batch * heads, cdiv(seq, BLOCK_M)): Performer output rows
     out_i = (qh_i kv) / max(qh_i . ks, tiny), or with WRITE_SUMS the float32 numerator
     (into out) and denominator (into den) for the sparse kernel to merge."""
-    pid_bh = tl.program_id(0)
+    pid_bh = wide(tl.program_id(0), INT64)
     pid_m = tl.program_id(1)
     b = pid_bh // heads
     h = pid_bh % heads
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_m = wide(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
+    offs_d = wide(tl.arange(0, BLOCK_D), INT64)
+    offs_dv = wide(tl.arange(0, BLOCK_DV), INT64)
     m_ok = offs_m < seq
     dv_ok = offs_dv < head_dim_v
     x = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
@@ -201,7 +212,8 @@ def default_splits(batch_heads: int, p_blocks: int, seq_blocks: int, device: tor
     return max(1, min(seq_blocks, triton.cdiv(2 * sms, batch_heads * p_blocks)))
 
 
-def _state_launch(k, v, weights, k_bias, lk, key_padding_mask, config, splits) -> Launch:
+def _state_launch(k, v, weights, k_bias, lk, key_padding_mask, config, splits,
+                  residual=False) -> Launch:
     batch, heads, seq, head_dim = k.shape
     head_dim_v = v.shape[-1]
     n_proj = weights.n_proj
@@ -230,8 +242,9 @@ def _state_launch(k, v, weights, k_bias, lk, key_padding_mask, config, splits) -
         blocks_per_split=blocks_per_split,
         HAS_MASK=key_padding_mask is not None, ATOMIC=atomic,
         BLOCK_N=config["BLOCK_N"], BLOCK_D=next_pow2(head_dim), BLOCK_DV=next_pow2(head_dim_v),
-        BLOCK_P=config["BLOCK_P"], PREC=feature_precision(k.dtype),
+        BLOCK_P=config["BLOCK_P"], PREC=feature_precision(k.dtype, residual),
     )
+    args["INT64"] = needs_int64(args.values())
     return Launch(_lowrank_state_kernel, (batch * heads, p_blocks, splits), args,
                   config["num_warps"], config["num_stages"], outputs=(kv, ks))
 
@@ -239,7 +252,7 @@ def _state_launch(k, v, weights, k_bias, lk, key_padding_mask, config, splits) -
 def lowrank_state(
     k: torch.Tensor, v: torch.Tensor, weights: FeatureWeights, k_bias: torch.Tensor,
     lk: torch.Tensor, key_padding_mask: torch.Tensor | None = None, *,
-    config: Config | None = None, splits: int | None = None,
+    config: Config | None = None, splits: int | None = None, residual: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-causal low-rank state in the hat scale.
 
@@ -247,13 +260,17 @@ def lowrank_state(
     feature_map.scaled_projections for k's dtype; k_bias: [batch, heads, seq] and lk:
     [batch, heads] float32 (from feature_map) -> kv = kh^T V [batch, heads, 2m, head_dim_v],
     ks = kh^T 1 [batch, heads, 2m] (float32). ``splits`` slices of the sequence run in
-    parallel (None: fill the GPU).
+    parallel (None: fill the GPU). ``residual``: the state feeds a Scatterbrain residual
+    (products in tf32x3 for half inputs: _common.feature_precision).
     """
-    config = resolve_config(config, STATE_DEFAULT, STATE_SPACE)
-    return _state_launch(k, v, weights, k_bias, lk, key_padding_mask, config, splits).run()
+    config = STATE_SPEC.choose(config, launch_limits(k.device),
+                               lowrank_shape(k, v, weights.n_proj))
+    return _state_launch(k, v, weights, k_bias, lk, key_padding_mask, config, splits,
+                         residual).run()
 
 
-def _apply_launch(q, weights, q_shift, kv, ks, config, out, sums=False) -> Launch:
+def _apply_launch(q, weights, q_shift, kv, ks, config, out, sums=False, residual=False
+                  ) -> Launch:
     batch, heads, seq, head_dim = q.shape
     n_proj = weights.n_proj
     head_dim_v = kv.shape[-1]
@@ -278,8 +295,9 @@ def _apply_launch(q, weights, q_shift, kv, ks, config, out, sums=False) -> Launc
         stride_od=out.stride(3),
         heads=heads, seq=seq, head_dim=head_dim, head_dim_v=head_dim_v, n_proj=n_proj,
         BLOCK_M=config["BLOCK_M"], BLOCK_D=next_pow2(head_dim), BLOCK_DV=next_pow2(head_dim_v),
-        BLOCK_P=config["BLOCK_P"], PREC=feature_precision(q.dtype), WRITE_SUMS=sums,
+        BLOCK_P=config["BLOCK_P"], PREC=feature_precision(q.dtype, residual), WRITE_SUMS=sums,
     )
+    args["INT64"] = needs_int64(args.values())
     grid = (batch * heads, triton.cdiv(seq, config["BLOCK_M"]))
     return Launch(_lowrank_apply_kernel, grid, args, config["num_warps"], config["num_stages"],
                   outputs=(out, den) if sums else (out,))
@@ -288,85 +306,21 @@ def _apply_launch(q, weights, q_shift, kv, ks, config, out, sums=False) -> Launc
 def lowrank_apply(
     q: torch.Tensor, weights: FeatureWeights, q_shift: torch.Tensor, kv: torch.Tensor,
     ks: torch.Tensor, *, config: Config | None = None, out: torch.Tensor | None = None,
-    sums: bool = False,
+    sums: bool = False, residual: bool = False,
 ):
     """Performer output (non-causal): q [batch, heads, seq, head_dim] with the state of
     :func:`lowrank_state` -> out [batch, heads, seq, head_dim_v] in q's dtype; with
     ``sums`` the float32 hat-scale numerator [batch, heads, seq, head_dim_v] and
-    denominator [batch, heads, seq] instead (what the sparse kernel merges)."""
-    config = resolve_config(config, APPLY_DEFAULT, APPLY_SPACE)
-    outputs = _apply_launch(q, weights, q_shift, kv, ks, config, out, sums).run()
+    denominator [batch, heads, seq] instead (what the sparse kernel merges; ``residual``
+    as in :func:`lowrank_state`)."""
+    config = APPLY_SPEC.choose(config, launch_limits(q.device),
+                               lowrank_shape(q, kv, weights.n_proj))
+    outputs = _apply_launch(q, weights, q_shift, kv, ks, config, out, sums, residual).run()
     return outputs if sums else outputs[0]
 
 
-# ---------------------------------------------------------------- search spaces
-#
-# The low-rank kernels (these two and causal_lowrank.py) stream the sequence through
-# [BLOCK, d] tiles and hold fp32 accumulators: state [2, BLOCK_P, dv] (state, causal) or
-# [BLOCK_M, dv] (apply). The projection block BLOCK_P trades W re-reads and loop trips
-# against registers: 2 x BLOCK_P features are live per step. Tiles below 32 rows (16 for
-# the causal chunk, whose [BLOCK_N, BLOCK_N] score tile grows quadratically) waste
-# tensor-core shapes; above 128 rows the fp32 copies spill. 2 warps cannot feed 64-row
-# products (dropped from the spaces). num_stages pipelines the k / v loads of the
-# sequence loop (state, causal); apply has no sequence loop (only kv blocks,
-# L2-resident), so 1-2 stages suffice. The state kernel also splits the sequence over
-# programs (default_splits: ~2 waves), a launch parameter derived from the GPU, not a tile.
-
-STATE_SPACE = {
-    "BLOCK_N": (32, 64, 128),
-    "BLOCK_P": (16, 32, 64),
-    "num_warps": (4, 8),
-    "num_stages": (1, 2, 3),
-}
-STATE_DEFAULT = {"BLOCK_N": 64, "BLOCK_P": 32, "num_warps": 4, "num_stages": 2}
-
-APPLY_SPACE = {
-    "BLOCK_M": (32, 64, 128),
-    "BLOCK_P": (16, 32, 64),
-    "num_warps": (4, 8),
-    "num_stages": (1, 2),
-}
-APPLY_DEFAULT = {"BLOCK_M": 64, "BLOCK_P": 32, "num_warps": 4, "num_stages": 1}
-
-
-def shared_estimate(rows: int, shape: KernelShape, stages: int, extra: int = 0) -> int:
-    """Bytes of pipelined [rows, d] + [rows, dv] input tiles (one copy per stage) plus
-    ``extra`` (operand staging of the products)."""
-    block_d, block_dv = next_pow2(shape.head_dim), next_pow2(shape.head_dim_v)
-    return stages * rows * (block_d + block_dv) * shape.dtype_bytes + extra
-
-
-# Live fp32 elements per block (the register model of keep): accumulators, the loaded
-# tiles as converted for the products, and the [rows, BLOCK_P] projection / feature tiles.
-
-def keep_state(config: Config, limits: DeviceLimits, shape: KernelShape | None = None) -> bool:
-    shape = shape or KernelShape(head_dim=128, head_dim_v=128)
-    block_d, block_dv = next_pow2(shape.head_dim), next_pow2(shape.head_dim_v)
-    n, p, warps = config["BLOCK_N"], config["BLOCK_P"], config["num_warps"]
-    live = 2 * p * block_dv + n * (block_d // 2 + block_dv) + 3 * n * p
-    if not fits_registers(live, warps, limits):
-        return False
-    staging = 4 * (n * block_dv + 2 * n * p) + 4 * block_d * p
-    if shared_estimate(n, shape, config["num_stages"], staging) > limits.shared_bytes:
-        return False
-    return warps * 16 <= max(n, p) * 4  # at least ~4 rows of the larger tile per warp
-
-
-def keep_apply(config: Config, limits: DeviceLimits, shape: KernelShape | None = None) -> bool:
-    shape = shape or KernelShape(head_dim=128, head_dim_v=128)
-    block_d, block_dv = next_pow2(shape.head_dim), next_pow2(shape.head_dim_v)
-    m, p, warps = config["BLOCK_M"], config["BLOCK_P"], config["num_warps"]
-    live = m * (block_d // 2 + block_dv) + 3 * m * p + 2 * p * block_dv
-    if not fits_registers(live, warps, limits):
-        return False
-    staging = 4 * (2 * m * p + 2 * p * block_dv) + 4 * block_d * p
-    if shared_estimate(m, shape, config["num_stages"], staging) > limits.shared_bytes:
-        return False
-    return warps * 8 <= m
-
-
 def meta_inputs(shape: KernelShape, seq: int):
-    dtype = torch.float32 if shape.dtype_bytes == 4 else torch.bfloat16
+    dtype = shape.dtype
     q = torch.empty(1, 1, seq, shape.head_dim, dtype=dtype, device="meta")
     v = torch.empty(1, 1, seq, shape.head_dim_v, dtype=dtype, device="meta")
     w = meta_weights(shape)
@@ -377,14 +331,14 @@ def meta_inputs(shape: KernelShape, seq: int):
 
 def plan_state(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
     q, v, w, rows, lk = meta_inputs(shape, seq)
-    return _state_launch(q, v, w, rows, lk, None, config, splits=4)
+    return _state_launch(q, v, w, rows, lk, None, config, splits=4, residual=True)
 
 
 def plan_apply(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
     q, v, w, rows, _ = meta_inputs(shape, seq)
     kv = torch.empty(1, 1, shape.n_features, shape.head_dim_v, device="meta")
     ks = torch.empty(1, 1, shape.n_features, device="meta")
-    return _apply_launch(q, w, rows, kv, ks, config, None)
+    return _apply_launch(q, w, rows, kv, ks, config, None, sums=True, residual=True)
 
 
 STATE_SPEC = KernelSpec("lowrank_state", STATE_SPACE, STATE_DEFAULT, keep_state, plan_state)

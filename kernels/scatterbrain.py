@@ -81,15 +81,18 @@ def scatterbrain_forward(
         k_shift, k_bias = feature_stats(k, weights, scale, cfg)
         lk = key_log_scale(k_shift, k_bias, key_padding_mask)
         lowrank = dict(weights=weights, q_shift=q_shift, q_bias=q_bias, k_bias=k_bias, lk=lk)
+        # merged with a sparse residual, the low-rank sums are cancelled against exact
+        # weights: their products run in tf32x3 (_common.feature_precision)
+        residual = sparse is not None
         if causal:
             num, den = lowrank_causal(q, k, v, weights, q_shift, k_bias, lk, key_padding_mask,
-                                      config=configs.get("lowrank_causal"))
+                                      config=configs.get("lowrank_causal"), residual=residual)
             if sparse is None:
                 return (num / den.clamp_min(TINY)[..., None]).to(q.dtype)
             lowrank.update(num=num, den=den)
         else:
             kv, ks = lowrank_state(k, v, weights, k_bias, lk, key_padding_mask,
-                                   config=configs.get("lowrank_state"))
+                                   config=configs.get("lowrank_state"), residual=residual)
             if sparse is None:
                 return lowrank_apply(q, weights, q_shift, kv, ks,
                                      config=configs.get("lowrank_apply"))
@@ -99,7 +102,7 @@ def scatterbrain_forward(
                 lowrank.update(kv=kv, ks=ks)
             else:
                 num, den = lowrank_apply(q, weights, q_shift, kv, ks, sums=True,
-                                         config=configs.get("lowrank_apply"))
+                                         config=configs.get("lowrank_apply"), residual=True)
                 lowrank.update(num=num, den=den)
 
     if bucket_size is None or bucket_size < 1:

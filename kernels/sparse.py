@@ -26,15 +26,14 @@ import triton
 import triton.language as tl
 from sbbench.kernels._common import (
     Config,
-    DeviceLimits,
     KernelShape,
     KernelSpec,
     Launch,
-    empty,
     feature_precision,
-    fits_registers,
+    fold_grid,
+    launch_limits,
+    needs_int64,
     next_pow2,
-    resolve_config,
 )
 from sbbench.kernels.feature_map import (
     FLOAT32_TINY,
@@ -45,6 +44,17 @@ from sbbench.kernels.feature_map import (
     mma,
     project,
     weight_args,
+    wide,
+)
+from sbbench.kernels.sparse_setup import (  # noqa: F401 - re-exported
+    DEFAULT,
+    MAX_BUCKET,
+    SPACE,
+    SparseState,
+    f32_rows,
+    fuse_by_default,
+    keep,
+    query_block,
 )
 
 NO_LOWRANK, LOWRANK_FROM_STATE, LOWRANK_FROM_SUMS = 0, 1, 2
@@ -62,32 +72,43 @@ def _bucket_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
     heads, seq, seq_pad, head_dim, head_dim_v, n_proj, bucket_size, round_idx, scale,
+    n_tiles, q_blocks, tiles_y,
     N_ROUNDS: tl.constexpr, LOCAL: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_MASK: tl.constexpr, LOWRANK: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_P: tl.constexpr, PREC: tl.constexpr, PREC_F: tl.constexpr, SPLIT: tl.constexpr,
-    UPCAST: tl.constexpr,
+    UPCAST: tl.constexpr, INT64: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
-    bucket = tl.program_id(1)
+    pid_bh = wide(tl.program_id(0), INT64)
+    # tile = (bucket, block of BLOCK_Q of its queries); tiles beyond 65,535 continue on
+    # grid axis 2 (sparse_grid), and the few programs past the last tile do nothing
+    tile = tl.program_id(1) + tl.program_id(2) * tiles_y
+    bucket = tile // q_blocks
     b = pid_bh // heads
     h = pid_bh % heads
     offs = tl.arange(0, BLOCK_B)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_q = (tile % q_blocks) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_d = wide(tl.arange(0, BLOCK_D), INT64)
+    offs_dv = wide(tl.arange(0, BLOCK_DV), INT64)
     d_ok = offs_d < head_dim
     dv_ok = offs_dv < head_dim_v
-    slot_ok = offs < bucket_size
+    # (a bound of 0 past the last tile; the interpreter cannot "&" a scalar into a mask)
+    in_bucket = tl.where(tile < n_tiles, bucket_size, 0)
+    slot_ok = offs < in_bucket
+    slot_q_ok = offs_q < in_bucket
     slot = bucket * bucket_size + offs
-    # ---- gather: positions (in the padded sequence) of the bucket's queries and keys
+    slot_q = bucket * bucket_size + offs_q
+    # ---- gather: positions (in the padded sequence) of the block's queries and the
+    # bucket's keys
     if LOCAL:
-        q_pos = slot
-        k_pos = slot
+        q_pos = wide(slot_q, INT64)
+        k_pos = wide(slot, INT64)
     else:
         order_row = pid_bh * N_ROUNDS * seq_pad + round_idx * seq_pad
-        q_pos = tl.load(q_order_ptr + order_row + slot, mask=slot_ok, other=0)
-        k_pos = tl.load(k_order_ptr + order_row + slot, mask=slot_ok, other=0)
-    q_ok = slot_ok & (q_pos < seq)  # rows to compute and write
+        q_pos = wide(tl.load(q_order_ptr + order_row + slot_q, mask=slot_q_ok, other=0),
+                     INT64)
+        k_pos = wide(tl.load(k_order_ptr + order_row + slot, mask=slot_ok, other=0), INT64)
+    q_ok = slot_q_ok & (q_pos < seq)  # rows to compute and write
     key_ok = slot_ok & (k_pos < seq)
     if HAS_MASK:
         key_ok = key_ok & (tl.load(keep_ptr + b * seq + k_pos, mask=key_ok, other=0) != 0)
@@ -103,16 +124,16 @@ def _bucket_kernel(
         qshift = tl.load(qshift_ptr + pid_bh * seq + q_pos, mask=q_ok, other=0.0)
         kbias = tl.load(kbias_ptr + pid_bh * seq + k_pos, mask=key_ok, other=0.0)
         lk = tl.load(lk_ptr + pid_bh)
-        est = tl.full([BLOCK_B, BLOCK_B], 0.0, tl.float32)
+        est = tl.full([BLOCK_Q, BLOCK_B], 0.0, tl.float32)
         if LOWRANK == 1 and FIRST:
-            lr_num = tl.full([BLOCK_B, BLOCK_DV], 0.0, tl.float32)
-            lr_den = tl.full([BLOCK_B], 0.0, tl.float32)
+            lr_num = tl.full([BLOCK_Q, BLOCK_DV], 0.0, tl.float32)
+            lr_den = tl.full([BLOCK_Q], 0.0, tl.float32)
         n_feat = 2 * n_proj
         for p0 in range(0, n_proj, BLOCK_P):
             offs_p = p0 + tl.arange(0, BLOCK_P)
             p_ok = offs_p < n_proj
             proj_q = project(qb, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D, BLOCK_P,
-                             PREC_F, SPLIT, UPCAST)  # [B, P]
+                             PREC_F, SPLIT, UPCAST)  # [Q, P]
             qp = tl.where(p_ok[None, :], tl.exp(proj_q - qshift[:, None]), 0.0)
             qm = tl.where(p_ok[None, :], tl.exp(-proj_q - qshift[:, None]), 0.0)
             proj_k = project(kb, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D, BLOCK_P,
@@ -121,7 +142,7 @@ def _bucket_kernel(
             use = key_ok[:, None] & p_ok[None, :]
             kp = tl.where(use, tl.exp(proj_k - base), 0.0)
             km = tl.where(use, tl.exp(-proj_k - base), 0.0)
-            # [B, P] @ [P, B] -> [B, B]
+            # [Q, P] @ [P, B] -> [Q, B]
             est += tl.dot(qp, tl.trans(kp), input_precision=PREC_F)
             est += tl.dot(qm, tl.trans(km), input_precision=PREC_F)
             if LOWRANK == 1 and FIRST:
@@ -133,27 +154,27 @@ def _bucket_kernel(
                 ks_plus = tl.load(ks_ptr + pid_bh * n_feat + offs_p, mask=p_ok, other=0.0)
                 ks_minus = tl.load(ks_ptr + pid_bh * n_feat + n_proj + offs_p, mask=p_ok,
                                    other=0.0)
-                # [B, P] @ [P, DV] -> [B, DV]
+                # [Q, P] @ [P, DV] -> [Q, DV]
                 lr_num += tl.dot(qp, kv_plus, input_precision=PREC_F)
                 lr_num += tl.dot(qm, kv_minus, input_precision=PREC_F)
                 lr_den += tl.reduce(qp * ks_plus[None, :], 1, SUM_COMBINE) \
                     + tl.reduce(qm * ks_minus[None, :], 1, SUM_COMBINE)
-    # ---- logits: [B, D] @ [D, B] -> [B, B]
+    # ---- logits: [Q, D] @ [D, B] -> [Q, B]
     logits = mma(qb, tl.trans(kb), PREC, UPCAST) * scale
     valid = key_ok[None, :] & q_ok[:, None]
     if CAUSAL:
         valid = valid & (k_pos[None, :] <= q_pos[:, None])
     if N_ROUNDS > 1:  # a pair found in c rounds counts 1/c in each
-        count = tl.full([BLOCK_B, BLOCK_B], 0.0, tl.float32)
+        count = tl.full([BLOCK_Q, BLOCK_B], 0.0, tl.float32)
         for rr in tl.static_range(N_ROUNDS):
             ids = pid_bh * N_ROUNDS * seq_pad + rr * seq_pad
-            q_id = tl.load(q_bucket_ptr + ids + q_pos, mask=slot_ok, other=-1)
+            q_id = tl.load(q_bucket_ptr + ids + q_pos, mask=slot_q_ok, other=-1)
             k_id = tl.load(k_bucket_ptr + ids + k_pos, mask=slot_ok, other=-2)
             count += (q_id[:, None] == k_id[None, :]).to(tl.float32)
         count = tl.maximum(count, 1.0)
         logits = logits - tl.log(count)
     logits = tl.where(valid, logits, float("-inf"))
-    lam = tl.reduce(logits, 1, MAX_COMBINE)  # [B]; a max, never a log-sum-exp
+    lam = tl.reduce(logits, 1, MAX_COMBINE)  # [Q]; a max, never a log-sum-exp
     if LOWRANK != 0:
         qbias = tl.load(qbias_ptr + pid_bh * seq + q_pos, mask=q_ok, other=0.0)
         log_lr = qshift - qbias + lk  # l_i
@@ -166,14 +187,14 @@ def _bucket_kernel(
     else:
         lam = tl.where((lam == lam) & (tl.abs(lam) < float("inf")), lam, 0.0)
         resid = tl.exp(logits - lam[:, None])  # 0 where invalid (logit -inf)
-    # ---- this round's numerator / denominator: [B, B] @ [B, DV] -> [B, DV]
+    # ---- this round's numerator / denominator: [Q, B] @ [B, DV] -> [Q, DV]
     vb = tl.load(v_ptr + b * stride_vb + h * stride_vh + k_pos[:, None] * stride_vn
                  + offs_dv[None, :] * stride_vd, mask=key_ok[:, None] & dv_ok[None, :],
                  other=0.0)
     if LOWRANK != 0:
         # the residual is a difference (exact minus estimate) and can exceed the row's
-        # final denominator: rounding it to 8 bits would cost several times the error of
-        # the half-precision inputs, so the product stays in fp32 (tf32 on tensor cores)
+        # final denominator: rounding it to 8 bits (or tf32's 10) would cost several times
+        # the error of the half-precision inputs, so the product stays in fp32 (tf32x3)
         num = mma(resid, vb.to(tl.float32), PREC_F, False)
     else:  # softmax weights in [0, 1], as flash attention: half-precision product
         num = mma(resid.to(vb.dtype), vb, PREC, UPCAST)
@@ -192,9 +213,9 @@ def _bucket_kernel(
             old_den = tl.load(lrden_ptr + acc_rows, mask=q_ok, other=0.0)
             old_lam = log_lr
         else:
-            old_num = tl.full([BLOCK_B, BLOCK_DV], 0.0, tl.float32)
-            old_den = tl.full([BLOCK_B], 0.0, tl.float32)
-            old_lam = tl.full([BLOCK_B], float("-inf"), tl.float32)
+            old_num = tl.full([BLOCK_Q, BLOCK_DV], 0.0, tl.float32)
+            old_den = tl.full([BLOCK_Q], 0.0, tl.float32)
+            old_lam = tl.full([BLOCK_Q], float("-inf"), tl.float32)
     else:
         old_num = tl.load(acc_num_ptr + acc_rows[:, None] * head_dim_v + offs_dv[None, :],
                           mask=row_ok, other=0.0)
@@ -219,58 +240,6 @@ def _bucket_kernel(
 # ---------------------------------------------------------------- launcher
 
 
-def _int32_rows(name: str, t: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
-    if t is None:
-        return None
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{name} must be {list(shape)}, got {tuple(t.shape)}")
-    return t.to(torch.int32).contiguous()
-
-
-def _f32_rows(name: str, t: torch.Tensor | None, shape: tuple[int, ...]) -> None:
-    if t is not None and (tuple(t.shape) != shape or t.dtype != torch.float32
-                          or not t.is_contiguous()):
-        raise ValueError(f"{name} must be contiguous float32 {list(shape)}, got "
-                         f"{t.dtype} {tuple(t.shape)}")
-
-
-class SparseState:
-    """What the rounds of one forward share: the running sums between rounds and the
-    int32 orders / bucket ids (built once, reused by every round's launch)."""
-
-    def __init__(self, q, k, v, *, bucket_size, q_order=None, k_order=None,
-                 key_padding_mask=None, out=None):
-        batch, heads, seq, _ = q.shape
-        head_dim_v = v.shape[-1]
-        self.seq_pad = -(-seq // bucket_size) * bucket_size
-        self.local = q_order is None
-        self.n_rounds = 1 if self.local else q_order.shape[2]
-        order_shape = (batch, heads, self.n_rounds, self.seq_pad)
-        self.q_order = _int32_rows("q_order", q_order, order_shape)
-        self.k_order = _int32_rows("k_order", k_order, order_shape)
-        self.q_bucket = self.k_bucket = None
-        if self.n_rounds > 1:
-            ids = torch.arange(self.seq_pad, device=q.device, dtype=torch.int32) // bucket_size
-            ids = ids.expand(order_shape).contiguous()
-            # bucket of every position = inverse of the sorted order (lsh.bucket_ids)
-            self.q_bucket = torch.empty_like(ids).scatter_(-1, self.q_order.long(), ids)
-            self.k_bucket = torch.empty_like(ids).scatter_(-1, self.k_order.long(), ids)
-        self.keep = None
-        if key_padding_mask is not None:
-            if key_padding_mask.shape != (batch, seq) or key_padding_mask.dtype != torch.bool:
-                raise ValueError(f"key_padding_mask must be bool [{batch}, {seq}], got "
-                                 f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
-            self.keep = key_padding_mask.to(torch.int8).contiguous()
-        if out is None:
-            out = empty((batch, heads, seq, head_dim_v), q.dtype, q.device)
-        self.out = out
-        self.acc = None
-        if self.n_rounds > 1:
-            self.acc = (empty((batch, heads, seq, head_dim_v), torch.float32, q.device),
-                        empty((batch, heads, seq), torch.float32, q.device),
-                        empty((batch, heads, seq), torch.float32, q.device))
-
-
 def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_size, causal,
                   lowrank, config) -> Launch:
     """lowrank: None, or a dict with weights, q_shift, q_bias, k_bias, lk and either
@@ -286,14 +255,14 @@ def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_
         n_proj = lr["weights"].n_proj
         rows = (batch, heads, seq)
         for name in ("q_shift", "q_bias", "k_bias"):
-            _f32_rows(name, lr[name], rows)
-        _f32_rows("lk", lr["lk"], (batch, heads))
+            f32_rows(name, lr[name], rows)
+        f32_rows("lk", lr["lk"], (batch, heads))
         if mode == LOWRANK_FROM_STATE:
-            _f32_rows("kv", lr["kv"], (batch, heads, 2 * n_proj, head_dim_v))
-            _f32_rows("ks", lr["ks"], (batch, heads, 2 * n_proj))
+            f32_rows("kv", lr["kv"], (batch, heads, 2 * n_proj, head_dim_v))
+            f32_rows("ks", lr["ks"], (batch, heads, 2 * n_proj))
         else:
-            _f32_rows("num", lr["num"], (batch, heads, seq, head_dim_v))
-            _f32_rows("den", lr["den"], rows)
+            f32_rows("num", lr["num"], (batch, heads, seq, head_dim_v))
+            f32_rows("den", lr["den"], rows)
     else:
         n_proj = 0
     acc = state.acc or (dummy, dummy, dummy)
@@ -322,18 +291,42 @@ def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_
         N_ROUNDS=state.n_rounds, LOCAL=state.local, CAUSAL=bool(causal),
         HAS_MASK=state.keep is not None, LOWRANK=mode, FIRST=round_idx == 0,
         LAST=round_idx == state.n_rounds - 1,
-        BLOCK_B=next_pow2(bucket_size), BLOCK_D=next_pow2(head_dim),
+        BLOCK_B=next_pow2(bucket_size), BLOCK_Q=query_block(config, bucket_size),
+        BLOCK_D=next_pow2(head_dim),
         BLOCK_DV=next_pow2(head_dim_v), BLOCK_P=config["BLOCK_P"],
-        PREC=feature_precision(q.dtype), PREC_F=feature_precision(q.dtype),
+        # every float32 product here (estimate, fused low-rank numerator, residual x v)
+        # feeds the residual's cancellation: tf32x3 for every input dtype
+        PREC=feature_precision(q.dtype), PREC_F=feature_precision(q.dtype, residual=True),
     )
     if lowrank is not None:
         args.update(weight_args(lr["weights"], q, _bucket_kernel))
     else:
         args.update(w_ptr=dummy, w_lo_ptr=dummy, SPLIT=False,
                     UPCAST=q.dtype == torch.bfloat16 and interpreted(_bucket_kernel))
-    grid = (batch * heads, state.seq_pad // bucket_size)
+    args["INT64"] = needs_int64(args.values())
+    grid, args["tiles_y"] = sparse_grid(batch * heads, state.seq_pad, bucket_size, config)
+    args["q_blocks"] = -(-bucket_size // args["BLOCK_Q"])
+    args["n_tiles"] = state.seq_pad // bucket_size * args["q_blocks"]
     return Launch(_bucket_kernel, grid, args, config["num_warps"], config["num_stages"],
                   outputs=(out,))
+
+
+def sparse_grid(batch_heads: int, seq_pad: int, bucket_size: int, config: Config
+                ) -> tuple[tuple[int, int, int], int]:
+    """(grid, tiles_y) of one round: batch * heads on axis 0, the (bucket, query block)
+    tiles folded over axes 1 and 2 (_common.fold_grid: bucket 1 at 65,536 tokens has
+    65,536 tiles, past CUDA's 65,535 on axis 1)."""
+    q_blocks = -(-bucket_size // query_block(config, bucket_size))
+    return fold_grid(batch_heads, seq_pad // bucket_size * q_blocks)
+
+
+def kernel_shape(q: torch.Tensor, v: torch.Tensor, bucket_size: int, n_rounds: int,
+                 lowrank: dict | None) -> KernelShape:
+    """What keep() needs to know of one call."""
+    n_features = 2 * lowrank["weights"].n_proj if lowrank is not None else 0
+    return KernelShape(head_dim=q.shape[-1], head_dim_v=v.shape[-1], n_features=n_features,
+                       bucket_size=bucket_size, n_hashes=n_rounds,
+                       dtype_bytes=q.element_size())
 
 
 def sparse_attention(
@@ -355,67 +348,17 @@ def sparse_attention(
     [batch, heads, seq, dv] with den [batch, heads, seq] (causal sums, hat scale).
     Returns [batch, heads, seq, head_dim_v] in q's dtype.
     """
-    config = resolve_config(config, DEFAULT, SPACE)
     if bucket_size < 1 or bucket_size > MAX_BUCKET:
         raise ValueError(f"bucket_size must be in 1..{MAX_BUCKET} for the kernel, "
                          f"got {bucket_size}")
     state = SparseState(q, k, v, bucket_size=bucket_size, q_order=q_order, k_order=k_order,
                         key_padding_mask=key_padding_mask, out=out)
+    config = SPEC.choose(config, launch_limits(q.device),
+                         kernel_shape(q, v, bucket_size, state.n_rounds, lowrank))
     for r in range(state.n_rounds):
         _round_launch(q, k, v, state, r, scale=scale, bucket_size=bucket_size, causal=causal,
                       lowrank=lowrank, config=config).run()
     return state.out
-
-
-def fuse_by_default(head_dim_v: int) -> bool:
-    """Whether the first round computes the low-rank numerator phi(Q) kv itself (non-causal).
-
-    Fused, the kernel holds a [bucket, dv] float32 accumulator and streams kv through the
-    feature loop: at dv <= 64 that compiles without spills on sm_80 and sm_90 (bucket 64);
-    at dv = 128 the sm_80 build spills kilobytes per thread, so lowrank_apply(sums=True)
-    computes it in its own pass (reports/kernels/static_resources.md).
-    """
-    return next_pow2(head_dim_v) <= 64
-
-
-# ---------------------------------------------------------------- search space
-#
-# The bucket fixes the tile rows (BLOCK_B = next power of two of bucket_size) and the
-# problem fixes d and dv, so the free knobs are the projection block (2 x BLOCK_P features
-# per step of the feature loop: fewer trips vs. more live [B, P] tiles) and the warps
-# that share the [B, B] score / estimate tiles. Each program loads q, k, v once, so the
-# only pipelined loads are the W (and, in the first round, kv) blocks of the feature loop:
-# 1-3 stages. Buckets above 256 would make [B, B] fp32 tiles spill on every config.
-
-MAX_BUCKET = 256
-SPACE = {
-    "BLOCK_P": (16, 32, 64),
-    "num_warps": (2, 4, 8),
-    "num_stages": (1, 2, 3),
-}
-# the default compiles without spills at head_dim 64 and 128 on sm_80 and sm_90
-# (reports/kernels/static_resources.md); 4 warps spill 192 B at head_dim 128 on sm_80
-DEFAULT = {"BLOCK_P": 16, "num_warps": 8, "num_stages": 2}
-
-
-def keep(config: Config, limits: DeviceLimits, shape: KernelShape | None = None) -> bool:
-    """Drop configs whose live fp32 tiles (logits and estimate [B, B], four [B, P] feature
-    tiles, q / k in the input dtype and, when fused, the [B, dv] low-rank accumulator with
-    its kv tiles) cannot fit in registers, or whose pipelined weight / kv blocks overflow
-    shared memory."""
-    shape = shape or KernelShape(head_dim=128, head_dim_v=128)
-    block_b = next_pow2(shape.bucket_size)
-    block_d, block_dv = next_pow2(shape.head_dim), next_pow2(shape.head_dim_v)
-    p, warps = config["BLOCK_P"], config["num_warps"]
-    fused = fuse_by_default(shape.head_dim_v)
-    live = 2 * block_b * block_b + 4 * block_b * p + block_b * block_d \
-        + (block_b * block_dv + 2 * p * block_dv if fused else 0)
-    if not fits_registers(live, warps, limits):
-        return False
-    shared = config["num_stages"] * (2 * shape.dtype_bytes * block_d * p
-                                     + (8 * p * block_dv if fused else 0)) \
-        + shape.dtype_bytes * block_b * (2 * block_d + block_dv) + 4 * block_b * block_b
-    return shared <= limits.shared_bytes
 
 
 def plan(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
@@ -423,10 +366,11 @@ def plan(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
     rounds (low-rank fused or from sums as :func:`fuse_by_default` picks; one round: writes
     out; several: the duplicate count, accumulators) on meta tensors, for the static
     compiler."""
-    dtype = torch.float32 if shape.dtype_bytes == 4 else torch.bfloat16
+    dtype = shape.dtype
     q = torch.empty(1, 1, seq, shape.head_dim, dtype=dtype, device="meta")
     v = torch.empty(1, 1, seq, shape.head_dim_v, dtype=dtype, device="meta")
-    order = torch.empty(1, 1, shape.n_hashes, seq, dtype=torch.int32, device="meta")
+    seq_pad = -(-seq // shape.bucket_size) * shape.bucket_size  # orders cover padded buckets
+    order = torch.empty(1, 1, shape.n_hashes, seq_pad, dtype=torch.int32, device="meta")
     state = SparseState(q, q, v, bucket_size=shape.bucket_size, q_order=order, k_order=order)
     m = shape.n_features // 2
     rows = torch.empty(1, 1, seq, device="meta")

@@ -254,6 +254,14 @@ def sweep(kernel_names=None, archs=(80, 90), shape: KernelShape | None = None,
     return _run_jobs(work, jobs)
 
 
+def compile_many(work: list, jobs: int = 1) -> list[ResourceUsage]:
+    """Compile (kernel name, config, arch, KernelShape) jobs (in a child process when the
+    kernels are interpreted, see the module docstring)."""
+    if kernels_interpreted():
+        return _in_child(work, jobs)
+    return _run_jobs(work, jobs)
+
+
 def format_table(rows: list[ResourceUsage]) -> str:
     """Markdown table, one row per (kernel, arch, config)."""
     keys = sorted({k for r in rows for k, _ in r.config})

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# One command for a GPU session: the GPU tests (`pytest -m gpu`: the kernels against the
+# One command for a GPU session: first the risk checks (tests/kernels/test_gpu_risks.py:
+# tf32 tolerances, 64-bit offsets on a 65,536-token packed QKV buffer, the largest
+# head_dim and bucket, the folded grid), so the first GPU minutes answer them; then the
+# other GPU tests (`pytest -m gpu`: the kernels against the
 # torch reference, incl. causal + padding masks, every kernel's search space sampled, the
 # static compile against the JIT), then the `device_check` grid (every method on the
 # torch and Triton backends against exact attention, bf16, head_dim 64 and 256, buckets
@@ -11,7 +14,8 @@
 # --gpu NAME: the device profile (default auto: detect; name one if detection fails).
 # --dry-run: print the commands and run only `sbbench sweep --dry-run` (the grid's points
 # and cost-model numbers); works on a CPU machine, measures nothing.
-# Writes OUTDIR/pytest.{log,xml}, OUTDIR/device_check.sqlite and OUTDIR/reports/.
+# Writes OUTDIR/risks.{log,xml}, OUTDIR/pytest.{log,xml}, OUTDIR/device_check.sqlite and
+# OUTDIR/reports/.
 # Exit status: the first failing step's (the sweep and report still run after failed tests).
 set -uo pipefail
 usage="usage: $0 OUTDIR [--gpu NAME] [--dry-run]"
@@ -40,7 +44,10 @@ outdir=$(cd "$outdir" && pwd)
 cd "$root"  # python -m sbbench then imports this checkout's sbbench
 export TRITON_DEFAULT_FP_FUSION=${TRITON_DEFAULT_FP_FUSION:-1}
 
-tests=("$python" -m pytest -q -m gpu -p no:cacheprovider "--junitxml=$outdir/pytest.xml" tests)
+risks=("$python" -m pytest -q -m gpu -p no:cacheprovider "--junitxml=$outdir/risks.xml"
+       tests/kernels/test_gpu_risks.py)
+tests=("$python" -m pytest -q -m gpu -p no:cacheprovider "--junitxml=$outdir/pytest.xml"
+       --deselect tests/kernels/test_gpu_risks.py tests)
 sweep=("$python" -m sbbench sweep --gpu "$gpu" --grid device_check
        --store "$outdir/device_check.sqlite" --no-progress)
 report=("$python" -m sbbench report --store "$outdir/device_check.sqlite"
@@ -48,15 +55,20 @@ report=("$python" -m sbbench report --store "$outdir/device_check.sqlite"
 
 if [ "$dry_run" = 1 ]; then
     echo "device_check: dry run; on a GPU machine this runs:"
-    for step in "timeout 300 ${tests[*]} > $outdir/pytest.log" "${sweep[*]}" "${report[*]}"; do
+    for step in "timeout 240 ${risks[*]} > $outdir/risks.log" \
+                "timeout 300 ${tests[*]} > $outdir/pytest.log" "${sweep[*]}" "${report[*]}"; do
         echo "+ $step"
     done
     exec "${sweep[@]}" --dry-run
 fi
 
 status=0
+echo "device_check: risk checks first (log in $outdir/risks.log)" >&2
+timeout --signal=INT --kill-after=20 240 "${risks[@]}" > "$outdir/risks.log" 2>&1 || status=$?
+tail -n 1 "$outdir/risks.log"
 echo "device_check: GPU tests (log in $outdir/pytest.log)" >&2
-timeout --signal=INT --kill-after=20 300 "${tests[@]}" > "$outdir/pytest.log" 2>&1 || status=$?
+timeout --signal=INT --kill-after=20 300 "${tests[@]}" > "$outdir/pytest.log" 2>&1 \
+    || { rc=$?; [ "$status" = 0 ] && status=$rc; }
 tail -n 1 "$outdir/pytest.log"
 echo "device_check: sweep of the device_check grid" >&2
 "${sweep[@]}" || { rc=$?; [ "$status" = 0 ] && status=$rc; }

@@ -6,6 +6,8 @@ print shared memory, registers and spills per config (kernels/static.py does the
     python scripts/static_compile.py --head-dim 64 128 --jobs 2 --json out.json
     python scripts/static_compile.py --default-only          # the defaults only
     python scripts/static_compile.py --all-configs           # ignore keep() (to check it)
+    python scripts/static_compile.py --matrix --markdown reports/kernels/static_resources.md
+        # the default each launch runs (default_for) per dtype x head_dim x bucket
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default-only", action="store_true", help="only each default")
     parser.add_argument("--all-configs", action="store_true",
                         help="the whole space, without the keep() filter")
+    parser.add_argument("--matrix", action="store_true",
+                        help="the default config of every kernel for each dtype (float32, "
+                             "float16, bfloat16) x head_dim (32..256) x bucket (16..256)")
+    parser.add_argument("--matrix-half16", nargs="+", type=int, default=[64, 256],
+                        help="head_dims compiled for float16 in --matrix (bfloat16 has "
+                             "the same tiles; default 64 256)")
     parser.add_argument("--jobs", type=int, default=1, help="compile processes")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     parser.add_argument("--markdown", help="also write the table (with a header) here")
@@ -50,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown kernels {unknown}; valid: {', '.join(SEARCH_SPACES)}", file=sys.stderr)
         return 2
     archs = [static.parse_arch(a) for a in args.arch]
+    if args.matrix:
+        return _matrix(args, names, archs, argv)
     start = time.time()
     sections = []
     records = []
@@ -96,6 +106,83 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.markdown, "w") as f:
             f.write(header + "\n".join(sections))
     return 0
+
+
+MATRIX_HEAD_DIMS = (32, 64, 128, 256)
+MATRIX_BUCKETS = (16, 64, 128, 256)
+
+
+def _matrix(args, names, archs, argv) -> int:
+    """Compile what every launch would run by default: for each arch, dtype, head_dim (and
+    bucket for the sparse kernel) the config ``default_for`` picks; mark whether it is the
+    kernel's static default or moved to fit."""
+    import torch
+    import triton
+    from sbbench.kernels import SEARCH_SPACES, KernelShape, limits_for, static, supports
+
+    from sbbench.core.provenance import now_utc, revision_text
+
+    work, marks = [], []
+    for arch in archs:
+        limits = limits_for(arch)
+        for dtype in ("float32", "float16", "bfloat16"):
+            for head_dim in MATRIX_HEAD_DIMS:
+                if not supports(getattr(torch, dtype), head_dim):
+                    continue
+                if dtype == "float16" and head_dim not in args.matrix_half16:
+                    continue
+                for name in names:
+                    for bucket in (MATRIX_BUCKETS if name == "sparse" else (64,)):
+                        shape = KernelShape(head_dim=head_dim, head_dim_v=head_dim,
+                                            n_features=args.n_features, bucket_size=bucket,
+                                            n_hashes=args.n_hashes,
+                                            dtype_bytes=4 if dtype == "float32" else 2,
+                                            half="float16" if dtype == "float16" else "bfloat16")
+                        spec = SEARCH_SPACES[name]
+                        config = spec.default_for(limits, shape)
+                        work.append((name, config, arch, shape))
+                        marks.append((dtype, "static default" if config == spec.default
+                                      else "moved to fit"))
+    start = time.time()
+    rows = static.compile_many(work, jobs=args.jobs)
+    elapsed = time.time() - start
+    lines = ["| kernel | arch | dtype | head_dim | bucket | config | default | shared (B) | "
+             "regs | spills (B) | ok |", "|" + "---|" * 11]
+    bad = 0
+    for (name, config, arch, shape), (dtype, mark), r in zip(work, marks, rows, strict=True):
+        cfg = ", ".join(f"{k}={v}" for k, v in sorted(config.items()))
+        bucket = str(shape.bucket_size) if name == "sparse" else ""
+        fine = r.ok and r.spills == 0
+        bad += not fine
+        lines.append(f"| {name} | sm_{arch} | {dtype} | {shape.head_dim} | {bucket} | {cfg} | "
+                     f"{mark} | {r.shared_bytes} | {r.registers} | {r.spills} | "
+                     f"{'yes' if fine else 'NO: ' + (r.reason or 'spills')} |")
+    table = "\n".join(lines)
+    print(table)
+    print(f"{len(rows)} compiles in {elapsed:.0f} s; {bad} defaults spill or do not fit")
+    if args.markdown:
+        command = "python scripts/static_compile.py " + " ".join(argv or sys.argv[1:])
+        header = (
+            f"# Static resources of the Triton kernels: the defaults\n\n"
+            f"- date: {now_utc()[:10]}; code revision {revision_text()}\n"
+            f"- triton {triton.__version__}; ptxas / cuobjdump from the triton wheel; no GPU "
+            f"(ahead-of-time compile)\n- command: `{command.strip()}`\n"
+            f"- {len(rows)} compiles in {elapsed:.0f} s; {bad} defaults spill or exceed a "
+            f"limit\n\n"
+            f"One row per launch a call would make by default: for each architecture, "
+            f"dtype, head_dim (= head_dim_v; {args.n_features} features, {args.n_hashes} "
+            f"hash round(s)) and, for the sparse kernel, bucket size, the config "
+            f"`KernelSpec.default_for` picks: the kernel's static default where `keep()` "
+            f"leaves it (\"static default\"), else the nearest config keep() leaves "
+            f"(\"moved to fit\"). float32 stops at head_dim 128 (`sbbench.kernels."
+            f"supports`); float16 is compiled at head_dim {', '.join(map(str, args.matrix_half16))}"
+            f" (its tiles are bfloat16's). Shared memory per block, registers per thread, "
+            f"spills in bytes of local memory per thread; `ok` = compiled, within the "
+            f"limits and no spills. Plans: sequence 4096, one head (see each kernel's "
+            f"`plan`). Not measured on a GPU.\n\n")
+        with open(args.markdown, "w") as f:
+            f.write(header + table + "\n")
+    return 0 if bad == 0 else 1
 
 
 def _summary(records: list[dict]) -> str:

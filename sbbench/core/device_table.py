@@ -10,12 +10,26 @@ import re
 from dataclasses import dataclass, field
 
 PEAK_DTYPES = ("float32", "tf32", "float16", "bfloat16")
+# method families a device can carry a measured efficiency for (costmodel.method_family)
+FAMILIES = ("exact", "lowrank", "sparse", "scatterbrain")
 KINDS = ("cuda", "cpu")
 SOURCES = ("datasheet", "measured", "none")
 
 _KIB = 1024
 _MIB = 1024 * 1024
 _GIB = 1024 ** 3
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Achieved fraction of the roofline for one method family on one device, from
+    published measurements: ``factor`` = measured FLOP/s / peak FLOP/s (a geometric mean
+    when several measurements are cited); ``calibrated_on`` says which (source and
+    shape), ``measured_tflops`` the cited figures."""
+
+    factor: float
+    calibrated_on: str
+    measured_tflops: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,7 @@ class DeviceSpec:
     name_patterns: tuple[str, ...]
     label: str = ""
     source: str = "datasheet"
+    efficiency: dict[str, Efficiency] = field(default_factory=dict, hash=False)
 
     def peak(self, key: str) -> float | None:
         """Peak FLOP/s of one precision key ("float32", "tf32", ...), None if unknown."""
@@ -71,6 +86,7 @@ _FIELDS = {  # every field of a profile in the YAML, and the type it must have
     "mem_gib": "number",
     "name_patterns": "list",
 }
+_OPTIONAL = {"efficiency"}
 _CPU_NULLABLE = {"arch", "sm_count", "smem_per_block_kib", "smem_per_sm_kib",
                  "registers_per_sm", "max_registers_per_thread", "l2_mib",
                  "mem_bandwidth_gb_s", "mem_gib"}
@@ -111,10 +127,10 @@ def _parse_entry(name: str, entry, source: str) -> DeviceSpec:
                                f"and '-'")
     if not isinstance(entry, dict):
         raise DeviceTableError(f"{where}: expected a mapping of fields, got {entry!r}")
-    unknown = sorted(set(entry) - set(_FIELDS))
+    unknown = sorted(set(entry) - set(_FIELDS) - _OPTIONAL)
     if unknown:
         raise DeviceTableError(f"{where}.{unknown[0]}: unknown field (valid: "
-                               f"{', '.join(_FIELDS)})")
+                               f"{', '.join([*_FIELDS, *_OPTIONAL])})")
     missing = [key for key in _FIELDS if key not in entry]
     if missing:
         raise DeviceTableError(f"{where}.{missing[0]}: missing field")
@@ -153,6 +169,8 @@ def _parse_entry(name: str, entry, source: str) -> DeviceSpec:
     if kind == "cuda" and not patterns:
         raise DeviceTableError(f"{where}.name_patterns: a GPU needs at least one pattern")
 
+    efficiency = _parse_efficiency(where, entry.get("efficiency"), peaks)
+
     def scaled(key, unit, cast=int):
         value = entry[key]
         return None if value is None else cast(round(value * unit))
@@ -174,7 +192,44 @@ def _parse_entry(name: str, entry, source: str) -> DeviceSpec:
         name_patterns=tuple(patterns),
         label=entry["label"],
         source="datasheet" if has_peaks else "none",
+        efficiency=efficiency,
     )
+
+
+def _parse_efficiency(where: str, value, peaks: dict) -> dict[str, Efficiency]:
+    """efficiency: {family: {peak: dtype key, measured_tflops: [..], calibrated_on: text}}
+    -> Efficiency per family, factor = geometric mean of the figures / the peak."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DeviceTableError(f"{where}.efficiency: expected a mapping of method families")
+    out = {}
+    for family, item in value.items():
+        at = f"{where}.efficiency.{family}"
+        if family not in FAMILIES:
+            raise DeviceTableError(f"{at}: unknown method family (valid: "
+                                   f"{', '.join(FAMILIES)})")
+        if not isinstance(item, dict) or set(item) != {"peak", "measured_tflops",
+                                                       "calibrated_on"}:
+            raise DeviceTableError(f"{at}: needs exactly peak, measured_tflops, "
+                                   f"calibrated_on")
+        peak = peaks.get(item["peak"]) if isinstance(item["peak"], str) else None
+        if not peak:
+            raise DeviceTableError(f"{at}.peak: must name a known peak_tflops entry, got "
+                                   f"{item['peak']!r}")
+        figures = item["measured_tflops"]
+        if not isinstance(figures, list) or not figures or not all(
+                _is_number(f) and 0 < f <= peak for f in figures):
+            raise DeviceTableError(f"{at}.measured_tflops: expected a list of TFLOP/s "
+                                   f"figures between 0 and the peak ({peak})")
+        _check_value(f"{at}.calibrated_on", "str", item["calibrated_on"], False)
+        geo = 1.0
+        for f in figures:
+            geo *= f
+        geo **= 1.0 / len(figures)
+        out[family] = Efficiency(geo / peak, item["calibrated_on"].strip(),
+                                 tuple(float(f) for f in figures))
+    return out
 
 
 def parse_table(data, source: str = "devices.yaml") -> tuple[dict[str, DeviceSpec],

@@ -32,6 +32,8 @@ roofline time is a lower bound.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sbbench.core.devices import DeviceSpec
 from sbbench.core.types import Budget, Problem
 
@@ -253,3 +255,51 @@ def roofline_fraction(problem: Problem, budget: Budget, device: DeviceSpec,
     if bound is None or measured_s <= 0:
         return None
     return bound / measured_s
+
+
+# ---- calibrated model ------------------------------------------------------------------
+
+def method_family(method: str) -> str:
+    """The family a device's efficiency factors are given for (devices.yaml)."""
+    if method == "exact":
+        return "exact"
+    if method == "performer":
+        return "lowrank"
+    if method == "lsh":
+        return "sparse"
+    return "scatterbrain"
+
+
+@dataclass(frozen=True)
+class ModeledTime:
+    """A modeled time and where it comes from.
+
+    roofline_s: the lower bound (:func:`roofline_time_s`); time_s: roofline_s / efficiency
+    when the device has a published efficiency for the method's family, else roofline_s;
+    efficiency: that factor (None: uncalibrated); note: one line for reports, "modeled
+    (calibrated on ...)" or "modeled (roofline; ...)"."""
+
+    roofline_s: float | None
+    time_s: float | None
+    efficiency: float | None
+    note: str
+
+
+def modeled_time(problem: Problem, budget: Budget, device: DeviceSpec, *,
+                 tf32: bool = False) -> ModeledTime:
+    """The time a --model-only row reports: the roofline scaled by the device's measured
+    efficiency for the method family (sbbench/data/devices.yaml, with its citation), or
+    the bare roofline where no published measurement calibrates it."""
+    roofline = roofline_time_s(problem, budget, device, tf32=tf32)
+    family = method_family(budget.method)
+    calibration = device.efficiency.get(family)
+    if roofline is None:
+        return ModeledTime(None, None, None, f"not modeled: the {device.name} profile has no "
+                           f"peak for {problem.dtype}")
+    if calibration is None:
+        return ModeledTime(roofline, roofline, None,
+                           f"modeled (roofline; no published {family} measurement on "
+                           f"{device.name} to calibrate it)")
+    return ModeledTime(roofline, roofline / calibration.factor, calibration.factor,
+                       f"modeled (calibrated on {calibration.calibrated_on}: "
+                       f"{calibration.factor:.2f} of the roofline)")

@@ -237,3 +237,28 @@ def test_cli_devices_prints_the_table(capsys, no_gpu):
         assert name in out
     assert "detected here: cpu device" in out
     assert "h100 = h100-sxm" in out
+
+
+def test_efficiency_entries_are_cited_and_checked():
+    h100 = get_device("h100-sxm")
+    exact = h100.efficiency["exact"]
+    assert exact.measured_tflops == (620.73, 476.753)
+    assert exact.factor == pytest.approx((620.73 * 476.753) ** 0.5 / 989.4)
+    assert "PR #2391" in exact.calibrated_on and "head_dim 128" in exact.calibrated_on
+    assert get_device("a100-80gb").efficiency == {}
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda t: t["devices"]["h100-sxm"]["efficiency"].update(flash={}),
+     "devices.h100-sxm.efficiency.flash"),
+    (lambda t: t["devices"]["h100-sxm"]["efficiency"]["exact"].update(peak="fp8"),
+     "devices.h100-sxm.efficiency.exact.peak"),
+    (lambda t: t["devices"]["h100-sxm"]["efficiency"]["exact"].update(
+        measured_tflops=[2000]), "devices.h100-sxm.efficiency.exact.measured_tflops"),
+    (lambda t: t["devices"]["h100-sxm"]["efficiency"]["exact"].pop("calibrated_on"),
+     "devices.h100-sxm.efficiency.exact"),
+], ids=["family", "peak", "above-peak", "uncited"])
+def test_efficiency_schema_errors_name_the_key(mutate, key):
+    with pytest.raises(DeviceTableError) as err:
+        parse_table(_broken(mutate), "test.yaml")
+    assert key in str(err.value)

@@ -27,9 +27,13 @@ def test_dry_run_prints_the_steps_and_the_grid(tmp_path):
     done = run_script(str(tmp_path / "out"), "--gpu", "h200", "--dry-run")
     assert done.returncode == 0, done.stderr
     steps = [line[2:] for line in done.stdout.splitlines() if line.startswith("+ ")]
-    assert len(steps) == 3
-    tests, sweep, report = steps
+    assert len(steps) == 4
+    risks, tests, sweep, report = steps
+    # the risk checks come first, and the other GPU tests do not repeat them
+    assert "-m gpu" in risks and risks.rstrip().endswith(
+        "tests/kernels/test_gpu_risks.py > " + str(tmp_path / "out" / "risks.log"))
     assert "-m pytest" in tests and "-m gpu" in tests and str(tmp_path / "out") in tests
+    assert "--deselect tests/kernels/test_gpu_risks.py" in tests
     store = str(tmp_path / "out" / "device_check.sqlite")
     assert "-m sbbench sweep --gpu h200 --grid device_check" in sweep and store in sweep
     assert "-m sbbench report --store " + store in report
@@ -44,6 +48,19 @@ def test_dry_run_prints_the_steps_and_the_grid(tmp_path):
 def test_usage_errors_exit_2(args):
     done = run_script(*args)
     assert done.returncode == 2 and "usage:" in done.stderr
+
+
+def test_the_risk_module_holds_the_risk_cases():
+    """What device_check.sh runs first: tf32 tolerances, a large-offset case, the largest
+    head_dim and bucket (collected on the CPU; they run on a GPU)."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu",
+                           "-p", "no:cacheprovider", str(ROOT / "tests/kernels/test_gpu_risks.py")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    ids = [line for line in done.stdout.splitlines() if "::" in line]
+    assert any("test_risk_tf32_tolerances[bf16-d128-lsh2-causal-mask]" in i for i in ids), ids
+    assert any("test_risk_tf32_tolerances[fp16-d48-m49-b24-lsh2-mask]" in i for i in ids)
+    assert any("large_offsets" in i for i in ids)
+    assert any("largest_head_dim_and_bucket" in i for i in ids)
 
 
 def test_device_check_grid_holds_the_risky_shapes():

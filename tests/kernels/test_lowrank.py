@@ -15,7 +15,7 @@ kernels = kernels_for_tests()
 if not getattr(kernels, "HAVE_TRITON", False):
     pytest.skip("triton is not installed", allow_module_level=True)
 
-from sbbench.kernels.testing import check_close, nan_filled_outputs  # noqa: E402
+from sbbench.kernels.testing import check_close, nan_filled_outputs, tf32_unit_roundoff  # noqa: E402,I001
 
 from sbbench.attention.core import attend, lowrank_sums  # noqa: E402
 from sbbench.attention.features import draw_projections, key_features, query_features  # noqa: E402
@@ -25,12 +25,21 @@ DEVICE = device_for_tests()
 
 def feature_floor(dtype: torch.dtype) -> float:
     """Floor of the tolerance of float32 intermediates, relative to their scale. Half
-    inputs: the projections are W_s = hi + lo in the input dtype (~2^-16 relative), and on
-    the GPU the feature products run in tf32 (10-bit mantissa); float32 inputs use tf32x3
-    (about float32)."""
+    inputs: the projections are W_s = hi + lo in the input dtype (~2^-16 relative, times
+    |W_s x| <= ~10 in the exponent); float32 inputs use tf32x3 (about float32)."""
+    return 1e-5 if dtype == torch.float32 else 1e-4
+
+
+def tf32_bound(dtype: torch.dtype, roundings: int, magnitude: torch.Tensor) -> torch.Tensor:
+    """Elementwise bound of the tf32 rounding of a float32 sum of products (half inputs,
+    Performer path: products in tf32; float32 inputs and Scatterbrain use tf32x3, ~2^-21,
+    which the float32 floor covers). Each operand rounding errs by at most u (2^-11 to
+    nearest, 2^-10 truncated) relative to the operand; a term that went through
+    ``roundings`` of them errs by <= roundings * u of |term|, so the sum errs by <=
+    roundings * u * ``magnitude`` = the same sum over |terms|."""
     if dtype == torch.float32:
-        return 1e-5
-    return 1e-3 if DEVICE.type == "cuda" else 1e-4
+        return torch.zeros_like(magnitude)
+    return roundings * tf32_unit_roundoff() * magnitude
 
 
 @pytest.fixture(autouse=True)
@@ -118,8 +127,11 @@ def test_performer_state_and_output(dtype, seq, head_dim, head_dim_v, n_features
     for acc in (torch.float32, torch.float64):
         _, _, kh, _ = hat_reference(q, k, projections, scale, keep, acc)
         refs[acc] = (kh.transpose(-1, -2) @ v.to(acc), kh.sum(dim=2))
+    # kv = kh^T v: kh rounded to tf32 once (v is exact in tf32); ks is a float32 sum
+    kv_terms = kh.transpose(-1, -2) @ v.double().abs()
     check_close("kv", kv, refs[torch.float32][0], refs[torch.float64][0], torch.float32,
-                floor=feature_floor(dtype) * refs[torch.float64][0].abs().max().item())
+                floor=feature_floor(dtype) * refs[torch.float64][0].abs().max().item()
+                + tf32_bound(dtype, 1, kv_terms))
     check_close("ks", ks, refs[torch.float32][1], refs[torch.float64][1], torch.float32,
                 floor=feature_floor(dtype) * refs[torch.float64][1].abs().max().item())
 
@@ -153,10 +165,16 @@ def test_causal_prefix_sums_and_output(dtype, seq, head_dim, n_features, mask, c
     for acc in (torch.float32, torch.float64):
         qh, _, kh, _ = hat_reference(q, k, projections, scale, keep, acc)
         refs[acc] = lowrank_sums(qh, kh, v.to(acc), True)
+    # num: a term (qh_i . kh_j) v_j passes three tf32 roundings on either path of the
+    # kernel (qh, kh and the score inside a chunk; kh, the state and qh across chunks);
+    # den: two (qh, kh of the score; the state part is a float32 sum)
+    num_terms = lowrank_sums(qh, kh, v.double().abs(), True)[0]
     check_close("num", num, refs[torch.float32][0], refs[torch.float64][0], torch.float32,
-                floor=feature_floor(dtype) * refs[torch.float64][0].abs().max().item())
+                floor=feature_floor(dtype) * refs[torch.float64][0].abs().max().item()
+                + tf32_bound(dtype, 3, num_terms))
     check_close("den", den, refs[torch.float32][1], refs[torch.float64][1], torch.float32,
-                floor=feature_floor(dtype) * refs[torch.float64][1].abs().max().item())
+                floor=feature_floor(dtype) * refs[torch.float64][1].abs().max().item()
+                + tf32_bound(dtype, 2, refs[torch.float64][1]))
     common = dict(scale=scale, projections=projections, hashes=None, bucket_size=None,
                   sparse=None, causal=True, key_padding_mask=keep)
     out = kernels.scatterbrain_forward(q, k, v, **common)
@@ -198,3 +216,58 @@ def test_launchers_reject_bad_configs_and_inputs():
         kernels.scatterbrain_forward(q, k, v, scale=0.25, projections=projections, hashes=None,
                                      bucket_size=None, sparse=None, causal=False,
                                      key_padding_mask=None, configs={"flash": {}})
+
+
+@pytest.mark.parametrize("dtype,seq,head_dim,n_features,mask,config,chunks", [
+    pytest.param(torch.float32, 201, 40, 98, True, {"BLOCK_N": 16, "BLOCK_P": 32}, 3,
+                 id="fp32-s201-d40-m49-mask-3chunks"),
+    pytest.param(torch.bfloat16, 77, 24, 64, False, {"BLOCK_N": 16, "BLOCK_P": 16}, 7,
+                 id="bf16-s77-d24-7chunks"),
+    pytest.param(torch.float16, 100, 32, 32, True, {"BLOCK_N": 32, "BLOCK_P": 16}, 100,
+                 id="fp16-s100-d32-chunk-per-block"),
+])
+def test_causal_scan_over_chunks_matches_the_reference(dtype, seq, head_dim, n_features,
+                                                       mask, config, chunks):
+    """State per chunk, exclusive scan, apply: the prefix sums of the torch reference at odd
+    sizes, and the single-chunk kernel's result up to float32 summation order."""
+    q, k, v, projections, keep = make_inputs(seq, head_dim, dtype, n_features=n_features,
+                                             mask=mask)
+    scale = 1.0 / math.sqrt(head_dim)
+    weights, q_shift, _, k_bias, lk = stats(q, k, projections, scale, keep)
+    num, den = kernels.lowrank_causal(q, k, v, weights, q_shift, k_bias, lk, keep,
+                                      config=config, chunks=chunks)
+    one = kernels.lowrank_causal(q, k, v, weights, q_shift, k_bias, lk, keep, config=config,
+                                 chunks=1)
+    refs = {}
+    for acc in (torch.float32, torch.float64):
+        qh, _, kh, _ = hat_reference(q, k, projections, scale, keep, acc)
+        refs[acc] = lowrank_sums(qh, kh, v.to(acc), True)
+    num_terms = lowrank_sums(qh, kh, v.double().abs(), True)[0]
+    check_close("num", num, refs[torch.float32][0], refs[torch.float64][0], torch.float32,
+                floor=feature_floor(dtype) * refs[torch.float64][0].abs().max().item()
+                + tf32_bound(dtype, 3, num_terms))
+    check_close("den", den, refs[torch.float32][1], refs[torch.float64][1], torch.float32,
+                floor=feature_floor(dtype) * refs[torch.float64][1].abs().max().item()
+                + tf32_bound(dtype, 2, refs[torch.float64][1]))
+    torch.testing.assert_close(num, one[0], rtol=1e-5, atol=1e-5 * float(num.abs().max()))
+    torch.testing.assert_close(den, one[1], rtol=1e-5, atol=0)
+
+
+def test_causal_chunks_fill_the_gpu():
+    from sbbench.core.devices import get_device
+    from sbbench.kernels.causal_lowrank import causal_chunks
+
+    sms = get_device("h100-sxm").sm_count
+    assert causal_chunks(16, 8, 512, sms) == 3  # 128 programs -> 384 (2.9 waves)
+    assert causal_chunks(1, 4, 512, sms) == 66  # 4 programs -> 264 (2 waves)
+    assert causal_chunks(1, 4, 10, sms) == 10  # never more chunks than row blocks
+    assert causal_chunks(64, 8, 512, sms) == 1  # already 3.9 waves
+    assert causal_chunks(16, 8, 512, None) == 1  # the interpreter: one chunk
+
+
+def test_static_plans_take_buckets_that_do_not_divide_the_sequence():
+    from sbbench.kernels import KernelShape, sparse
+
+    for bucket in (24, 100, 255):
+        launch = sparse.plan(KernelShape(bucket_size=bucket, n_hashes=2), sparse.DEFAULT)
+        assert launch.args["seq_pad"] % bucket == 0 and launch.args["seq_pad"] >= 4096

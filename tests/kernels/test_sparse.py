@@ -83,6 +83,8 @@ def test_lsh_only(dtype, seq, head_dim, bucket, n_hashes, causal, mask, config):
                  id="fp32-s200-d48-b16-h1-causal"),
     pytest.param(BF16, 63, 64, 128, 16, 1, False, True, {"BLOCK_P": 64, "num_stages": 3},
                  id="bf16-s63-d64-b16-h1-mask"),
+    pytest.param(FP16, 100, 32, 64, 48, 2, True, True, {"BLOCK_Q": 32},
+                 id="fp16-s100-d32-b48-h2-q32-causal-mask"),
 ])
 def test_scatterbrain(dtype, seq, head_dim, n_features, bucket, n_hashes, causal, mask, config):
     run_case(dtype, seq, head_dim, n_features=n_features, bucket_size=bucket, sparse="lsh",

@@ -1,0 +1,140 @@
+"""What the sparse kernel (sparse.py) needs besides the kernel, kept apart so that both
+files stay readable (nothing here imports triton): the state the rounds of one call share,
+and the search space, default and ``keep``.
+
+The bucket fixes the key tile (BLOCK_B = next power of two of bucket_size) and the problem
+fixes d and dv, so the free knobs are the query block (BLOCK_Q of the bucket's queries per
+program: [BLOCK_Q, BLOCK_B] score / estimate tiles; a block of the whole bucket re-projects
+no key, smaller blocks fit large buckets in registers), the projection block (2 x BLOCK_P
+features per step of the feature loop: fewer trips vs. more live [Q, P] / [B, P] tiles)
+and the warps that share the tiles. Each program loads q, k, v once, so the only
+pipelined loads are the W (and, in the first round, kv) blocks of the feature loop: 1-3
+stages. Buckets above 256 would make even [16, B] tiles crowd the registers.
+"""
+
+from __future__ import annotations
+
+import torch
+from sbbench.kernels._common import (
+    Config,
+    DeviceLimits,
+    KernelShape,
+    empty,
+    fits_registers,
+    next_pow2,
+)
+
+
+def int32_rows(name: str, t: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+    if t is None:
+        return None
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must be {list(shape)}, got {tuple(t.shape)}")
+    return t.to(torch.int32).contiguous()
+
+
+def f32_rows(name: str, t: torch.Tensor | None, shape: tuple[int, ...]) -> None:
+    if t is not None and (tuple(t.shape) != shape or t.dtype != torch.float32
+                          or not t.is_contiguous()):
+        raise ValueError(f"{name} must be contiguous float32 {list(shape)}, got "
+                         f"{t.dtype} {tuple(t.shape)}")
+
+
+class SparseState:
+    """What the rounds of one forward share: the running sums between rounds and the
+    int32 orders / bucket ids (built once, reused by every round's launch)."""
+
+    def __init__(self, q, k, v, *, bucket_size, q_order=None, k_order=None,
+                 key_padding_mask=None, out=None):
+        batch, heads, seq, _ = q.shape
+        head_dim_v = v.shape[-1]
+        self.seq_pad = -(-seq // bucket_size) * bucket_size
+        self.local = q_order is None
+        self.n_rounds = 1 if self.local else q_order.shape[2]
+        order_shape = (batch, heads, self.n_rounds, self.seq_pad)
+        self.q_order = int32_rows("q_order", q_order, order_shape)
+        self.k_order = int32_rows("k_order", k_order, order_shape)
+        self.q_bucket = self.k_bucket = None
+        if self.n_rounds > 1:
+            ids = torch.arange(self.seq_pad, device=q.device, dtype=torch.int32) // bucket_size
+            ids = ids.expand(order_shape).contiguous()
+            # bucket of every position = inverse of the sorted order (lsh.bucket_ids)
+            self.q_bucket = torch.empty_like(ids).scatter_(-1, self.q_order.long(), ids)
+            self.k_bucket = torch.empty_like(ids).scatter_(-1, self.k_order.long(), ids)
+        self.keep = None
+        if key_padding_mask is not None:
+            if key_padding_mask.shape != (batch, seq) or key_padding_mask.dtype != torch.bool:
+                raise ValueError(f"key_padding_mask must be bool [{batch}, {seq}], got "
+                                 f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
+            self.keep = key_padding_mask.to(torch.int8).contiguous()
+        if out is None:
+            out = empty((batch, heads, seq, head_dim_v), q.dtype, q.device)
+        self.out = out
+        self.acc = None
+        if self.n_rounds > 1:
+            self.acc = (empty((batch, heads, seq, head_dim_v), torch.float32, q.device),
+                        empty((batch, heads, seq), torch.float32, q.device),
+                        empty((batch, heads, seq), torch.float32, q.device))
+
+
+# ---------------------------------------------------------------- search space
+
+MAX_BUCKET = 256
+SPACE = {
+    "BLOCK_Q": (32, 64, 128, 256),  # capped at the bucket's tile: 256 = the whole bucket
+    "BLOCK_P": (16, 32, 64),
+    "num_warps": (2, 4, 8),
+    "num_stages": (1, 2, 3),
+}
+# whole buckets; compiles without spills at head_dim <= 128 in half precision, bucket <= 64
+# (reports/kernels/static_resources.md); other shapes move to the nearest kept config
+DEFAULT = {"BLOCK_Q": 256, "BLOCK_P": 16, "num_warps": 8, "num_stages": 2}
+
+
+def fuse_by_default(head_dim_v: int) -> bool:
+    """Whether the first round computes the low-rank numerator phi(Q) kv itself (non-causal).
+
+    Fused, the kernel holds a [bucket, dv] float32 accumulator and streams kv through the
+    feature loop: at dv <= 64 that compiles without spills on sm_80 and sm_90 (bucket 64);
+    at dv = 128 the sm_80 build spills kilobytes per thread, so lowrank_apply(sums=True)
+    computes it in its own pass (reports/kernels/static_resources.md).
+    """
+    return next_pow2(head_dim_v) <= 64
+
+
+def query_block(config: Config, bucket_size: int) -> int:
+    """Queries per program: BLOCK_Q, at most the bucket's tile."""
+    return min(config["BLOCK_Q"], next_pow2(bucket_size))
+
+
+def keep(config: Config, limits: DeviceLimits, shape: KernelShape | None = None) -> bool:
+    """Drop configs whose live tiles cannot fit in registers, or whose pipelined weight /
+    kv blocks overflow shared memory, or that repeat another (BLOCK_Q above the bucket).
+
+    Live float32 elements: score and estimate [Q, B] (and the duplicate count with several
+    rounds), the projection / feature tiles [Q, P] and [B, P] (three each), q [Q, d] and k
+    [B, d] (input dtype: half the registers in half precision) and, when the low-rank
+    numerator is fused, its [Q, dv] accumulator and [P, dv] kv tiles."""
+    shape = shape or KernelShape(head_dim=128, head_dim_v=128)
+    block_b = next_pow2(shape.bucket_size)
+    if config["BLOCK_Q"] > block_b and config["BLOCK_Q"] != SPACE["BLOCK_Q"][-1]:
+        return False  # the same kernel as BLOCK_Q = 256 (the whole bucket)
+    q = query_block(config, shape.bucket_size)
+    block_d, block_dv = next_pow2(shape.head_dim), next_pow2(shape.head_dim_v)
+    p, warps = config["BLOCK_P"], config["num_warps"]
+    fused = fuse_by_default(shape.head_dim_v)
+    words = shape.dtype_bytes / 4
+    live = (2 + (shape.n_hashes > 1)) * q * block_b + 3 * (q + block_b) * p \
+        + words * (q + block_b) * block_d \
+        + (q * block_dv + 2 * p * block_dv if fused else 0)
+    if not fits_registers(int(live), warps, limits):
+        return False
+    # shared memory: the pipelined W (and kv) blocks, plus the operands of the larger of
+    # the two bucket products, which are not live at once: q [Q, d] and k [B, d] of the
+    # logits, or the float32 residual [Q, B] and v [B, dv] (float32 with a low-rank part)
+    v_bytes = 4 if shape.n_features else shape.dtype_bytes
+    shared = config["num_stages"] * (2 * shape.dtype_bytes * block_d * p
+                                     + (8 * p * block_dv if fused else 0)) \
+        + max(shape.dtype_bytes * (q + block_b) * block_d,
+              4 * q * block_b + v_bytes * block_b * block_dv)
+    return shared <= limits.shared_bytes

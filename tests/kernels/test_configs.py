@@ -1,0 +1,148 @@
+"""Every launch runs a checked config: defaults and user configs go through keep() for the
+device's limits, dtype and head sizes (falling back to the nearest kept config with one
+warning line); keep() leaves configs at every supported shape; the sparse grid folds
+tiles past CUDA's 65,535 limit on grid axes y and z."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from sbbench.kernels.testing import kernels_for_tests
+
+kernels = kernels_for_tests()
+if not getattr(kernels, "HAVE_TRITON", False):
+    pytest.skip("triton is not installed", allow_module_level=True)
+
+from sbbench.kernels import SM80, SM90, KernelShape, _common, sparse  # noqa: E402
+from sbbench.kernels.testing import nan_filled_outputs  # noqa: E402
+from test_sparse import run_case  # noqa: E402
+
+SHAPES = [KernelShape(head_dim=d, head_dim_v=d, n_features=256, bucket_size=b,
+                      n_hashes=h, dtype_bytes=size)
+          for size in (4, 2) for d in (32, 64, 128, 256) for b in (16, 64, 128, 256)
+          for h in (1, 2) if size == 2 or d <= _common.MAX_FLOAT32_HEAD_DIM]
+
+
+# (kernel, arch, dtype bytes, head_dim, bucket) keep() leaves nothing for: the sparse
+# kernel's float32 residual x v product stages [bucket, dv] float32 operands in shared
+# memory (256 KiB at bucket 256, dv 256); such launches are refused in one line
+REFUSED = {("sparse", arch, size, d, 256, rounds) for arch, size, d, rounds in (
+    (80, 4, 128, 1), (80, 4, 128, 2), (90, 4, 128, 2), (80, 2, 128, 1), (80, 2, 128, 2),
+    (80, 2, 256, 1), (90, 2, 256, 1), (80, 2, 256, 2), (90, 2, 256, 2))}
+
+
+def refused(name, limits, shape):
+    return (name, limits.arch, shape.dtype_bytes, shape.head_dim, shape.bucket_size,
+            shape.n_hashes) in REFUSED
+
+
+@pytest.mark.parametrize("limits", [SM80, SM90], ids=["sm80", "sm90"])
+def test_every_supported_shape_has_a_kept_default(limits):
+    for shape in SHAPES:
+        for name, spec in kernels.SEARCH_SPACES.items():
+            if refused(name, limits, shape):
+                assert not spec.configs(limits, shape), (name, shape)
+                with pytest.raises(ValueError, match="no config of the search space") as err:
+                    spec.choose(None, limits, shape)
+                assert "\n" not in str(err.value) and "bucket 256" in str(err.value)
+                continue
+            default = spec.default_for(limits, shape)
+            assert spec.keep(default, limits, shape), (name, shape)
+            assert spec.configs(limits, shape), (name, shape)
+            if spec.keep(spec.default, limits, shape):
+                assert default == spec.default  # the static default where it fits
+
+
+def test_a_config_keep_drops_falls_back_with_one_warning_line():
+    spec = kernels.SEARCH_SPACES["sparse"]
+    shape = KernelShape(head_dim=64, head_dim_v=64, bucket_size=256)
+    wanted = {"BLOCK_Q": 256, "BLOCK_P": 64, "num_warps": 2, "num_stages": 3}
+    assert not spec.keep(wanted, SM80, shape)
+    _common._WARNED.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chosen = spec.choose(wanted, SM80, shape)
+        again = spec.choose(wanted, SM80, shape)
+    assert chosen == again and spec.keep(chosen, SM80, shape)
+    assert len(caught) == 1  # once per case
+    message = str(caught[0].message)
+    assert "\n" not in message and "sparse" in message and "sm_80" in message
+    assert str(chosen) in message
+    # kept configs and no limits (CPU) pass unchanged; unknown keys are still errors
+    assert spec.choose(chosen, SM80, shape) == chosen
+    assert spec.choose(wanted, None, shape) == wanted
+    with pytest.raises(ValueError, match="unknown config keys"):
+        spec.choose({"BLOCK_X": 1}, SM80, shape)
+
+
+def test_launchers_check_configs_against_the_device(monkeypatch):
+    """A launch on a (pretend) device whose limits drop the asked config runs the nearest
+    kept one, warns once, and still matches the reference."""
+    tiny = _common.DeviceLimits(arch=80, shared_bytes=24 * 1024)
+    for module in ("feature_map", "lowrank", "causal_lowrank", "sparse"):
+        monkeypatch.setattr(f"sbbench.kernels.{module}.launch_limits", lambda device: tiny)
+    _common._WARNED.clear()
+    with warnings.catch_warnings(record=True) as caught, nan_filled_outputs():
+        warnings.simplefilter("always")
+        run_case(torch.float32, 63, 32, n_features=64, bucket_size=16, sparse="lsh",
+                 n_hashes=2, config={"BLOCK_P": 64, "num_warps": 2, "num_stages": 3})
+    lines = [str(w.message) for w in caught if "does not fit" in str(w.message)]
+    assert any(line.startswith("sparse:") for line in lines), lines
+
+
+def test_float32_above_head_dim_128_is_refused_in_one_line():
+    assert kernels.supports(torch.float32, 128) and not kernels.supports(torch.float32, 256)
+    assert kernels.supports(torch.bfloat16, 256) and not kernels.supports(torch.float16, 512)
+    assert not kernels.supports(torch.float64, 64)
+    q = torch.zeros(1, 1, 8, 256)
+    with pytest.raises(ValueError, match="head_dim <= 128") as err:
+        kernels.scatterbrain_forward(q, q, q, scale=1.0, projections=None, hashes=None,
+                                     bucket_size=8, sparse="local", causal=False,
+                                     key_padding_mask=None)
+    assert "\n" not in str(err.value) and "backend='torch'" in str(err.value)
+
+
+# ---- grid ------------------------------------------------------------------------------
+
+def test_bucket_1_at_65536_tokens_folds_the_tiles_into_axis_2():
+    config = sparse.DEFAULT
+    grid, tiles_y = sparse.sparse_grid(32, 65536, 1, config)
+    assert grid == (32, 65535, 2) and tiles_y == 65535
+    assert grid[1] * grid[2] >= 65536 and max(grid[1:]) <= _common.MAX_GRID_YZ
+    grid, tiles_y = sparse.sparse_grid(32, 4096, 64, config)
+    assert grid == (32, 64, 1)
+    # query blocks multiply the tiles: bucket 256 in blocks of 64 queries
+    grid, _ = sparse.sparse_grid(2, 1024, 256, {**config, "BLOCK_Q": 64})
+    assert grid == (2, 16, 1)
+    with pytest.raises(ValueError, match="exceed the CUDA grid"):
+        _common.fold_grid(1, _common.MAX_GRID_YZ ** 2 + 1)
+    plan = sparse.plan(KernelShape(bucket_size=16), config, seq=2 ** 20)
+    assert plan.grid[1] <= _common.MAX_GRID_YZ and plan.args["tiles_y"] == plan.grid[1]
+
+
+def _forward(seq, bucket, config):
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, seq, 16, generator=gen) for _ in range(3))
+    from sbbench.attention.features import draw_projections
+    from sbbench.attention.lsh import draw_hashes
+
+    return kernels.scatterbrain_forward(
+        q, k, v, scale=0.25, projections=draw_projections(32, 16, generator=gen),
+        hashes=draw_hashes(2, 16, generator=gen), bucket_size=bucket, sparse="lsh",
+        causal=True, key_padding_mask=None, configs={"sparse": config})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter: the limit is lowered")
+@pytest.mark.parametrize("config", [{"BLOCK_Q": 256}, {"BLOCK_Q": 32}], ids=["whole", "q32"])
+def test_a_folded_grid_gives_the_same_output(monkeypatch, config):
+    """With the axis limit lowered to 5, 20 tiles run as a 5 x 4 grid (and 11 as 5 x 3,
+    with 4 idle programs): bitwise the output of the unfolded launch."""
+    with nan_filled_outputs():
+        plain = _forward(77, 8 if config["BLOCK_Q"] == 256 else 48, config)
+        monkeypatch.setattr(_common, "MAX_GRID_YZ", 5)
+        folded = _forward(77, 8 if config["BLOCK_Q"] == 256 else 48, config)
+    assert torch.equal(plain, folded) and not torch.isnan(folded).any()
+    assert math.isfinite(float(folded.abs().sum()))
