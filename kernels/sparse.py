@@ -11,7 +11,7 @@ orders of sbbench.attention.lsh.lsh_order, or consecutive blocks for the local v
     num_i    = sum_j r_ij v_j,   den_i = sum_j r_ij     (in the scale exp(lambda_i))
 
 and then merges (num, den, lambda) into the row's running sums in original order, as an
-online softmax over the low-rank term and the rounds (SCATTERBRAIN.md 4): the first round
+online softmax over the low-rank term and the rounds (docs/algorithm.md section 4): the first round
 starts from the low-rank numerator / denominator (computed here from the kv state, or read
 from the causal kernel), the last round writes ``out = num / max(den, tiny)``. With one
 round nothing but ``out`` is written. Features qh, kh are recomputed from q, k and W_s.
