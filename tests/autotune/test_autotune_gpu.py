@@ -31,14 +31,16 @@ def recorded(path):
     spec = kernels.SEARCH_SPACES["sparse"]
     kept = kept_configs()
     winner, wrong = kept[len(kept) // 2], kept[0]
-    rows = ["BLOCK_P,num_warps,num_stages,time_ms,reason"]
-    for config in kernels.expand_space(spec.space):
-        p, w, s = config["BLOCK_P"], config["num_warps"], config["num_stages"]
+    configs = kernels.expand_space(spec.space)
+    names = sorted(configs[0])  # every tile name of the space (BLOCK_P, BLOCK_Q, ...)
+    rows = [",".join(names) + ",time_ms,reason"]
+    for config in configs:
+        values = ",".join(str(config[name]) for name in names)
         if config == wrong:
-            rows.append(f"{p},{w},{s},,output differs from the reference")
+            rows.append(f"{values},,output differs from the reference")
             continue
-        base = 1.0 if config == winner else 1.5 + 0.01 * (p + w + s)
-        rows += [f"{p},{w},{s},{base * f:.4f}," for f in (0.99, 1.0, 1.01)]
+        base = 1.0 if config == winner else 1.5 + 0.0001 * sum(config.values())
+        rows += [f"{values},{base * f:.4f}," for f in (0.99, 1.0, 1.01)]
     path.write_text("\n".join(rows) + "\n")
     return path, winner, wrong
 
