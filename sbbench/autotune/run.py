@@ -19,7 +19,7 @@ from sbbench.autotune.strategies import TuneOptions
 from sbbench.autotune.tuner import RUNNER_UP_WITHIN, BucketOutcome, merge_target, tune_case
 from sbbench.core.errors import UserError
 from sbbench.core.record import code_version, now_utc
-from sbbench.tuned.table import ShapeBucket
+from sbbench.tuned import ShapeBucket
 
 Progress = Callable[[str], None]
 

@@ -23,7 +23,7 @@ def shape_buckets(kind: str, *, seq_len=None, head_dim=None, features=None,
     """Every combination of the axes given (None: the ``kind``'s default), ordered by
     dtype, head_dim, features, bucket_size, then seq_len."""
     from sbbench.core.types import DTYPES
-    from sbbench.tuned.table import ShapeBucket
+    from sbbench.tuned import ShapeBucket
 
     given = {"seq_len": seq_len, "head_dim": head_dim, "features": features,
              "bucket_size": bucket_size, "dtype": dtype}

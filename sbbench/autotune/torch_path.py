@@ -28,7 +28,7 @@ from sbbench.core.provenance import cpu_model_name
 from sbbench.core.types import Budget, Problem
 from sbbench.measure.calls import draw_randomness
 from sbbench.measure.inputs import make_qkv
-from sbbench.tuned.table import ShapeBucket, cpu_target
+from sbbench.tuned import ShapeBucket, cpu_target
 
 CPU_METHODS = ("scatterbrain", "lsh", "performer")
 CHUNK_ELEMENTS_SPACE = tuple(1 << power for power in range(16, 23))

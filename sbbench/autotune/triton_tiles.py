@@ -24,7 +24,7 @@ from sbbench.autotune.pruning import keep_check, resource_check
 from sbbench.autotune.strategies import config_key
 from sbbench.core.errors import UserError
 from sbbench.core.types import Budget, Problem
-from sbbench.tuned.table import ShapeBucket
+from sbbench.tuned import ShapeBucket
 
 # kernel -> (method, causal) of the forward that runs it; "all" tunes the non-causal ones
 KERNEL_CALLS = {

@@ -110,7 +110,7 @@ def run_select_command(args) -> int:
     command, date = command_line(args), now_utc()
     tuning_file = None
     if not args.dry_run:
-        from sbbench.tuned.table import write_section
+        from sbbench.tuned import write_section
 
         metadata = {
             "date": date, "command": command, "store": str(args.store), "device": device,

@@ -13,7 +13,7 @@ from sbbench.autotune.torch_path import CpuCase, cpu_space, thread_counts
 from sbbench.autotune.tuner import tune_case
 from sbbench.cli.main import main
 from sbbench.core.types import Budget, Problem
-from sbbench.tuned.table import ShapeBucket
+from sbbench.tuned import ShapeBucket
 
 TINY = ShapeBucket(seq_len=200, head_dim=16, n_features=8, bucket_size=16)
 FAST = dict(warmup_ms=0.0, rep_ms=1.0, min_samples=3)

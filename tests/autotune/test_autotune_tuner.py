@@ -23,7 +23,7 @@ from sbbench.autotune import (
     resource_check,
 )
 from sbbench.autotune.tuner import merge_target, tune_case
-from sbbench.tuned.table import ShapeBucket
+from sbbench.tuned import ShapeBucket
 
 SMEM_LIMIT = 100 * 1024  # bytes per block on the fake device
 REG_LIMIT = 255
