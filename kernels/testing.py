@@ -55,7 +55,7 @@ def kernels_for_tests():
 
 @contextlib.contextmanager
 def nan_filled_outputs() -> Iterator[None]:
-    """Every buffer a kernel must write completely starts as NaN (STYLE.md 6)."""
+    """Every buffer a kernel must write completely starts as NaN."""
     from sbbench.kernels import _common
 
     previous = _common.FILL_UNWRITTEN_WITH_NAN
@@ -81,7 +81,7 @@ ABS_FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 4e-3}
 
 def tolerance(ref_dtype: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype,
               floor: float | None = None) -> torch.Tensor:
-    """Elementwise bound 2 |ref_dtype - ref64| + atol (STYLE.md 5), atol = ulp(ref64) +
+    """Elementwise bound 2 |ref_dtype - ref64| + atol, atol = ulp(ref64) +
     a floor (``floor`` overrides the dtype's: intermediate float32 results of half inputs
     computed with tf32 on a GPU need ~1e-3 of their scale)."""
     eps = torch.finfo(dtype).eps * ULP_FACTOR.get(dtype, 1.0)

@@ -254,8 +254,9 @@ def test_causal_scan_over_chunks_matches_the_reference(dtype, seq, head_dim, n_f
 
 
 def test_causal_chunks_fill_the_gpu():
-    from sbbench.core.devices import get_device
     from sbbench.kernels.causal_lowrank import causal_chunks
+
+    from sbbench.core.devices import get_device
 
     sms = get_device("h100-sxm").sm_count
     assert causal_chunks(16, 8, 512, sms) == 3  # 128 programs -> 384 (2.9 waves)
