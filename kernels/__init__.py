@@ -5,17 +5,23 @@ Files, in the order of the computation:
 - ``feature_map.py``  per-row log-scales of the random features (and the shared
   projection helper);
 - ``lowrank.py``      phi(K)^T V / phi(K)^T 1 state, phi(Q)(...) output;
-- ``causal_lowrank.py`` ``lowrank_causal``: the causal prefix-sum form of the low-rank part;
+- ``causal_lowrank.py`` ``lowrank_causal``: the causal prefix-sum form of the low-rank part
+  (a scan over sequence chunks);
+- ``lowrank_setup.py`` search spaces, defaults and ``keep`` of the three low-rank kernels;
 - ``sparse.py``       per-bucket residual, duplicate-pair correction, masks, per-query
   scale, merge with the low-rank part, write-back in original order (LSH and local);
+- ``sparse_setup.py`` the rounds' shared state, search space, default and ``keep`` of it;
 - ``scatterbrain.py`` ``scatterbrain_forward``: the whole forward (what backend="triton"
   runs);
 - ``static.py``       ahead-of-time compile for sm_80 / sm_90: shared memory, registers,
   spills per config (``compile_config``, ``sweep``; table: scripts/static_compile.py);
-- ``testing.py``      interpreter set-up and dtype-derived tolerances of the kernel tests.
+- ``testing.py``      interpreter set-up, dtype-derived tolerances, and interpreter modes
+  of the kernel tests (tf32 rounding of dots, program order, checked memory accesses).
 
-Each kernel file holds its search space (``SPACE``), default config, ``keep(config,
-limits, shape)`` predicate and a ``KernelSpec``; ``SEARCH_SPACES`` collects them. Without
+Each kernel has a search space, a default config, a ``keep(config, limits, shape)``
+predicate and a ``KernelSpec``; ``SEARCH_SPACES`` collects them. Every launch runs
+``KernelSpec.choose``: the config asked (or the default for the shape) checked by keep()
+for the device (``_common.choose_config``). Without
 triton, importing this package still works (``HAVE_TRITON`` is False; only the device
 limits and shapes are exported) and ``scatterbrain_forward`` is absent, so backend="auto"
 falls back to the torch path.

@@ -284,7 +284,7 @@ def needs_int64(values: Iterable[Any]) -> bool:
 
 
 # Tests set this to fill every buffer a kernel must write completely with NaN, so an
-# element a kernel forgot fails.
+# element a kernel forgot fails (an unwritten element is NaN, not a plausible stale value).
 FILL_UNWRITTEN_WITH_NAN = False
 
 

@@ -1,5 +1,5 @@
 """Performer features in log space: the projection helper every kernel uses, and the
-row statistics that fix the stabilisation (docs/algorithm.md section 2, "Numerical stability").
+row statistics that fix the stabilisation (docs/algorithm.md, numerical stability).
 
 With ``W_s = sqrt(tau) W`` ([m, head_dim], m = n_features / 2) and ``x`` a row of q or k:
 

@@ -11,7 +11,7 @@ orders of sbbench.attention.lsh.lsh_order, or consecutive blocks for the local v
     num_i    = sum_j r_ij v_j,   den_i = sum_j r_ij     (in the scale exp(lambda_i))
 
 and then merges (num, den, lambda) into the row's running sums in original order, as an
-online softmax over the low-rank term and the rounds (docs/algorithm.md section 4): the first round
+online softmax over the low-rank term and the rounds (docs/algorithm.md): the first round
 starts from the low-rank numerator / denominator (computed here from the kv state, or read
 from the causal kernel), the last round writes ``out = num / max(den, tiny)``. With one
 round nothing but ``out`` is written. Features qh, kh are recomputed from q, k and W_s.
@@ -25,7 +25,9 @@ import torch
 import triton
 import triton.language as tl
 from sbbench.kernels._common import (
+    LIMITS_BY_ARCH,
     Config,
+    DeviceLimits,
     KernelShape,
     KernelSpec,
     Launch,
@@ -49,6 +51,7 @@ from sbbench.kernels.feature_map import (
 from sbbench.kernels.sparse_setup import (  # noqa: F401 - re-exported
     DEFAULT,
     MAX_BUCKET,
+    QUERY_BLOCKS,
     SPACE,
     SparseState,
     f32_rows,
@@ -241,9 +244,9 @@ def _bucket_kernel(
 
 
 def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_size, causal,
-                  lowrank, config) -> Launch:
+                  lowrank, config, block_q: int) -> Launch:
     """lowrank: None, or a dict with weights, q_shift, q_bias, k_bias, lk and either
-    (kv, ks) (non-causal) or (num, den) (causal sums)."""
+    (kv, ks) (non-causal) or (num, den) (causal sums); block_q: queries per program."""
     batch, heads, seq, head_dim = q.shape
     head_dim_v = v.shape[-1]
     out = state.out
@@ -291,7 +294,7 @@ def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_
         N_ROUNDS=state.n_rounds, LOCAL=state.local, CAUSAL=bool(causal),
         HAS_MASK=state.keep is not None, LOWRANK=mode, FIRST=round_idx == 0,
         LAST=round_idx == state.n_rounds - 1,
-        BLOCK_B=next_pow2(bucket_size), BLOCK_Q=query_block(config, bucket_size),
+        BLOCK_B=next_pow2(bucket_size), BLOCK_Q=block_q,
         BLOCK_D=next_pow2(head_dim),
         BLOCK_DV=next_pow2(head_dim_v), BLOCK_P=config["BLOCK_P"],
         # every float32 product here (estimate, fused low-rank numerator, residual x v)
@@ -304,20 +307,27 @@ def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_
         args.update(w_ptr=dummy, w_lo_ptr=dummy, SPLIT=False,
                     UPCAST=q.dtype == torch.bfloat16 and interpreted(_bucket_kernel))
     args["INT64"] = needs_int64(args.values())
-    grid, args["tiles_y"] = sparse_grid(batch * heads, state.seq_pad, bucket_size, config)
+    grid, args["tiles_y"] = sparse_grid(batch * heads, state.seq_pad, bucket_size, block_q)
     args["q_blocks"] = -(-bucket_size // args["BLOCK_Q"])
     args["n_tiles"] = state.seq_pad // bucket_size * args["q_blocks"]
     return Launch(_bucket_kernel, grid, args, config["num_warps"], config["num_stages"],
                   outputs=(out,))
 
 
-def sparse_grid(batch_heads: int, seq_pad: int, bucket_size: int, config: Config
+def sparse_grid(batch_heads: int, seq_pad: int, bucket_size: int, block_q: int
                 ) -> tuple[tuple[int, int, int], int]:
     """(grid, tiles_y) of one round: batch * heads on axis 0, the (bucket, query block)
     tiles folded over axes 1 and 2 (_common.fold_grid: bucket 1 at 65,536 tokens has
     65,536 tiles, past CUDA's 65,535 on axis 1)."""
-    q_blocks = -(-bucket_size // query_block(config, bucket_size))
+    q_blocks = -(-bucket_size // min(block_q, next_pow2(bucket_size)))
     return fold_grid(batch_heads, seq_pad // bucket_size * q_blocks)
+
+
+def pick_query_block(config: Config, limits: DeviceLimits | None, shape: KernelShape) -> int:
+    """Queries per program for a launch: the largest block that fits the device (sm_80's
+    limits on the CPU and in static-compile plans); the smallest if none does."""
+    block_q = query_block(config, limits or LIMITS_BY_ARCH[80], shape)
+    return block_q or min(QUERY_BLOCKS[-1], next_pow2(shape.bucket_size))
 
 
 def kernel_shape(q: torch.Tensor, v: torch.Tensor, bucket_size: int, n_rounds: int,
@@ -353,11 +363,13 @@ def sparse_attention(
                          f"got {bucket_size}")
     state = SparseState(q, k, v, bucket_size=bucket_size, q_order=q_order, k_order=k_order,
                         key_padding_mask=key_padding_mask, out=out)
-    config = SPEC.choose(config, launch_limits(q.device),
-                         kernel_shape(q, v, bucket_size, state.n_rounds, lowrank))
+    limits = launch_limits(q.device)
+    shape = kernel_shape(q, v, bucket_size, state.n_rounds, lowrank)
+    config = SPEC.choose(config, limits, shape)
+    block_q = pick_query_block(config, limits, shape)
     for r in range(state.n_rounds):
         _round_launch(q, k, v, state, r, scale=scale, bucket_size=bucket_size, causal=causal,
-                      lowrank=lowrank, config=config).run()
+                      lowrank=lowrank, config=config, block_q=block_q).run()
     return state.out
 
 
@@ -383,7 +395,6 @@ def plan(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
         lowrank.update(num=torch.empty(1, 1, seq, shape.head_dim_v, device="meta"), den=rows)
     return _round_launch(q, q, v, state, 0, scale=1.0 / math.sqrt(shape.head_dim),
                          bucket_size=shape.bucket_size, causal=False, lowrank=lowrank,
-                         config=config)
-
+                         config=config, block_q=pick_query_block(config, None, shape))
 
 SPEC = KernelSpec("sparse", SPACE, DEFAULT, keep, plan)

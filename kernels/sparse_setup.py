@@ -3,11 +3,11 @@ files stay readable (nothing here imports triton): the state the rounds of one c
 and the search space, default and ``keep``.
 
 The bucket fixes the key tile (BLOCK_B = next power of two of bucket_size) and the problem
-fixes d and dv, so the free knobs are the query block (BLOCK_Q of the bucket's queries per
-program: [BLOCK_Q, BLOCK_B] score / estimate tiles; a block of the whole bucket re-projects
-no key, smaller blocks fit large buckets in registers), the projection block (2 x BLOCK_P
-features per step of the feature loop: fewer trips vs. more live [Q, P] / [B, P] tiles)
-and the warps that share the tiles. Each program loads q, k, v once, so the only
+fixes d and dv, so the free knobs are the projection block (2 x BLOCK_P features per step
+of the feature loop: fewer trips vs. more live [Q, P] / [B, P] tiles) and the warps that
+share the tiles. The query block (BLOCK_Q of the bucket's queries per program: [BLOCK_Q,
+BLOCK_B] score / estimate tiles) follows from the shape: the whole bucket where it fits,
+smaller blocks for large buckets (query_block). Each program loads q, k, v once, so the only
 pipelined loads are the W (and, in the first round, kv) blocks of the feature loop: 1-3
 stages. Buckets above 256 would make even [16, B] tiles crowd the registers.
 """
@@ -81,14 +81,13 @@ class SparseState:
 
 MAX_BUCKET = 256
 SPACE = {
-    "BLOCK_Q": (32, 64, 128, 256),  # capped at the bucket's tile: 256 = the whole bucket
     "BLOCK_P": (16, 32, 64),
     "num_warps": (2, 4, 8),
     "num_stages": (1, 2, 3),
 }
 # whole buckets; compiles without spills at head_dim <= 128 in half precision, bucket <= 64
 # (reports/kernels/static_resources.md); other shapes move to the nearest kept config
-DEFAULT = {"BLOCK_Q": 256, "BLOCK_P": 16, "num_warps": 8, "num_stages": 2}
+DEFAULT = {"BLOCK_P": 16, "num_warps": 8, "num_stages": 2}
 
 
 def fuse_by_default(head_dim_v: int) -> bool:
@@ -102,24 +101,14 @@ def fuse_by_default(head_dim_v: int) -> bool:
     return next_pow2(head_dim_v) <= 64
 
 
-def query_block(config: Config, bucket_size: int) -> int:
-    """Queries per program: BLOCK_Q, at most the bucket's tile."""
-    return min(config["BLOCK_Q"], next_pow2(bucket_size))
-
-
-def keep(config: Config, limits: DeviceLimits, shape: KernelShape | None = None) -> bool:
-    """Drop configs whose live tiles cannot fit in registers, or whose pipelined weight /
-    kv blocks overflow shared memory, or that repeat another (BLOCK_Q above the bucket).
+def _fits(config: Config, q: int, limits: DeviceLimits, shape: KernelShape) -> bool:
+    """Whether ``config`` with query blocks of ``q`` fits registers and shared memory.
 
     Live float32 elements: score and estimate [Q, B] (and the duplicate count with several
     rounds), the projection / feature tiles [Q, P] and [B, P] (three each), q [Q, d] and k
     [B, d] (input dtype: half the registers in half precision) and, when the low-rank
     numerator is fused, its [Q, dv] accumulator and [P, dv] kv tiles."""
-    shape = shape or KernelShape(head_dim=128, head_dim_v=128)
     block_b = next_pow2(shape.bucket_size)
-    if config["BLOCK_Q"] > block_b and config["BLOCK_Q"] != SPACE["BLOCK_Q"][-1]:
-        return False  # the same kernel as BLOCK_Q = 256 (the whole bucket)
-    q = query_block(config, shape.bucket_size)
     block_d, block_dv = next_pow2(shape.head_dim), next_pow2(shape.head_dim_v)
     p, warps = config["BLOCK_P"], config["num_warps"]
     fused = fuse_by_default(shape.head_dim_v)
@@ -129,12 +118,38 @@ def keep(config: Config, limits: DeviceLimits, shape: KernelShape | None = None)
         + (q * block_dv + 2 * p * block_dv if fused else 0)
     if not fits_registers(int(live), warps, limits):
         return False
-    # shared memory: the pipelined W (and kv) blocks, plus the operands of the larger of
-    # the two bucket products, which are not live at once: q [Q, d] and k [B, d] of the
-    # logits, or the float32 residual [Q, B] and v [B, dv] (float32 with a low-rank part)
+    # shared memory: the pipelined W (and kv) blocks, plus the operands of both bucket
+    # products, q [Q, d] and k [B, d] of the logits and the float32 residual [Q, B] with v
+    # [B, dv] (float32 with a low-rank part); counted as if live at once (the compiler
+    # reuses little: 263,168 B measured at head_dim 256, bucket 128, 64 queries, sm_90)
     v_bytes = 4 if shape.n_features else shape.dtype_bytes
     shared = config["num_stages"] * (2 * shape.dtype_bytes * block_d * p
                                      + (8 * p * block_dv if fused else 0)) \
-        + max(shape.dtype_bytes * (q + block_b) * block_d,
-              4 * q * block_b + v_bytes * block_b * block_dv)
+        + shape.dtype_bytes * (q + block_b) * block_d \
+        + 4 * q * block_b + v_bytes * block_b * block_dv
     return shared <= limits.shared_bytes
+
+
+# queries per program, largest first: the whole bucket re-projects no key; smaller blocks
+# fit large buckets (a launch parameter derived from the shape, like the state kernel's
+# splits, so the search space and tuning files keep their keys)
+QUERY_BLOCKS = (256, 128, 64, 32)
+
+
+def query_block(config: Config, limits: DeviceLimits, shape: KernelShape) -> int | None:
+    """The largest query block (at most the bucket's tile) with which ``config`` fits;
+    None if none does."""
+    block_b = next_pow2(shape.bucket_size)
+    for q in (b for b in QUERY_BLOCKS if b <= block_b):
+        if _fits(config, q, limits, shape):
+            return q
+    if block_b < QUERY_BLOCKS[-1] and _fits(config, block_b, limits, shape):
+        return block_b
+    return None
+
+
+def keep(config: Config, limits: DeviceLimits, shape: KernelShape | None = None) -> bool:
+    """Drop configs that fit the registers and shared memory with no query block (see
+    :func:`query_block` and ``_fits``)."""
+    shape = shape or KernelShape(head_dim=128, head_dim_v=128)
+    return query_block(config, limits, shape) is not None

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a GPU session: first the risk checks (tests/kernels/test_gpu_risks.py:
 # tf32 tolerances, 64-bit offsets on a 65,536-token packed QKV buffer, the largest
-# head_dim and bucket, the folded grid), so the first GPU minutes answer them; then the
+# head_dim and bucket the kernels take, the folded grid), so the first GPU minutes answer them; then the
 # other GPU tests (`pytest -m gpu`: the kernels against the
 # torch reference, incl. causal + padding masks, every kernel's search space sampled, the
 # static compile against the JIT), then the `device_check` grid (every method on the

@@ -118,7 +118,14 @@ def _matrix(args, names, archs, argv) -> int:
     kernel's static default or moved to fit."""
     import torch
     import triton
-    from sbbench.kernels import SEARCH_SPACES, KernelShape, limits_for, static, supports
+    from sbbench.kernels import (
+        SEARCH_SPACES,
+        KernelShape,
+        limits_for,
+        sparse,
+        static,
+        supports,
+    )
 
     from sbbench.core.provenance import now_utc, revision_text
 
@@ -140,20 +147,34 @@ def _matrix(args, names, archs, argv) -> int:
                                             half="float16" if dtype == "float16" else "bfloat16")
                         spec = SEARCH_SPACES[name]
                         config = spec.default_for(limits, shape)
+                        if not spec.keep(config, limits, shape):
+                            mark = "refused at launch (keep() leaves no config)"
+                        elif config == spec.default:
+                            mark = "static default"
+                        else:
+                            mark = "moved to fit"
                         work.append((name, config, arch, shape))
-                        marks.append((dtype, "static default" if config == spec.default
-                                      else "moved to fit"))
+                        marks.append((dtype, mark))
     start = time.time()
-    rows = static.compile_many(work, jobs=args.jobs)
+    # refused shapes never launch: not compiled (their unfit configs can keep ptxas busy
+    # for many minutes)
+    todo = [job for job, (_, mark) in zip(work, marks, strict=True)
+            if not mark.startswith("refused")]
+    done = iter(static.compile_many(todo, jobs=args.jobs))
+    rows = [static.ResourceUsage(job[0], job[2], tuple(sorted(job[1].items())), 0, 0, 0,
+                                 False, "not compiled") if mark.startswith("refused")
+            else next(done) for job, (_, mark) in zip(work, marks, strict=True)]
     elapsed = time.time() - start
     lines = ["| kernel | arch | dtype | head_dim | bucket | config | default | shared (B) | "
              "regs | spills (B) | ok |", "|" + "---|" * 11]
     bad = 0
     for (name, config, arch, shape), (dtype, mark), r in zip(work, marks, rows, strict=True):
         cfg = ", ".join(f"{k}={v}" for k, v in sorted(config.items()))
+        if name == "sparse":  # the query block follows from the shape (sparse_setup)
+            cfg += f", {sparse.pick_query_block(config, limits_for(arch), shape)} queries"
         bucket = str(shape.bucket_size) if name == "sparse" else ""
         fine = r.ok and r.spills == 0
-        bad += not fine
+        bad += not fine and not mark.startswith("refused")
         lines.append(f"| {name} | sm_{arch} | {dtype} | {shape.head_dim} | {bucket} | {cfg} | "
                      f"{mark} | {r.shared_bytes} | {r.registers} | {r.spills} | "
                      f"{'yes' if fine else 'NO: ' + (r.reason or 'spills')} |")
@@ -167,8 +188,8 @@ def _matrix(args, names, archs, argv) -> int:
             f"- date: {now_utc()[:10]}; code revision {revision_text()}\n"
             f"- triton {triton.__version__}; ptxas / cuobjdump from the triton wheel; no GPU "
             f"(ahead-of-time compile)\n- command: `{command.strip()}`\n"
-            f"- {len(rows)} compiles in {elapsed:.0f} s; {bad} defaults spill or exceed a "
-            f"limit\n\n"
+            f"- {len(rows)} compiles in {elapsed:.0f} s (triton cache warm); {bad} defaults "
+            f"spill or exceed a limit\n\n"
             f"One row per launch a call would make by default: for each architecture, "
             f"dtype, head_dim (= head_dim_v; {args.n_features} features, {args.n_hashes} "
             f"hash round(s)) and, for the sparse kernel, bucket size, the config "

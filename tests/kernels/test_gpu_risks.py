@@ -6,8 +6,9 @@ else): what the CPU could only emulate or reason about.
   intermediates against their derived tf32 bound;
 - 64-bit offsets: a packed [65,536 tokens, 3, 64 heads, 256] QKV buffer (6.4 GB in
   bf16), two of its heads attended: position x token stride reaches 3.2e9;
-- the largest shapes: head_dim 256 with bucket 256 (query blocks, 2 rounds, causal,
-  padding mask), and bucket 1 at 65,536 tokens (65,536 tiles: the folded grid).
+- the largest shapes: head_dim 256 (bucket 64) and bucket 256 (head_dim 64: query
+  blocks), 2 rounds, causal, padding mask; head_dim 256 with bucket 256 refused in one
+  line; bucket 1 at 65,536 tokens (65,536 tiles: the folded grid).
 """
 
 from __future__ import annotations
@@ -101,10 +102,22 @@ def test_risk_large_offsets_packed_qkv_65536_tokens():
     del packed
 
 
-def test_risk_largest_head_dim_and_bucket():
-    q, k, v = inputs(4096, 256, BF16, heads=2)
-    forward_vs_reference(q, k, v, n_features=256, sparse="lsh", bucket_size=256, n_hashes=2,
-                         causal=True, mask=True)
+@pytest.mark.parametrize("head_dim,bucket", [(256, 64), (64, 256)], ids=["d256-b64",
+                                                                        "d64-b256"])
+def test_risk_largest_head_dim_and_bucket(head_dim, bucket):
+    """The largest shapes keep() leaves a config for, 2 rounds, causal, padding mask."""
+    q, k, v = inputs(4096, head_dim, BF16, heads=2)
+    forward_vs_reference(q, k, v, n_features=256, sparse="lsh", bucket_size=bucket,
+                         n_hashes=2, causal=True, mask=True)
+
+
+def test_risk_head_dim_256_with_bucket_256_is_refused_in_one_line():
+    """keep() leaves no sparse config there (the float32 [256, 256] operands of the
+    residual product alone need 256 KiB of shared memory): one line, no launch."""
+    q, k, v = inputs(512, 256, BF16, heads=1)
+    with pytest.raises(ValueError, match="no config of the search space") as err:
+        forward_vs_reference(q, k, v, n_features=256, sparse="local", bucket_size=256)
+    assert "\n" not in str(err.value)
 
 
 def test_risk_bucket_1_at_65536_tokens_folds_the_grid():

@@ -83,12 +83,20 @@ def test_lsh_only(dtype, seq, head_dim, bucket, n_hashes, causal, mask, config):
                  id="fp32-s200-d48-b16-h1-causal"),
     pytest.param(BF16, 63, 64, 128, 16, 1, False, True, {"BLOCK_P": 64, "num_stages": 3},
                  id="bf16-s63-d64-b16-h1-mask"),
-    pytest.param(FP16, 100, 32, 64, 48, 2, True, True, {"BLOCK_Q": 32},
-                 id="fp16-s100-d32-b48-h2-q32-causal-mask"),
 ])
 def test_scatterbrain(dtype, seq, head_dim, n_features, bucket, n_hashes, causal, mask, config):
     run_case(dtype, seq, head_dim, n_features=n_features, bucket_size=bucket, sparse="lsh",
              n_hashes=n_hashes, causal=causal, mask=mask, config=config)
+
+
+def test_scatterbrain_in_query_blocks(monkeypatch):
+    """A bucket of 48 queries in blocks of 32 (what large buckets run): two programs per
+    bucket, the second with 16 valid rows."""
+    from sbbench.kernels import sparse
+
+    monkeypatch.setattr(sparse, "query_block", lambda config, limits, shape: 32)
+    run_case(FP16, 100, 32, n_features=64, bucket_size=48, sparse="lsh", n_hashes=2,
+             causal=True, mask=True)
 
 
 @pytest.mark.parametrize("dtype", [FP32, BF16], ids=["fp32", "bf16"])
