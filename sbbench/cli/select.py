@@ -84,7 +84,8 @@ def register(subparsers) -> None:
 
 
 def command_line(args) -> str:
-    words = ["sbbench", "select", "--gpu", args.gpu, "--store", args.store,
+    # the store by file name: a committed table must not name a path of the machine
+    words = ["sbbench", "select", "--gpu", args.gpu, "--store", Path(args.store).name,
              "--targets", args.targets]
     if args.error_stat != "p90":
         words += ["--error-stat", args.error_stat]
@@ -113,7 +114,7 @@ def run_select_command(args) -> int:
         from sbbench.tuned import write_section
 
         metadata = {
-            "date": date, "command": command, "store": str(args.store), "device": device,
+            "date": date, "command": command, "store": Path(args.store).name, "device": device,
             "targets": list(targets), "error_stat": args.error_stat,
             "code_versions": sorted({v for text in selection.candidates["code_version"]
                                      for v in text.split(",")}),
@@ -127,7 +128,7 @@ def run_select_command(args) -> int:
         tuning_file = str(write_section(device, "budgets", selection.entries,
                                         metadata=metadata, folder=tuning_dir))
     text = budgets_markdown(selection, device=device, command=command, date=date,
-                            store=str(args.store), tuning_file=tuning_file)
+                            store=Path(args.store).name, tuning_file=tuning_file)
     if args.dry_run:
         print(text)
         return 0
