@@ -275,3 +275,17 @@ def test_modules_are_small():
         if lines > MAX_MODULE_LINES:
             found.append(f"{path.relative_to(ROOT).as_posix()}: {lines} lines")
     assert not found, (f"modules over {MAX_MODULE_LINES} lines:\n" + "\n".join(found))
+
+
+def test_every_package_is_in_the_wheel():
+    """An installed sbbench (tox, pip install .) holds only the packages pyproject lists:
+    a sub-package missing there imports from a checkout but not from the wheel."""
+    import re
+
+    text = (ROOT / "pyproject.toml").read_text()
+    listed = set(re.findall(r'"(sbbench(?:\.[a-z_]+)*)"',
+                            text[text.index("packages = ["):text.index("]", text.index(
+                                "packages = ["))]))
+    found = {".".join(p.relative_to(ROOT).parent.parts)
+             for p in (ROOT / "sbbench").rglob("__init__.py")}
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
