@@ -65,8 +65,12 @@ def _source_files() -> list[tuple[str, Path]]:
     """(name in the hash, path) of every file the code version covers: sbbench/**/*.py,
     the kernels (inside the package when installed, beside it in a checkout) and the
     package data."""
+    # tuning_configs/ is data the tool writes (installed inside the package, beside it in
+    # a checkout): left out, so a checkout and its installed wheel have one code version
     files = {path.relative_to(PACKAGE_DIR).as_posix(): path
-             for path in PACKAGE_DIR.rglob("*.py") if "__pycache__" not in path.parts}
+             for path in PACKAGE_DIR.rglob("*.py")
+             if "__pycache__" not in path.parts
+             and path.relative_to(PACKAGE_DIR).parts[0] != "tuning_configs"}
     for kernels in (PACKAGE_DIR / "kernels", SOURCE_ROOT / "kernels"):
         if kernels.is_dir():
             for path in kernels.glob("*.py"):

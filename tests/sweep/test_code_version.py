@@ -24,16 +24,20 @@ def test_generated_files_do_not_change_the_code_version(tmp_path, monkeypatch):
     root = tmp_path / "checkout"
     shutil.copytree(provenance.PACKAGE_DIR, root / "sbbench",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(provenance.SOURCE_ROOT / "kernels", root / "kernels",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    kernels = root / "sbbench" / "kernels"  # installed: the kernels inside the package
+    if not (provenance.PACKAGE_DIR / "kernels").is_dir():  # a checkout: kernels/ beside
+        kernels = root / "kernels"
+        shutil.copytree(provenance.SOURCE_ROOT / "kernels", kernels,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     before = _version_of(root, monkeypatch)
     assert before.startswith(f"{provenance.__version__}+src.")
-    for folder in ("reports", "tuning_configs"):
-        (root / folder).mkdir()
-        (root / folder / "cpu.yaml").write_text("written by a run\n")
+    for folder in (root / "reports", root / "tuning_configs", root / "sbbench" / "tuning_configs"):
+        folder.mkdir(exist_ok=True)
+        (folder / "cpu.yaml").write_text("written by a run\n")
+        (folder / "__init__.py").write_text("# installed tuning_configs is a package\n")
     (root / "results.sqlite").write_bytes(b"not code")
     assert _version_of(root, monkeypatch) == before
-    (root / "kernels" / "feature_map.py").write_text("# a changed kernel\n", "utf-8")
+    (kernels / "feature_map.py").write_text("# a changed kernel\n", "utf-8")
     assert _version_of(root, monkeypatch) != before
 
 
