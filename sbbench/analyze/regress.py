@@ -375,7 +375,9 @@ def summary_line(result: Comparison) -> str:
         counts[f.verdict] = counts.get(f.verdict, 0) + 1
     parts = ", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts)
     factors = ", ".join(f"{m} x{f:g}" for m, f in result.factors.items())
-    how = (f"ratio mode (time / {result.reference} measured in the same run)"
+    how = ("ratio mode (each sample / the calibration kernel sampled right after it)"
+           if result.reference == "paired" else
+           f"ratio mode (time / {result.reference} measured in the same run)"
            if result.mode == "ratio" else "absolute mode")
     verdict = "REGRESSION" if not result.ok else "no regression"
     if result.runs > 1:

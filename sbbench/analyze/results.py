@@ -190,22 +190,38 @@ def _ok_samples(record: Record | None) -> list[float]:
     return [float(s) for s in record.time_samples_ms or []]
 
 
+def _paired(record: Record) -> bool:
+    samples, reference = _ok_samples(record), record.reference_samples_ms or []
+    return bool(samples) and len(reference) == len(samples) and min(reference) > 0
+
+
 def choose_reference(baseline: ResultSet, current: ResultSet, requested: str = "auto") -> str:
-    """"calibration" when both sets have an ok calibration row (and ``requested`` is auto
-    or calibration), else "exact"."""
-    if requested not in ("auto", "calibration", "exact"):
-        raise UserError(f"--reference must be auto, calibration or exact, got {requested!r}")
+    """What ratio mode divides by: "paired" when every timed row of both sets carries the
+    calibration kernel sampled right after each of its samples (CPU sweeps), else
+    "calibration" when both sets have an ok calibration row (the CI benchmark), else
+    "exact" (exact attention of the same shape, same run). ``requested`` forces one."""
+    if requested not in ("auto", "paired", "calibration", "exact"):
+        raise UserError(f"--reference must be auto, paired, calibration or exact, got "
+                        f"{requested!r}")
 
     def has_calibration(results: ResultSet) -> bool:
         return any(r.method == CALIBRATION and _ok_samples(r) for r in results.records)
 
+    def all_paired(results: ResultSet) -> bool:
+        timed = [r for r in results.records if _ok_samples(r) and r.method != CALIBRATION]
+        return bool(timed) and all(_paired(r) for r in timed)
+
     both = has_calibration(baseline) and has_calibration(current)
+    paired = all_paired(baseline) and all_paired(current)
     if requested == "calibration" and not both:
         raise UserError("--reference calibration: both result sets need a calibration row "
                         "(method 'calibration'); the CI benchmark writes one")
-    if requested == "exact":
-        return "exact"
-    return "calibration" if both else "exact"
+    if requested == "paired" and not paired:
+        raise UserError("--reference paired: every timed row of both sets needs reference "
+                        "samples (CPU sweeps of sbbench >= schema 4 record them)")
+    if requested != "auto":
+        return requested
+    return "paired" if paired else "calibration" if both else "exact"
 
 
 def ratio_samples(results: ResultSet, reference: str) -> dict[tuple, tuple[list[float], str]]:
@@ -213,6 +229,11 @@ def ratio_samples(results: ResultSet, reference: str) -> dict[tuple, tuple[list[
     saying how (paired by round, or by the reference's median). Rows without a reference
     in the same set are left out, as is the reference itself."""
     rows = _latest_by_key(results.records)
+    if reference == "paired":
+        return {key: ([s / r for s, r in zip(_ok_samples(record),
+                                               record.reference_samples_ms, strict=True)],
+                      "/ calibration kernel sampled right after each sample")
+                for key, record in rows.items() if _paired(record)}
     calibration = [r for r in rows.values() if r.method == CALIBRATION and _ok_samples(r)]
     if reference == "calibration" and len(calibration) > 1:
         raise UserError(f"result set {results.label} has {len(calibration)} calibration rows; "

@@ -22,11 +22,14 @@ Accuracy drift (the output error against exact attention) is flagged when the er
 moved by more than its factor and by more than --error-atol; a larger error fails the
 check. A point that failed now, or vanished, fails it too.
 
-On CPU and CI result sets, times are compared as ratios measured in the same run (each
-time divided by the calibration kernel's, paired round by round when sampled
-interleaved, or by exact attention's at the same shape), so a uniformly slower machine
-is not a regression. Result sets: an SQLite results store or a JSON file written by
-`sbbench ci-bench`.
+On CPU and CI result sets, times are compared as ratios measured in the same run: each
+sample divided by the calibration kernel's sample taken right after it (CPU sweeps
+record one per sample), or by the calibration kernel's paired round by round (the CI
+benchmark), or by exact attention's at the same shape; so a uniformly slower or busier
+machine is not a regression. A time change must also exceed the pair's own run-to-run
+noise, the scatter of all its points' changes (--noise-z). For sweeps on a shared CPU,
+sweep with --threads 1: samples are then the computing thread's CPU time. Result sets:
+an SQLite results store or a JSON file written by `sbbench ci-bench`.
 
 exit status: 0 no regression, 1 regression, 2 usage error."""
 
@@ -36,8 +39,11 @@ examples:
   sbbench check --baseline benchmarks/baseline_cpu.json --current ci-current.json
   sbbench check --baseline benchmarks/baseline_cpu.json --current ci-1.json --current ci-2.json
       a regression must show in both runs
-  sbbench check --baseline old.sqlite --current new.sqlite --mode absolute \\
-      --metric-factor time=1.05,error=1.5
+  sbbench check --baseline old.sqlite --current new.sqlite
+  sbbench check --baseline old.sqlite --current new.sqlite --mode absolute
+      absolute times (a quiet GPU machine)
+  sbbench check --baseline old.sqlite --current new.sqlite --metric-factor time=1.05
+      flag time changes above 5% (other metrics keep --factor)
 """
 
 
@@ -83,10 +89,16 @@ def register(subparsers) -> None:
                         help="compare times as ratios to a reference measured in the same "
                              "run, or as absolute times; auto: ratio for CPU/CI sets "
                              "(default: auto)")
-    parser.add_argument("--reference", choices=("auto", "calibration", "exact"),
+    parser.add_argument("--reference", choices=("auto", "paired", "calibration", "exact"),
                         default="auto",
-                        help="ratio mode's reference; auto: the calibration kernel where "
-                             "both sets have one, else exact attention at the same shape")
+                        help="ratio mode's reference; auto: paired (the calibration kernel "
+                             "sampled after each sample) where every row has it, else the "
+                             "calibration row where both sets have one, else exact attention "
+                             "at the same shape")
+    parser.add_argument("--noise-z", type=nonnegative_float, default=None, metavar="Z",
+                        help="a time change must exceed Z times the pair's run-to-run noise "
+                             "(robust scatter of all points' changes); 0 turns this off "
+                             "(default 3)")
     parser.add_argument("--error-atol", type=nonnegative_float, default=None, metavar="E",
                         help="changes of the relative output error below this are noise "
                              "(default 1e-4)")
@@ -101,6 +113,7 @@ def run_check_command(args) -> int:
     from sbbench.analyze.regress import (
         ERROR_ATOL,
         METRICS,
+        NOISE_Z,
         compare,
         confirm,
         format_table,
@@ -110,11 +123,13 @@ def run_check_command(args) -> int:
 
     factors = {**dict.fromkeys(METRICS, args.factor), **(args.metric_factor or {})}
     error_atol = ERROR_ATOL if args.error_atol is None else args.error_atol
+    noise_z = NOISE_Z if args.noise_z is None else args.noise_z
     baseline = load_result_set(args.baseline)
     currents = [load_result_set(path) for path in args.current]
     result = confirm([compare(baseline, current, factors=factors, alpha=args.alpha,
                               mode=args.mode, reference=args.reference,
-                              error_atol=error_atol, allow_missing=args.allow_missing)
+                              error_atol=error_atol, allow_missing=args.allow_missing,
+                              noise_z=noise_z)
                       for current in currents])
     for results in (baseline, *currents):
         if results.meta.get("dropped_fields"):

@@ -52,9 +52,12 @@ class Record:
     time_p20_ms: float | None = None
     time_p80_ms: float | None = None
     time_samples_ms: list[float] = field(default_factory=list)  # every sample, untrimmed
+    # the calibration kernel timed right after each sample (CPU sweeps): pairs 1:1 with
+    # time_samples_ms, so a check can compare time ratios taken moments apart
+    reference_samples_ms: list[float] = field(default_factory=list)
     n_warmup: int | None = None  # calls before the first sample (first call included)
     first_call_ms: float | None = None  # the first call alone (compilation, autotuning)
-    timer: str = ""  # perf_counter_ns | cuda_event | roofline (modeled)
+    timer: str = ""  # perf_counter_ns | thread_time_ns | cuda_event | roofline (modeled)
     l2_flushed: bool | None = None
     # --- memory ----------------------------------------------------------------------
     peak_memory_bytes: int | None = None  # CUDA allocator peak / child-process peak RSS
@@ -118,7 +121,8 @@ KEY_FIELDS: tuple[str, ...] = (
 )
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Record))
 # Columns held as JSON text in the store (lists and dicts).
-JSON_FIELDS: tuple[str, ...] = ("time_samples_ms", "device_state", "versions", "error_heads")
+JSON_FIELDS: tuple[str, ...] = ("time_samples_ms", "reference_samples_ms", "device_state",
+                                "versions", "error_heads")
 
 assert COLUMNS[: len(KEY_FIELDS)] == KEY_FIELDS, "key fields must come first, in order"
 

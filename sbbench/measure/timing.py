@@ -11,7 +11,13 @@
 On a GPU each sample is bracketed by CUDA events, the device is synchronised once after
 the last sample, and L2 is flushed before each sample by writing a buffer larger than L2
 (outside the events, so the flush is not timed: Triton's ``do_bench`` does the same).
-On the CPU each sample is ``time.perf_counter_ns`` around one call.
+On the CPU each sample is ``time.perf_counter_ns`` around one call, or, with
+``cpu_clock="thread_time_ns"``, the CPU time of the calling thread (with one torch thread,
+the thread that computes: time the process spends preempted by other jobs is not in it).
+With ``reference=`` (CPU only) every round times the call and then a fixed reference
+closure (the calibration matmul of ``measure.calibration``), so sample *i* of the two
+were taken moments apart: their ratio, paired round by round, is what a regression check
+compares, since load that moves between the points of a sweep moves both.
 
 Peak memory (CUDA allocator, child-process RSS) is measured in ``sbbench.measure.memory``.
 """
@@ -33,6 +39,8 @@ from sbbench.measure.memory import (  # noqa: F401
 _MIB = 1024 * 1024
 # Flush buffer: at least this much, and at least twice the L2 (Triton uses 256 MB).
 MIN_FLUSH_BYTES = 256 * _MIB
+# CPU sample clocks (nanoseconds): wall clock, or CPU time of the calling thread.
+CPU_CLOCKS = {"perf_counter_ns": time.perf_counter_ns, "thread_time_ns": time.thread_time_ns}
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class Timing:
     timer: str
     l2_flushed: bool
     first_call_ms: float | None = None
+    reference_samples_ms: tuple[float, ...] = ()  # the reference, paired with samples_ms
 
     @property
     def n_samples(self) -> int:
@@ -60,12 +69,17 @@ class Timing:
 
     @classmethod
     def from_samples(cls, samples_ms, *, n_warmup: int, timer: str, l2_flushed: bool,
-                     first_call_ms: float | None = None) -> Timing:
+                     first_call_ms: float | None = None,
+                     reference_samples_ms=()) -> Timing:
         samples = tuple(float(s) for s in samples_ms)
         if not samples:
             raise ValueError("a Timing needs at least one sample")
+        reference = tuple(float(s) for s in reference_samples_ms)
+        if reference and len(reference) != len(samples):
+            raise ValueError("reference samples must pair one to one with the samples")
         return cls(samples, quantile(samples, 0.5), quantile(samples, 0.2),
-                   quantile(samples, 0.8), n_warmup, timer, l2_flushed, first_call_ms)
+                   quantile(samples, 0.8), n_warmup, timer, l2_flushed, first_call_ms,
+                   reference)
 
 
 def quantile(values, q: float) -> float:
@@ -92,12 +106,17 @@ def time_fn(
     max_samples: int = 10_000,
     flush_l2: bool = True,
     clock: Callable[[], int] | None = None,
+    cpu_clock: str = "perf_counter_ns",
+    reference: Callable[[], object] | None = None,
 ) -> Timing:
     """Time ``fn()`` (a zero-argument closure; its setup is not timed).
 
     ``device``: "cpu", "cuda", "cuda:1" or a torch.device: where ``fn`` runs. ``clock``
     (CPU only, nanoseconds; default ``time.perf_counter_ns``) exists for tests.
     ``flush_l2`` matters on GPU only (a CPU has no L2 flush here: it reports False).
+    ``cpu_clock``: "perf_counter_ns" (wall clock) or "thread_time_ns" (CPU time of this
+    thread; see the module doc). ``reference``: a closure timed right after every sample
+    (CPU only), returned as ``reference_samples_ms``.
     """
     if min_samples < 1:
         raise ValueError(f"min_samples must be >= 1, got {min_samples}")
@@ -105,42 +124,58 @@ def time_fn(
         raise ValueError(f"max_samples ({max_samples}) must be >= min_samples ({min_samples})")
     if warmup_ms < 0 or rep_ms < 0:
         raise ValueError(f"warmup_ms and rep_ms must be >= 0, got {warmup_ms}, {rep_ms}")
+    if cpu_clock not in CPU_CLOCKS:
+        raise ValueError(f"cpu_clock must be one of {', '.join(CPU_CLOCKS)}, got {cpu_clock!r}")
     if _is_cuda(device):
-        if clock is not None:
-            raise ValueError("clock= is for CPU timing; CUDA samples come from CUDA events")
+        if clock is not None or reference is not None:
+            raise ValueError("clock= and reference= are for CPU timing; CUDA samples come "
+                             "from CUDA events")
         return _time_cuda(fn, device, warmup_ms, rep_ms, min_samples, max_samples, flush_l2)
+    # The budgets run on the wall clock (``clock`` when a test gives one).
     return _time_cpu(fn, warmup_ms, rep_ms, min_samples, max_samples,
-                     clock or time.perf_counter_ns)
+                     clock or CPU_CLOCKS[cpu_clock], clock or time.perf_counter_ns,
+                     cpu_clock, reference)
 
 
 def _is_cuda(device) -> bool:
     return str(getattr(device, "type", device)).startswith("cuda")
 
 
-def _time_cpu(fn, warmup_ms, rep_ms, min_samples, max_samples, clock) -> Timing:
+def _time_cpu(fn, warmup_ms, rep_ms, min_samples, max_samples, clock, wall, timer,
+              reference) -> Timing:
     start = clock()
     fn()
     first_ns = clock() - start
+    if reference is not None:
+        reference()
 
     n_warmup = 1
     budget_ns = warmup_ms * 1e6
-    start = clock()
-    while clock() - start < budget_ns:
+    start = wall()
+    while wall() - start < budget_ns:
         fn()
+        if reference is not None:
+            reference()
         n_warmup += 1
 
     samples_ns: list[int] = []
+    reference_ns: list[int] = []
     budget_ns = rep_ms * 1e6
-    start = clock()
+    start = wall()
     while len(samples_ns) < max_samples and (
-        len(samples_ns) < min_samples or clock() - start < budget_ns
+        len(samples_ns) < min_samples or wall() - start < budget_ns
     ):
         before = clock()
         fn()
         samples_ns.append(clock() - before)
+        if reference is not None:
+            before = clock()
+            reference()
+            reference_ns.append(clock() - before)
     return Timing.from_samples([ns / 1e6 for ns in samples_ns], n_warmup=n_warmup,
-                               timer="perf_counter_ns", l2_flushed=False,
-                               first_call_ms=first_ns / 1e6)
+                               timer=timer, l2_flushed=False,
+                               first_call_ms=first_ns / 1e6,
+                               reference_samples_ms=[ns / 1e6 for ns in reference_ns])
 
 
 def flush_buffer_bytes(l2_bytes: int | None) -> int:

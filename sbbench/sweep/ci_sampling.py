@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 
 from sbbench.core.errors import UserError
 from sbbench.core.types import Budget, Problem
+from sbbench.measure.calibration import CALIBRATION_SIZE, calibration_call
 from sbbench.measure.inject import slowed
 
 SHAPES = (Problem(seq_len=256, head_dim=64, batch=1, heads=4),
@@ -40,7 +41,6 @@ SHAPES = (Problem(seq_len=256, head_dim=64, batch=1, heads=4),
 BUDGETS = (Budget("exact"), Budget("performer", n_features=64),
            Budget("lsh", bucket_size=32, n_hashes=2),
            Budget("scatterbrain", n_features=32, bucket_size=32, n_hashes=1))
-CALIBRATION_SIZE = 384  # matmul [n, n] @ [n, n]: ~2 ms on one core, like the methods
 SEEDS = (0, 1)
 INPUT_KIND, TEMPERATURE = "clustered", 1.0
 WORKER_TIMEOUT_S = 300.0
@@ -149,10 +149,7 @@ def sample(options: Options, seconds: float) -> dict:
             if not options.inject_methods or budget.method in options.inject_methods:
                 fn = slowed(fn, options.inject_slowdown, clock)
             fns.append(fn)
-    n = options.calibration_size
-    a = torch.randn(n, n, generator=torch.Generator().manual_seed(0))
-    b = torch.randn(n, n, generator=torch.Generator().manual_seed(1))
-    fns.append(lambda: torch.mm(a, b))
+    fns.append(calibration_call(options.calibration_size))
     samples: list[list[int]] = [[] for _ in fns]
     with torch.no_grad():
         warmups = [_warm_up(fn, options.warmup_ms) for fn in fns]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,20 +32,21 @@ from sbbench.core.record import Record
 from sbbench.core.types import Problem
 from sbbench.measure import calls, costmodel
 from sbbench.measure.accuracy import relative_error, relative_error_per_slice
+from sbbench.measure.calibration import calibration_call, sweep_cpu_clock
 from sbbench.measure.inputs import make_qkv
 from sbbench.measure.memory import (
-    Job,
     MeasurementFailed,
     MemoryServer,
     cuda_memory_profile,
     describe,
     is_oom,
-    peak_rss_of,
 )
 from sbbench.measure.telemetry import NullObserver, measure_energy
 from sbbench.measure.timing import time_fn
 from sbbench.sweep import guards
 from sbbench.sweep.grid import Point
+from sbbench.sweep.point_memory import add_memory as _add_memory
+from sbbench.sweep.point_memory import memory_job
 
 if TYPE_CHECKING:  # the runner imports this module
     from sbbench.sweep.runner import Settings
@@ -120,6 +121,13 @@ class References:
         self.enabled = settings.torch_device == "cpu"
         self._problem: Problem | None = None
         self._by_seed: dict[int, Reference] = {}
+        self._calibration = None
+
+    def calibration(self):
+        """The calibration closure paired with every CPU sample (None when turned off)."""
+        if self._calibration is None and self.settings.paired_reference:
+            self._calibration = calibration_call()
+        return self._calibration
 
     def get(self, problem: Problem, seed: int) -> Reference:
         if problem != self._problem:
@@ -275,10 +283,15 @@ def measure_point(point: Point, settings: Settings, spec=None, observer=None, *,
             record.peak_memory_bytes, record.baseline_memory_bytes = int(peak), int(baseline)
             record.peak_memory_delta_bytes = int(peak) - int(baseline)
             record.memory_method = "cuda_max_memory_allocated"
+        cpu = settings.torch_device == "cpu"
         timing = time_fn(fn, device=settings.torch_device, warmup_ms=settings.warmup_ms,
-                         rep_ms=settings.rep_ms, min_samples=settings.min_samples)
+                         rep_ms=settings.rep_ms, min_samples=settings.min_samples,
+                         cpu_clock=sweep_cpu_clock(settings.cpu_clock, torch.get_num_threads())
+                         if cpu else "perf_counter_ns",
+                         reference=references.calibration() if cpu else None)
         record.timed_region = TIMED_EXACT if point.budget.method == "exact" else TIMED_APPROX
         record.time_samples_ms = [float(s) for s in timing.samples_ms]
+        record.reference_samples_ms = [float(s) for s in timing.reference_samples_ms]
         record.time_median_ms = float(timing.median_ms)
         record.time_p20_ms, record.time_p80_ms = float(timing.p20_ms), float(timing.p80_ms)
         record.n_warmup, record.timer = int(timing.n_warmup), str(timing.timer)
@@ -342,13 +355,6 @@ def _add_energy(record: Record, fn, observer) -> None:
         record.telemetry += "; energy window shorter than 1 s (counter resolution ~100 ms)"
 
 
-def _add_memory(record: Record, result: dict) -> None:
-    record.peak_memory_bytes = result["peak_bytes"]
-    record.baseline_memory_bytes = result["baseline_bytes"]
-    record.peak_memory_delta_bytes = result["peak_bytes"] - result["baseline_bytes"]
-    record.memory_method = result["method"]
-
-
 def model_point(point: Point, settings: Settings, spec, *,
                 exact_ms: float | None = None) -> Record:
     """Predict a point from the cost model alone: ``source=modeled``, time = roofline."""
@@ -371,30 +377,3 @@ def model_point(point: Point, settings: Settings, spec, *,
         record.speedup_vs_exact = exact_ms / record.time_median_ms
     record.telemetry = "not measured: --model-only"
     return record
-
-
-# ---------------------------------------------------------------------------------------
-# Peak memory of one point in a forked child (CPU)
-# ---------------------------------------------------------------------------------------
-
-def point_memory(point: str, settings: dict) -> dict:
-    """Peak RSS of the first call of a point in this (fresh, forked) process: the
-    function a memory child runs (``memory_job``). Arguments as JSON-able values."""
-    from sbbench.sweep.runner import Settings
-
-    data = dict(settings)
-    data["seeds"] = tuple(data["seeds"])
-    sweep = Settings(**data)
-    if sweep.num_threads:
-        torch.set_num_threads(sweep.num_threads)
-    _, _, _, call = prepare(Point.from_json(point), sweep, sweep.seeds[0])
-    with torch.no_grad():
-        return peak_rss_of(call)
-
-
-def memory_job(point: Point, settings: Settings) -> Job:
-    """The memory child's job for ``point`` (``MemoryServer.start``)."""
-    data = asdict(settings)
-    data["num_threads"] = settings.num_threads or torch.get_num_threads()
-    return Job("sbbench.sweep.point:point_memory",
-               {"point": point.to_json(), "settings": data})

@@ -45,6 +45,8 @@ class Settings:
     measure_memory: bool = True
     measure_energy: bool = True
     num_threads: int = 0  # torch threads (0: leave torch's default)
+    cpu_clock: str = "auto"  # CPU samples: auto | perf_counter_ns | thread_time_ns
+    paired_reference: bool = True  # CPU: time the calibration kernel after each sample
     git_revision: str = field(default_factory=revision_text)  # provenance, not the key
     code_version: str = field(default_factory=code_version)  # the key's code part
 

@@ -45,7 +45,8 @@ from sbbench.core.record import COLUMNS, JSON_FIELDS, KEY_FIELDS, Record, dumps,
 TABLE = "results"
 # 2: the noise column, the claims table, pid and host in the sweep log.
 # 3: per-head errors (error_heads, error_p50, error_p90, error_max).
-SCHEMA_VERSION = 3
+# 4: reference_samples_ms (the calibration kernel paired with every time sample).
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 60.0
 CLAIM_TIMEOUT_S = 3600.0  # a claim this old is taken over, whoever holds it
 _SWEEP_COLUMNS = {"command": "TEXT", "device": "TEXT", "started": "TEXT",

@@ -132,3 +132,58 @@ def test_cuda_timing_and_peak_memory():
     assert timing.n_samples >= 5 and timing.median_ms > 0
     peak = cuda_peak_memory(lambda: a @ a, "cuda")
     assert peak >= 2 * a.numel() * a.element_size()
+
+
+def test_reference_is_sampled_round_by_round_with_the_call():
+    """With reference=, every sample of the call is followed by one of the reference:
+    the two lists pair one to one, in call order."""
+    clock = FakeClock()
+    order = []
+    fn, _ = fake_fn(clock, itertools.repeat(2.0))
+
+    def call():
+        order.append("fn")
+        fn()
+
+    def reference():
+        order.append("ref")
+        clock.advance_ms(0.5)
+
+    timing = time_fn(call, warmup_ms=0, rep_ms=10, min_samples=3, clock=clock,
+                     reference=reference)
+    assert timing.n_samples >= 3
+    assert timing.reference_samples_ms == (0.5,) * timing.n_samples
+    assert set(timing.samples_ms) == {2.0}
+    assert order[-2:] == ["fn", "ref"] and order.count("fn") == order.count("ref")
+
+
+def test_thread_clock_leaves_out_time_spent_sleeping():
+    """thread_time_ns counts this thread's CPU time: a sleeping call costs ~nothing,
+    while the wall clock sees the whole sleep."""
+    sleeper = lambda: time.sleep(0.003)  # noqa: E731
+    cpu = time_fn(sleeper, warmup_ms=0, rep_ms=15, min_samples=3, cpu_clock="thread_time_ns")
+    wall = time_fn(sleeper, warmup_ms=0, rep_ms=15, min_samples=3)
+    assert cpu.timer == "thread_time_ns" and wall.timer == "perf_counter_ns"
+    assert cpu.median_ms < 1.0 <= 3.0 <= wall.median_ms
+
+
+def test_bad_cpu_clock_and_reference_on_cuda_are_refused():
+    with pytest.raises(ValueError, match="cpu_clock"):
+        time_fn(lambda: None, cpu_clock="sundial")
+    with pytest.raises(ValueError, match="reference"):
+        time_fn(lambda: None, device="cuda", reference=lambda: None)
+    with pytest.raises(ValueError, match="pair"):
+        Timing.from_samples([1.0, 2.0], n_warmup=1, timer="t", l2_flushed=False,
+                            reference_samples_ms=[1.0])
+
+
+def test_sweep_cpu_clock_resolves_auto_by_thread_count():
+    from sbbench.measure.calibration import calibration_call, sweep_cpu_clock
+
+    assert sweep_cpu_clock("auto", 1) == "thread_time_ns"
+    assert sweep_cpu_clock("auto", 2) == "perf_counter_ns"
+    assert sweep_cpu_clock("perf_counter_ns", 1) == "perf_counter_ns"
+    with pytest.raises(ValueError, match="cpu clock"):
+        sweep_cpu_clock("wall", 1)
+    out = calibration_call(8)()
+    assert out.shape == (8, 8) and torch.equal(out, calibration_call(8)())

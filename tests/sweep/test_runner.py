@@ -10,6 +10,7 @@ import torch
 from sbbench.core.devices import get_device
 from sbbench.core.provenance import code_version
 from sbbench.core.types import Budget, Problem
+from sbbench.measure.calibration import sweep_cpu_clock
 from sbbench.measure.memory import MemoryServer
 from sbbench.sweep import point as sweep_point
 from sbbench.sweep.grid import Grid, Point, expand
@@ -44,8 +45,13 @@ def test_sweep_measures_every_point(tmp_path, memory_server):
     assert summary.measured == len(points) == len(records) == 5
     for record in records:
         assert record.status == "ok", record.reason
-        assert record.source == "measured" and record.timer == "perf_counter_ns"
+        assert record.source == "measured"
+        # auto clock: the computing thread's CPU time with one torch thread, else wall
+        assert record.timer == sweep_cpu_clock("auto", torch.get_num_threads())
         assert len(record.time_samples_ms) >= 5 and record.time_median_ms > 0
+        # the calibration kernel, timed right after each sample
+        assert len(record.reference_samples_ms) == len(record.time_samples_ms)
+        assert min(record.reference_samples_ms) > 0
         assert record.time_p20_ms <= record.time_median_ms <= record.time_p80_ms
         assert record.n_seeds == 2 and record.reference_dtype == "float64"
         assert record.error_mean is not None and record.attn_error_mean is not None
