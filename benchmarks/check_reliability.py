@@ -78,6 +78,9 @@ def check(baseline: Path, current: Path) -> tuple[int, list[str]]:
     return done.returncode, flagged
 
 
+LOADS: list[float] = []  # 1-minute load average before every sweep
+
+
 def run_pairs(folder: Path, pairs: int, *, rep_ms: float, threads: int | None,
               factor: float, methods: str) -> None:
     grid = folder / "grid.yaml"
@@ -87,6 +90,7 @@ def run_pairs(folder: Path, pairs: int, *, rep_ms: float, threads: int | None,
     for i in range(pairs):
         for name, env in (("same-base", plain), ("same-cur", plain),
                           ("inj-base", plain), ("inj-cur", slow)):
+            LOADS.append(os.getloadavg()[0])
             sweep(folder / f"{i:02d}-{name}.sqlite", grid, threads, env)
         print(f"pair {i + 1}/{pairs} swept", file=sys.stderr, flush=True)
 
@@ -118,12 +122,16 @@ def write_readme(path: Path, result: dict, *, command: str, rep_ms: float,
         "Measured by `benchmarks/check_reliability.py`: pairs of small sweeps of identical "
         "code, and pairs where the current sweep runs with one method slowed down on "
         "purpose; each pair is compared with `sbbench check --baseline A --current B` "
-        "(default settings: ratio mode on CPU stores, time factor 1.10 and a one-sided "
-        "Mann-Whitney U test at alpha 0.01).", "",
+        "(default settings: ratio mode on CPU stores, each time sample divided by the "
+        "calibration kernel's sample taken right after it; time factor 1.10, a one-sided "
+        "Mann-Whitney U test at alpha 0.01, and the pair's run-to-run noise gate at z = 3). "
+        "With --threads 1 the samples are the computing thread's CPU time.", "",
         f"- command: `{command}`",
         f"- date: {now_utc()}; git {revision_text()}; {seconds / 60:.0f} min",
         f"- device: cpu ({cpu_model_name()}, {os.cpu_count()} logical CPUs), shared with "
-        "other jobs while it ran (realistic noise)",
+        "other jobs while it ran (realistic noise)"
+        + (f"; 1-minute load average before the sweeps: min {min(LOADS):.1f}, median "
+           f"{sorted(LOADS)[len(LOADS) // 2]:.1f}, max {max(LOADS):.1f}" if LOADS else ""),
         f"- sweeps: seq_len 256, 512; head_dim 64; batch 1 x 4 heads; float32; exact, "
         f"performer (64 features), lsh (bucket 32 x 1), scatterbrain (64 + 32 x 1); "
         f"rep_ms {rep_ms:g}; --no-memory --no-energy"
