@@ -24,6 +24,8 @@ Peak memory (CUDA allocator, child-process RSS) is measured in ``sbbench.measure
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import time
 from collections.abc import Callable
@@ -237,3 +239,22 @@ def _time_cuda(fn, device, warmup_ms, rep_ms, min_samples, max_samples, flush_l2
     return Timing.from_samples(samples, n_warmup=1 + n_estimate + n_extra_warmup,
                                timer="cuda_event", l2_flushed=flush_l2,
                                first_call_ms=first_ms)
+
+
+def pin_malloc_thresholds() -> bool:
+    """Fix glibc malloc's mmap and trim thresholds (at 1 GiB) in this process.
+
+    By default glibc adapts its mmap threshold as the process frees large blocks, so
+    whether a method's temporaries (LSH's sorted and gathered copies) come from reused
+    heap or from fresh pages -- a few hundred page faults per call, up to +50% time --
+    depends on the history of the process: a persistent, per-process bias of lsh and
+    scatterbrain timings. Fixed thresholds make every process reuse its heap. Returns
+    False where this is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_trim_threshold, 1 << 30)) and bool(mallopt(m_mmap_threshold, 1 << 30))

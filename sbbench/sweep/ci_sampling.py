@@ -21,8 +21,6 @@ prints :func:`sample`'s result as JSON on stdout.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
 import subprocess
@@ -35,6 +33,7 @@ from sbbench.core.errors import UserError
 from sbbench.core.types import Budget, Problem
 from sbbench.measure.calibration import CALIBRATION_SIZE, calibration_call
 from sbbench.measure.inject import slowed
+from sbbench.measure.timing import pin_malloc_thresholds
 
 SHAPES = (Problem(seq_len=256, head_dim=64, batch=1, heads=4),
           Problem(seq_len=512, head_dim=64, batch=1, heads=4))
@@ -89,25 +88,6 @@ def inputs(problem: Problem, seed: int):
     from sbbench.measure.inputs import make_qkv
 
     return make_qkv(problem, seed=seed, kind=INPUT_KIND, temperature=TEMPERATURE)
-
-
-def pin_malloc_thresholds() -> bool:
-    """Fix glibc malloc's mmap and trim thresholds (at 1 GiB) in this process.
-
-    By default glibc adapts its mmap threshold as the process frees large blocks, so
-    whether a method's temporaries (LSH's sorted and gathered copies) come from reused
-    heap or from fresh pages -- a few hundred page faults per call, up to +50% time --
-    depends on the history of the process: a persistent, per-process bias of lsh and
-    scatterbrain timings. Fixed thresholds make every process reuse its heap. Returns
-    False where this is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(mallopt(m_trim_threshold, 1 << 30)) and bool(mallopt(m_mmap_threshold, 1 << 30))
 
 
 def loadavg() -> list[float] | None:

@@ -23,6 +23,7 @@ from sbbench.measure.inputs import input_label
 from sbbench.measure.memory import MemoryServer
 from sbbench.measure.telemetry import device_state, make_observer
 from sbbench.measure.telemetry import versions as read_versions
+from sbbench.measure.timing import pin_malloc_thresholds
 from sbbench.sweep import point as sweep_point
 from sbbench.sweep.grid import Point
 from sbbench.sweep.guards import add_flag
@@ -83,6 +84,8 @@ def run_sweep(points: list[Point], settings: Settings, store: Store, *, spec=Non
     if not model_only:
         if settings.num_threads:
             torch.set_num_threads(settings.num_threads)
+        if settings.torch_device == "cpu":
+            pin_malloc_thresholds()  # no per-process malloc bias (measure.timing)
         observer = make_observer(settings.torch_device) if settings.measure_energy else None
         versions = dict(read_versions())
         state_fn = lambda: device_state(settings.torch_device)  # noqa: E731

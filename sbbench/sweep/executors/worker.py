@@ -13,6 +13,7 @@ from sbbench.core.devices import DeviceSpec, resolve_gpu
 from sbbench.core.errors import UserError
 from sbbench.core.provenance import code_version
 from sbbench.core.record import Record
+from sbbench.measure.timing import pin_malloc_thresholds
 from sbbench.sweep.grid import Point
 
 if TYPE_CHECKING:
@@ -106,6 +107,8 @@ def measure_batch(points_json: list[str], settings: Settings, spec: DeviceSpec,
     measure = measure or sweep_point.measure_point
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
+    if settings.torch_device == "cpu":
+        pin_malloc_thresholds()  # no per-process malloc bias (measure.timing)
     if spec.kind == "cpu" and options.get("measure_cpu"):
         spec = _measured_cpu(torch.get_num_threads())
     observer = make_observer(settings.torch_device) if settings.measure_energy else None
