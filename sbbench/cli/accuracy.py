@@ -28,7 +28,14 @@ low-rank), LSH (all sparse) and Scatterbrain (split) against exact float64 atten
 one attention-memory budget per query, with oracles at the same budget, the share of
 attention mass the hash buckets catch, the ratio Scatterbrain / better baseline per
 regime, and the best split of the budget where Scatterbrain loses. Writes a report
-(README.md), markdown tables, CSV files and a plot into --out."""
+(README.md), markdown tables, CSV files and a plot into --out.
+
+With --inputs qkv:minilm or qkv:FILE[#layer=N] the study runs on Q/K/V captured from a
+real model (`sbbench capture`): heads and head_dim come from the capture, the sequence is
+its first --seq-len tokens (default: all, up to 4096), temperature 1 is the model's own
+scale, and seeds vary only the methods' random features and hashes. Causal captures are
+refused (the study's references and oracles are non-causal; sweep them with
+`sbbench sweep --inputs qkv:FILE`)."""
 
 _EPILOG = f"""\
 examples:
@@ -38,6 +45,8 @@ examples:
   sbbench accuracy --out reports/accuracy     regenerate the committed study of a checkout
   sbbench accuracy --seq-len 512 --budget 16 --seeds 5
   sbbench accuracy --temperatures 0.5,2,8 --kinds clustered --hashes 2
+  sbbench accuracy --inputs qkv:minilm --budget 64 --out /tmp/acc-minilm
+                                              the shipped MiniLM capture (all 6 layers)
 """
 
 
@@ -67,6 +76,9 @@ def register(subparsers) -> None:
                         help="softmax temperatures, > 0 (default 0.25,0.5,1,2,4,8)")
     parser.add_argument("--kinds", metavar="KIND,...", type=name_list(),
                         help="input kinds: gaussian, clustered (default both)")
+    parser.add_argument("--inputs", metavar="qkv:FILE", default=None,
+                        help="run on a capture instead of synthetic inputs: qkv:minilm (the "
+                             "shipped one) or qkv:FILE[#layer=N] from `sbbench capture`")
     parser.add_argument("--clusters", metavar="C", type=positive_int,
                         help="clusters of the clustered kind (default 8)")
     parser.add_argument("--no-oracles", action="store_true",
@@ -92,6 +104,9 @@ def build_config(args: argparse.Namespace):
                         f"got {','.join(args.kinds)!r}")
     base = QUICK if args.quick else StudyConfig()
     seq_len, budget = args.seq_len, args.budget
+    inputs = getattr(args, "inputs", None)
+    if inputs is not None:
+        base, seq_len = captured_base(base, inputs, args)
     if budget is None and seq_len is not None:  # keep the base's share of the sequence
         budget = max(4, round(seq_len * base.budget / base.seq_len))
     changes = dict(
@@ -111,6 +126,37 @@ def build_config(args: argparse.Namespace):
             "budget", "--budget")) from None
 
 
+def captured_base(base, kind: str, args: argparse.Namespace):
+    """``base`` on the capture ``kind``: its heads, head_dim and (prefix of) its tokens,
+    temperature 1 unless asked; (config, seq_len). UserError for what cannot run."""
+    from sbbench.measure.inputs import capture_shape, is_capture_kind
+    from sbbench.study.accuracy import MAX_SEQ_LEN, with_overrides
+
+    if not is_capture_kind(kind):
+        raise UserError(f"--inputs takes a capture, qkv:minilm or qkv:FILE[#layer=N], got "
+                        f"{kind!r} (synthetic kinds: --kinds)")
+    if args.kinds is not None:
+        raise UserError("--inputs and --kinds exclude each other")
+    try:
+        heads, head_dim, tokens, causal = capture_shape(kind)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--inputs {kind}: {err}") from None
+    if causal:
+        raise UserError(f"--inputs {kind}: a causal capture; the accuracy study's references "
+                        f"and oracles are non-causal (use `sbbench sweep --inputs {kind}`)")
+    for flag, value, captured in (("--heads", args.heads, heads),
+                                  ("--head-dim", args.head_dim, head_dim)):
+        if value is not None and value != captured:
+            raise UserError(f"{flag} {value}: the capture {kind} has {captured}")
+    seq_len = args.seq_len if args.seq_len is not None else min(tokens, MAX_SEQ_LEN)
+    if seq_len > tokens:
+        raise UserError(f"--seq-len {seq_len}: the capture {kind} has {tokens} tokens")
+    config = with_overrides(base, heads=heads, head_dim=head_dim, kinds=(kind,),
+                            temperatures=(1.0,), seq_len=seq_len,
+                            budget=max(4, round(seq_len * base.budget / base.seq_len)))
+    return config, seq_len
+
+
 def command_line(config, out: str, threads: int) -> str:
     """An explicit command that reproduces ``config`` (every flag spelled out)."""
     parts = ["sbbench accuracy", f"--out {out}", f"--seq-len {config.seq_len}",
@@ -118,7 +164,9 @@ def command_line(config, out: str, threads: int) -> str:
              f"--budget {config.budget}", f"--hashes {config.n_hashes}",
              f"--seeds {len(config.seeds)}",
              "--temperatures " + ",".join(f"{t:g}" for t in config.temperatures),
-             "--kinds " + ",".join(config.kinds), f"--clusters {config.n_clusters}"]
+             f"--clusters {config.n_clusters}"]
+    captured = [kind for kind in config.kinds if kind.startswith("qkv:")]
+    parts.append(f"--inputs {captured[0]}" if captured else "--kinds " + ",".join(config.kinds))
     if not config.oracles:
         parts.append("--no-oracles")
     if not config.split_sweep:

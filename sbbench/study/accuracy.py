@@ -35,7 +35,7 @@ from sbbench.measure.accuracy import (
     selected_pairs,
 )
 from sbbench.measure.calls import call_method, draw_randomness, split_budget
-from sbbench.measure.inputs import KINDS, make_qkv
+from sbbench.measure.inputs import KINDS, is_capture_kind, make_qkv
 from sbbench.study.oracle import oracle_approximations
 
 BASELINES = ("performer", "lsh")
@@ -98,8 +98,10 @@ class StudyConfig:
                 for t in self.temperatures):
             raise ValueError(f"temperatures must be finite numbers > 0, got "
                              f"{self.temperatures!r}")
-        if not self.kinds or any(kind not in KINDS for kind in self.kinds):
-            raise ValueError(f"kinds must be among {', '.join(KINDS)}, got {self.kinds!r}")
+        if not self.kinds or any(kind not in KINDS and not is_capture_kind(kind)
+                                 for kind in self.kinds):
+            raise ValueError(f"kinds must be among {', '.join(KINDS)} or a capture "
+                             f"(qkv:FILE[#layer=N]), got {self.kinds!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if any(not 0.0 < s < 1.0 for s in self.split_shares):

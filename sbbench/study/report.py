@@ -65,6 +65,46 @@ def machine_info() -> dict:
     }
 
 
+def _synthetic_lines(config) -> list[str]:
+    """The set-up lines of the synthetic input kinds the study ran (none on captures)."""
+    kinds = [kind for kind in config.kinds if not kind.startswith("qkv:")]
+    lines = []
+    if "gaussian" in kinds:
+        lines.append("  - `gaussian`: x_q, x_k, v i.i.d. N(0, 1).")
+    if "clustered" in kinds:
+        lines.append(
+            f"  - `clustered`: {config.n_clusters} centres c ~ N(0, I) per head; each position "
+            f"draws one cluster z (shared by its query and key); x = sqrt(1 - s) c_z + "
+            f"sqrt(s) e with fresh e ~ N(0, I) for query and key, s = {CLUSTER_NOISE}; "
+            "v ~ N(0, 1).")
+    if kinds:
+        lines.append(
+            "  - Synthetic kinds: q = sqrt(T) x_q, k = sqrt(T) x_k, so the logits tau q.k "
+            "(tau = 1/sqrt(head_dim)) are T times those at T = 1 (for gaussian, T is their "
+            "standard deviation). Small T: near-uniform rows; large T: near one-hot.")
+    return lines
+
+
+def _capture_lines(config) -> list[str]:
+    """The set-up line of each captured input kind (none for synthetic studies)."""
+    from sbbench.measure.capture_file import capture_kind, capture_label, load_capture_cached
+
+    lines = []
+    for kind in config.kinds:
+        if not kind.startswith("qkv:"):
+            continue
+        path, layer = capture_kind(kind)
+        meta = load_capture_cached(path).meta
+        lines.append(
+            f"  - `{kind}` ({capture_label(kind)}): Q/K/V captured from the real model "
+            f"{meta.get('model', '?')} where it computes attention "
+            f"({'all layers, stacked as heads' if layer is None else f'layer {layer}'}), "
+            f"first {config.seq_len} tokens of the capture's text; the model's softmax scale "
+            "is folded into q, so T = 1 are the model's own logits. The inputs are the same "
+            "for every seed: seeds vary only the methods' random features and hashes.")
+    return lines
+
+
 def report_text(result: StudyResult, *, command: str, machine: dict, date: str) -> str:
     config = result.config
     budgets = config.main_budgets()
@@ -93,14 +133,8 @@ def report_text(result: StudyResult, *, command: str, machine: dict, date: str) 
         f"- Inputs: `sbbench.measure.inputs.make_qkv`, batch {config.batch}, {config.heads} heads, "
         f"seq {config.seq_len}, head_dim {config.head_dim}, {config.dtype}; seeds "
         f"{_temps(config.seeds)}; temperatures T = {_temps(config.temperatures)}.",
-        "  - `gaussian`: x_q, x_k, v i.i.d. N(0, 1).",
-        f"  - `clustered`: {config.n_clusters} centres c ~ N(0, I) per head; each position "
-        f"draws one cluster z (shared by its query and key); x = sqrt(1 - s) c_z + "
-        f"sqrt(s) e with fresh e ~ N(0, I) for query and key, s = {CLUSTER_NOISE}; "
-        "v ~ N(0, 1).",
-        "  - Both: q = sqrt(T) x_q, k = sqrt(T) x_k, so the logits tau q.k "
-        "(tau = 1/sqrt(head_dim)) are T times those at T = 1 (for gaussian, T is their "
-        "standard deviation). Small T: near-uniform rows; large T: near one-hot.",
+        *_synthetic_lines(config),
+        *_capture_lines(config),
         f"- Budget: {config.budget} attention memory per query (1/"
         f"{config.seq_len / config.budget:g} of seq). Performer "
         f"{budgets[0].n_features} features; LSH bucket {budgets[1].bucket_size} x "
