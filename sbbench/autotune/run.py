@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sbbench import tuned
 from sbbench.autotune.cache import TuneCache
+from sbbench.autotune.shapes import inputs_identity
 from sbbench.autotune.strategies import TuneOptions
 from sbbench.autotune.tuner import RUNNER_UP_WITHIN, BucketOutcome, merge_target, tune_case
 from sbbench.core.errors import UserError
@@ -35,6 +36,8 @@ class TuneRequest:
     batch: int = 1
     heads: int = 4
     seed: int = 0
+    inputs: str = "clustered"  # make_qkv kind; a capture ("qkv:...") sets heads and causal
+    causal: bool = False  # CPU: the tuned calls are causal (a causal capture's)
     threads: tuple[int, ...] | None = None  # CPU; None: thread_counts()
     chunk_elements: tuple[int, ...] | None = None  # CPU; None: 2^16 .. 2^22
     strategy: str = "exhaustive"
@@ -88,8 +91,8 @@ def metadata(request: TuneRequest, *, source: str, load_before, torch_device: st
         "options": _strategy_options(request),
         "timing": {"warmup_ms": request.warmup_ms, "rep_ms": request.rep_ms,
                    "min_samples": request.min_samples},
-        "inputs": {"kind": "clustered", "batch": request.batch, "heads": request.heads,
-                   "seed": request.seed},
+        "inputs": {**inputs_identity(request.inputs), "batch": request.batch,
+                   "heads": request.heads, "causal": request.causal, "seed": request.seed},
         "runner_up_within": request.within,
         "code_version": code_version(),
         "versions": versions(),
@@ -147,7 +150,8 @@ def write_outcomes(request: TuneRequest, outcomes: list[BucketOutcome],
     for outcome in outcomes:
         entry = outcome.entry(request.within)
         if entry is not None:
-            entry["date"] = meta["date"]
+            # per bucket: a later run on other inputs keeps this bucket, but not this metadata
+            entry["date"], entry["inputs"] = meta["date"], meta["inputs"]["kind"]
             by_target.setdefault(outcome.target, []).append(entry)
     if not by_target:
         return None
@@ -207,7 +211,8 @@ def tune_cpu(request: TuneRequest, progress: Progress | None = None, *,
             progress(f"{tuned.cpu_target(method)} {shape.label}: preparing inputs and "
                      f"references")
         case = CpuCase(method, shape, batch=request.batch, heads=request.heads,
-                       seed=request.seed, warmup_ms=request.warmup_ms, rep_ms=request.rep_ms,
+                       inputs=request.inputs, causal=request.causal, seed=request.seed,
+                       warmup_ms=request.warmup_ms, rep_ms=request.rep_ms,
                        min_samples=request.min_samples, **_cpu_axes(request))
         outcomes.append(_tune(case, request, cache, version, progress))
     defaults = {tuned.cpu_target(m): tuned.cpu_default(m) for m, _ in pairs}

@@ -5,6 +5,7 @@ half precision it is used for)."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 
 from sbbench.core.errors import UserError
@@ -44,3 +45,80 @@ def shape_buckets(kind: str, *, seq_len=None, head_dim=None, features=None,
 def default_cache(device: str) -> Path:
     """The tuning cache of ``device`` in the working folder."""
     return Path(".sbbench-cache") / f"tune-{device}.jsonl"
+
+
+@dataclass(frozen=True)
+class TuneInputs:
+    """The Q/K/V a tune run times its configs on, and the shape they allow."""
+
+    kind: str  # make_qkv kind: "gaussian", "clustered" or "qkv:FILE[#layer=N]"
+    heads: int
+    causal: bool
+    seq_len: tuple[int, ...] | None  # None: the device kind's default lengths
+    head_dim: tuple[int, ...] | None  # None: the device kind's default head dims
+    notes: tuple[str, ...] = ()
+
+
+def tune_inputs(kind: str, device_kind: str, *, seq_len=None, head_dim=None,
+                heads: int | None = None) -> TuneInputs:
+    """Check ``--inputs`` against the shape flags (None: not given), before any work.
+
+    Synthetic kinds keep the flags (heads 4 when not given, not causal). A capture sets
+    heads, head_dim and causal: a ``--heads`` / ``--head-dim`` that disagrees is a
+    UserError (one that agrees is accepted), and so is a ``--seq-len`` over the captured
+    tokens; without ``--seq-len`` the default lengths that fit are taken, or the captured
+    token count when none does (with a note)."""
+    from sbbench.measure.inputs import KINDS, capture_shape, is_capture_kind
+
+    if not is_capture_kind(kind):
+        if kind not in KINDS:
+            raise UserError(f"--inputs {kind!r}: valid: {', '.join(KINDS)}, qkv:minilm "
+                            f"(the shipped capture) or qkv:FILE[#layer=N]")
+        return TuneInputs(kind, heads or 4, False, _tuple(seq_len), _tuple(head_dim))
+    own_heads, own_dim, tokens, causal = capture_shape(kind)
+    if heads is not None and heads != own_heads:
+        raise UserError(f"--heads {heads}: {kind} has {own_heads} heads; leave --heads out "
+                        f"(the capture sets it)")
+    if head_dim is not None and set(head_dim) != {own_dim}:
+        raise UserError(f"--head-dim {_text(head_dim)}: {kind} has head_dim {own_dim}; "
+                        f"leave --head-dim out (the capture sets it)")
+    notes = []
+    if seq_len is not None:
+        too_long = [n for n in seq_len if n > tokens]
+        if too_long:
+            raise UserError(f"--seq-len {_text(too_long)}: {kind} holds {tokens} tokens; "
+                            f"use --seq-len {tokens} or less")
+    else:
+        default = DEFAULT_AXES[device_kind]["seq_len"]
+        seq_len = tuple(n for n in default if n <= tokens)
+        if not seq_len:
+            seq_len = (tokens,)
+            notes.append(f"seq_len {tokens}: the captured tokens (the default lengths "
+                         f"{_text(default)} are longer)")
+        elif seq_len != default:
+            notes.append(f"seq_len {_text(seq_len)}: the default lengths that fit in the "
+                         f"{tokens} captured tokens")
+    return TuneInputs(kind, own_heads, causal, tuple(seq_len), (own_dim,), tuple(notes))
+
+
+def inputs_identity(kind: str) -> dict:
+    """The inputs as the tuning file and the cache key record them, without a machine's
+    path: the kind (a capture by file stem, layer and text hash) and, for a capture, its
+    model and capture date (another capture under the same name measures again)."""
+    from sbbench.measure.inputs import is_capture_kind
+
+    if not is_capture_kind(kind):
+        return {"kind": kind}
+    from sbbench.measure.capture_file import capture_kind, capture_label, load_capture_cached
+
+    meta = load_capture_cached(capture_kind(kind)[0]).meta
+    return {"kind": capture_label(kind), "model": meta.get("model"),
+            "captured": meta.get("date")}
+
+
+def _tuple(values):
+    return None if values is None else tuple(values)
+
+
+def _text(values) -> str:
+    return ",".join(str(v) for v in values)

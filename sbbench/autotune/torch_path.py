@@ -24,6 +24,7 @@ import torch
 from sbbench.attention.core import CHUNK_ELEMENTS
 from sbbench.attention.scatterbrain import run_method
 from sbbench.autotune.evaluators import MeasuredEvaluator, output_mismatch
+from sbbench.autotune.shapes import inputs_identity
 from sbbench.core.provenance import cpu_model_name
 from sbbench.core.types import Budget, Problem
 from sbbench.measure.calls import draw_randomness
@@ -90,11 +91,13 @@ def torch_threads(count: int | None) -> Iterator[None]:
 class CpuCase:
     """One method at one shape bucket on the CPU: inputs, randomness, reference, evaluator.
 
-    q, k, v: [batch, heads, seq_len, head_dim] seeded clustered inputs; projections and
-    hash functions drawn once from ``seed`` and shared by every candidate.
+    q, k, v: [batch, heads, seq_len, head_dim] inputs of ``make_qkv`` kind ``inputs``
+    (seeded clustered ones by default; a capture must match heads and head_dim);
+    projections and hash functions drawn once from ``seed`` and shared by every candidate.
     """
 
     def __init__(self, method: str, shape: ShapeBucket, *, batch: int = 1, heads: int = 4,
+                 inputs: str = "clustered", causal: bool = False,
                  n_hashes: int = 1, seed: int = 0, warmup_ms: float = 25.0,
                  rep_ms: float = 100.0, min_samples: int = 5,
                  threads: tuple[int, ...] | None = None,
@@ -106,14 +109,15 @@ class CpuCase:
                      "chunk_elements": chunk_elements or CHUNK_ELEMENTS_SPACE}
         self.target = cpu_target(method)
         self.budget = budget_for(method, self.shape, n_hashes)
+        self.causal = causal
         self.problem = Problem(shape.seq_len, shape.head_dim, batch=batch, heads=heads,
-                               dtype=shape.dtype)
+                               dtype=shape.dtype, causal=causal)
         # the machine is part of the key: a cache file carried elsewhere measures again
         self.context = {"cpu": cpu_model_name(), "cores": os.cpu_count(),
                         "batch": batch, "heads": heads, "n_hashes": n_hashes, "seed": seed,
-                        "inputs": "clustered", "warmup_ms": warmup_ms, "rep_ms": rep_ms,
-                        "min_samples": min_samples}
-        self.q, self.k, self.v = make_qkv(self.problem, seed=seed, kind="clustered")
+                        "inputs": inputs_identity(inputs), "causal": causal,
+                        "warmup_ms": warmup_ms, "rep_ms": rep_ms, "min_samples": min_samples}
+        self.q, self.k, self.v = make_qkv(self.problem, seed=seed, kind=inputs)
         randomness = draw_randomness(self.budget, shape.head_dim,
                                      torch.Generator().manual_seed(seed))
         self.projections, self.hashes = randomness.projections, randomness.hashes
@@ -135,7 +139,7 @@ class CpuCase:
         b = self.budget
         kwargs = dict(scale=self.scale, projections=self.projections, hashes=self.hashes,
                       bucket_size=b.bucket_size or None,
-                      sparse="lsh" if b.bucket_size else None, causal=False,
+                      sparse="lsh" if b.bucket_size else None, causal=self.causal,
                       key_padding_mask=None, impl={"chunk_elements": chunk_elements})
 
         def run():

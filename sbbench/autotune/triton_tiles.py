@@ -21,6 +21,7 @@ from pathlib import Path
 from sbbench.autotune.cache import TuneCache, cache_key
 from sbbench.autotune.evaluators import MeasuredEvaluator, SimulatedEvaluator, output_mismatch
 from sbbench.autotune.pruning import keep_check, resource_check
+from sbbench.autotune.shapes import inputs_identity
 from sbbench.autotune.strategies import config_key
 from sbbench.core.errors import UserError
 from sbbench.core.types import Budget, Problem
@@ -111,7 +112,8 @@ class GpuCase:
     """One kernel at one shape bucket on one GPU profile."""
 
     def __init__(self, kernel: str, shape: ShapeBucket, device_spec, *, kernel_spec,
-                 batch: int = 1, heads: int = 4, seed: int = 0, warmup_ms: float = 25.0,
+                 batch: int = 1, heads: int = 4, seed: int = 0, inputs: str = "clustered",
+                 warmup_ms: float = 25.0,
                  rep_ms: float = 100.0, min_samples: int = 5,
                  simulated: SimulatedEvaluator | None = None, static: bool = True,
                  static_cache: TuneCache | None = None, jobs: int = 1,
@@ -124,9 +126,10 @@ class GpuCase:
                                  0 if method == "performer" else shape.bucket_size,
                                  shape.dtype)
         self.device_spec, self.kernel_spec = device_spec, kernel_spec
-        self.batch, self.heads, self.seed = batch, heads, seed
+        self.batch, self.heads, self.seed, self.inputs = batch, heads, seed, inputs
         self.timing = dict(warmup_ms=warmup_ms, rep_ms=rep_ms, min_samples=min_samples)
-        self.context = {"batch": batch, "heads": heads, "seed": seed, "inputs": "clustered",
+        self.context = {"batch": batch, "heads": heads, "seed": seed,
+                        "inputs": inputs_identity(inputs),
                         "causal": causal, "method": method, **self.timing}
         if simulated is not None:  # replayed timings never mix with measured ones
             self.context["simulated"] = simulated_from or "yes"
@@ -213,7 +216,7 @@ class GpuCase:
         shape = self.shape
         problem = Problem(shape.seq_len, shape.head_dim, batch=self.batch, heads=self.heads,
                           dtype=shape.dtype, causal=self.causal)
-        q, k, v = make_qkv(problem, seed=self.seed, kind="clustered", device=device)
+        q, k, v = make_qkv(problem, seed=self.seed, kind=self.inputs, device=device)
         budget = (Budget("performer", n_features=shape.n_features) if self.method == "performer"
                   else Budget("scatterbrain", n_features=shape.n_features,
                               bucket_size=shape.bucket_size, n_hashes=1))
@@ -260,6 +263,7 @@ def gpu_cases(request, *, cache: TuneCache | None = None, code_version: str = ""
         for name in names:
             case = GpuCase(name, shape, request.device, kernel_spec=specs[name],
                            batch=request.batch, heads=request.heads, seed=request.seed,
+                           inputs=request.inputs,
                            warmup_ms=request.warmup_ms, rep_ms=request.rep_ms,
                            min_samples=request.min_samples, simulated=simulated,
                            static=request.static, static_cache=cache, jobs=request.jobs,

@@ -53,6 +53,8 @@ examples:
   {TUNING_ENV}=./{DEFAULT_TUNING} python my_model.py
       ... and ScatterbrainAttention.from_tuned reads it
   sbbench tune --gpu cpu --seq-len 2048 --methods scatterbrain --strategy successive_halving
+  sbbench tune --gpu cpu --inputs qkv:minilm --seq-len 256,512
+      on the shipped MiniLM capture's Q/K/V (72 heads of 32, 512 tokens)
   sbbench tune --gpu h100-sxm --kernels all --strategy random --max-evals 30
       kernel tile sizes on an H100 (must run on one)
   sbbench tune --gpu h100-sxm --dry-run
@@ -88,8 +90,15 @@ def register(subparsers) -> None:
                         help=f"dtypes ({_axis_default('dtype')})")
     shapes.add_argument("--batch", type=positive_int, default=1,
                         help="batch of the tuned calls (1)")
-    shapes.add_argument("--heads", type=positive_int, default=4,
-                        help="heads of the tuned calls (4)")
+    shapes.add_argument("--heads", type=positive_int,
+                        help="heads of the tuned calls (default 4; a capture sets them)")
+    shapes.add_argument("--inputs", default="clustered", metavar="KIND",
+                        help="the Q/K/V the configs are timed on: clustered (default), "
+                             "gaussian, qkv:minilm (the shipped capture) or "
+                             "qkv:FILE[#layer=N] (sbbench capture). A capture sets heads, "
+                             "head_dim and causal (a --heads/--head-dim that disagrees is an "
+                             "error); --seq-len may not exceed its tokens (default: the "
+                             "default lengths that fit, else its token count)")
     what = parser.add_argument_group("what to tune")
     what.add_argument("--methods", default=("scatterbrain", "lsh", "performer"),
                       metavar="M,..", type=name_list(),
@@ -164,7 +173,7 @@ def _progress(line: str) -> None:
 def build_request(args, spec):
     """The flags as the TuneRequest of device ``spec``."""
     from sbbench.autotune.run import TuneRequest
-    from sbbench.autotune.shapes import default_cache, shape_buckets
+    from sbbench.autotune.shapes import default_cache, shape_buckets, tune_inputs
     from sbbench.autotune.strategies import TuneOptions
 
     if spec.kind == "cpu" and args.simulate:
@@ -172,13 +181,23 @@ def build_request(args, spec):
     if args.simulate and not args.out_dir:
         raise UserError("--simulate needs --out-dir: replayed timings go only to a folder "
                         "you name")
-    shapes = shape_buckets("cpu" if spec.kind == "cpu" else "gpu", seq_len=args.seq_len,
-                           head_dim=args.head_dim, features=args.features,
-                           bucket_size=args.bucket_size, dtype=args.dtype)
+    kind = "cpu" if spec.kind == "cpu" else "gpu"
+    # a capture's shape is checked first: a length over its tokens is refused before any work
+    inputs = tune_inputs(args.inputs, kind, seq_len=args.seq_len, head_dim=args.head_dim,
+                         heads=args.heads)
+    for note in inputs.notes:
+        _progress(f"note: {note}")
+    if inputs.causal and kind == "gpu":
+        _progress("note: the capture is causal; each kernel is still timed in its own "
+                  "forward (lowrank_causal causal, the others not)")
+    shapes = shape_buckets(kind, seq_len=inputs.seq_len, head_dim=inputs.head_dim,
+                           features=args.features, bucket_size=args.bucket_size,
+                           dtype=args.dtype)
     cache = None if args.no_cache else Path(args.cache or default_cache(spec.name))
     return TuneRequest(
         device=spec, shapes=shapes, methods=args.methods, kernels=args.kernels,
-        batch=args.batch, heads=args.heads, seed=args.seed,
+        batch=args.batch, heads=inputs.heads, seed=args.seed, inputs=inputs.kind,
+        causal=inputs.causal,
         threads=args.threads, chunk_elements=args.chunk_elements,
         strategy=args.strategy,
         options=TuneOptions(max_evals=args.max_evals, seed=args.seed, eta=args.eta),

@@ -29,7 +29,7 @@ SHAPE_KEYS = ("seq_len", "head_dim", "n_features", "bucket_size", "dtype")
 _BUCKET_REQUIRED = ("shape", "best", "time_ms")
 _BUCKET_OPTIONAL = ("p20_ms", "p80_ms", "n_samples", "default_time_ms", "runner_ups",
                     "date", "strategy", "evaluated", "pruned", "rejected", "pruned_configs",
-                    "rejected_configs")
+                    "rejected_configs", "inputs")
 _BUDGET_REQUIRED = ("seq_len", "head_dim", "max_error", "method", "n_features",
                     "bucket_size", "n_hashes", "error", "time_ms", "exact_time_ms")
 # optional columns select may add: measured spread and shape details
@@ -297,7 +297,7 @@ def _bucket(source, key, value) -> TunedBucket:
     for name in ("n_samples", "evaluated", "pruned", "rejected"):
         if name in value:
             _int(source, f"{key}.{name}", value[name], minimum=0)
-    for name in ("strategy", "date"):
+    for name in ("strategy", "date", "inputs"):
         if name in value and not isinstance(value[name], str):
             _fail(source, f"{key}.{name}", f"must be a string, got {value[name]!r}")
     if "runner_ups" in value:
