@@ -309,11 +309,16 @@ def budgets_for(method: str, grid: Grid) -> list[Budget]:
 
 
 def _fit_to_capture(grid: Grid, result: Expansion) -> Grid:
-    """On captured inputs the capture sets heads and head_dim, and sequence lengths
-    longer than the captured tokens are dropped (with a note)."""
+    """On captured inputs the capture sets heads, head_dim and causal (a decoder's
+    attention is causal, an encoder's is not), and sequence lengths longer than the
+    captured tokens are dropped (with a note)."""
     if not is_capture_kind(grid.input_kind):
         return grid
-    heads, head_dim, tokens, _ = capture_shape(grid.input_kind)
+    heads, head_dim, tokens, causal = capture_shape(grid.input_kind)
+    if set(grid.causal) != {causal}:
+        result.dropped.append(f"causal {'/'.join(str(c).lower() for c in grid.causal)}: "
+                              f"the capture is {'causal' if causal else 'not causal'}, "
+                              f"so its points are too")
     seq_lens = tuple(n for n in grid.seq_len if n <= tokens)
     if len(seq_lens) < len(grid.seq_len):
         result.dropped.append(f"seq_len > {tokens} (the captured tokens): "
@@ -321,7 +326,8 @@ def _fit_to_capture(grid: Grid, result: Expansion) -> Grid:
     if not seq_lens:
         raise UserError(f"{grid.input_kind} holds {tokens} tokens: every seq_len of the grid "
                         f"is longer; use --seq-len {tokens} or less")
-    return replace(grid, seq_len=seq_lens, heads=(heads,), head_dim=(head_dim,))
+    return replace(grid, seq_len=seq_lens, heads=(heads,), head_dim=(head_dim,),
+                   causal=(causal,))
 
 
 def expand(grid: Grid) -> Expansion:

@@ -68,3 +68,26 @@ def test_a_sweep_keeps_every_heads_error(tmp_path):
     assert performer.error_p90 <= performer.error_max == max(performer.error_heads)
     assert performer.inputs.startswith("qkv:minilm_attention_kernels#layer=0@")
     assert records["exact"].error_max < 1e-5
+
+
+def test_a_causal_capture_makes_causal_points(tmp_path):
+    """A decoder's capture is causal: its points are causal whatever the grid says (with
+    a note); an encoder capture's points are not."""
+    import torch
+
+    from sbbench.measure.capture_file import Capture, CapturedLayer, save_capture
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 40, 8, generator=gen) for _ in range(3))
+    layer = CapturedLayer(0, q, k, v, None, scale=0.25, causal=True, layer_type="global",
+                          window=None, kv_heads=1)
+    path = tmp_path / "decoder.safetensors"
+    save_capture(path, Capture(meta={"model": "toy", "tokens": 40}, layers={0: layer}))
+    grid = Grid(name="t", seq_len=(32,), head_dim=(64,), heads=(4,), causal=(False,),
+                methods=("exact", "performer"), n_features=(8,), input_kind=f"qkv:{path}")
+    expansion = expand(grid)
+    assert expansion.points and all(p.problem.causal for p in expansion.points)
+    assert any("the capture is causal" in note for note in expansion.dropped)
+    encoder = expand(Grid(name="e", seq_len=(32,), causal=(True,), methods=("exact",),
+                          input_kind="qkv:minilm#layer=0"))
+    assert not any(p.problem.causal for p in encoder.points)
