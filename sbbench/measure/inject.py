@@ -4,7 +4,11 @@ check catches a real slowdown (and to measure how often it does).
 ``SBBENCH_INJECT_SLOWDOWN=1.3`` makes every attention call 1.3 times slower;
 ``SBBENCH_INJECT_METHODS=performer,lsh`` limits it to those methods (default: all). The
 slowdown is a busy wait on the benchmark's own clock after each call, so it scales with
-the machine like a real slowdown would. Nothing reads these variables unless they are set.
+the machine like a real slowdown would. The clock is the calling thread's CPU time: the
+wait adds CPU work in proportion to the call's own CPU work, as more instructions would,
+whether or not other jobs preempt the process meanwhile (a wait on the wall clock would add
+more CPU work to a call that was preempted, and less to one that was not). Nothing reads
+these variables unless they are set.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ INJECT_METHODS_ENV = "SBBENCH_INJECT_METHODS"
 
 
 def slowed(fn: Callable[..., object], factor: float,
-           clock: Callable[[], int] = time.perf_counter_ns) -> Callable[..., object]:
+           clock: Callable[[], int] = time.thread_time_ns) -> Callable[..., object]:
     """``fn`` made ``factor`` times slower on ``clock``: after each call, busy-wait until
     (factor - 1) times the time the call took has passed (a busy wait, not a sleep:
     sleeps are coarse, take no CPU time, and do not slow down with the machine)."""
