@@ -11,6 +11,8 @@ Files, in the order of the computation:
 - ``sparse.py``       per-bucket residual, duplicate-pair correction, masks, per-query
   scale, merge with the low-rank part, write-back in original order (LSH and local);
 - ``sparse_setup.py`` the rounds' shared state, search space, default and ``keep`` of it;
+- ``refusal.py``      ``forward_refusal``: whether the kernels take a call, from its sizes
+  and the device's limits, before anything runs (backend="auto" and the sweep ask it);
 - ``scatterbrain.py`` ``scatterbrain_forward``: the whole forward (what backend="triton"
   runs);
 - ``static.py``       ahead-of-time compile for sm_80 / sm_90: shared memory, registers,
@@ -37,6 +39,7 @@ from sbbench.kernels._common import (
     limits_for,
     supports,
 )
+from sbbench.kernels.refusal import forward_refusal
 
 try:
     import triton  # noqa: F401
@@ -46,7 +49,7 @@ else:
     HAVE_TRITON = True
 
 __all__ = ["HAVE_TRITON", "SM80", "SM90", "DeviceLimits", "KernelShape", "KernelSpec",
-           "expand_space", "limits_for", "supports"]
+           "expand_space", "forward_refusal", "limits_for", "supports"]
 
 if HAVE_TRITON:
     from sbbench.kernels import causal_lowrank, feature_map, lowrank, sparse

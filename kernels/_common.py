@@ -181,9 +181,7 @@ def choose_config(name: str, config: Mapping[str, int] | None, default: Config,
         return wanted
     chosen = nearest_kept(wanted, space, keep, limits, shape)
     if chosen is None:
-        raise ValueError(f"{name}: no config of the search space fits sm_{limits.arch} for "
-                         f"{_describe(shape)}; use a smaller bucket_size or head_dim, or "
-                         f"backend='torch'")
+        raise ValueError(no_config_message(name, limits, shape))
     key = (name, tuple(sorted(wanted.items())), limits.arch, shape)
     if key not in _WARNED:
         _WARNED.add(key)
@@ -200,6 +198,12 @@ def default_for(default: Config, space: Mapping[str, Iterable[int]], keep,
     if keep(default, limits, shape):
         return dict(default)
     return nearest_kept(default, space, keep, limits, shape) or dict(default)
+
+
+def no_config_message(name: str, limits: DeviceLimits, shape: KernelShape) -> str:
+    """The one-line refusal of a launch for which keep() leaves no config."""
+    return (f"{name}: no config of the search space fits sm_{limits.arch} for "
+            f"{_describe(shape)}; use a smaller bucket_size or head_dim, or backend='torch'")
 
 
 def _describe(shape: KernelShape) -> str:
@@ -241,10 +245,18 @@ def check_kernel_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> No
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if not supports(q.dtype, q.shape[-1], v.shape[-1]):
-        limit = MAX_FLOAT32_HEAD_DIM if q.dtype == torch.float32 else MAX_HEAD_DIM
-        raise ValueError(f"the triton kernels take {str(q.dtype).removeprefix('torch.')} "
-                         f"head_dim <= {limit}, got {q.shape[-1]} / {v.shape[-1]}; use "
-                         f"float16 / bfloat16 inputs or backend='torch'")
+        raise ValueError(unsupported_message(q.dtype, q.shape[-1], v.shape[-1]))
+
+
+def unsupported_message(dtype: torch.dtype, head_dim: int, head_dim_v: int) -> str:
+    """Why the kernels do not take this dtype and head size (:func:`supports` is False)."""
+    name = str(dtype).removeprefix("torch.")
+    if dtype not in KERNEL_DTYPES:
+        return (f"the triton kernels take float32, float16 or bfloat16, not {name} (use "
+                f"backend='torch')")
+    limit = MAX_FLOAT32_HEAD_DIM if dtype == torch.float32 else MAX_HEAD_DIM
+    return (f"the triton kernels take {name} head_dim <= {limit}, got {head_dim} / "
+            f"{head_dim_v}; use float16 / bfloat16 inputs or backend='torch'")
 
 
 def feature_precision(dtype: torch.dtype, residual: bool = False) -> str:

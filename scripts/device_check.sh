@@ -4,10 +4,12 @@
 # head_dim and bucket the kernels take, the folded grid), so the first GPU minutes answer them; then the
 # other GPU tests (`pytest -m gpu`: the kernels against the
 # torch reference, incl. causal + padding masks, every kernel's search space sampled, the
-# static compile against the JIT), then the `device_check` grid (every method on the
-# torch and Triton backends against exact attention, bf16, head_dim 64 and 256, buckets
-# 64 and 256, causal or not) into a results store, then its report. Rows are in the one
-# Record schema, so `sbbench check`, `select` and `report` read them like any sweep's.
+# static compile against the JIT), then the `device_check` and `device_check_d256` grids
+# (every method on the torch and Triton backends against exact attention, bf16, causal or
+# not: head_dim 64 with buckets 64 and 256, head_dim 256 with bucket 64; the kernels
+# refuse head_dim 256 with bucket 256, so no grid holds it) into one results store, then
+# its report. Rows are in the one Record schema, so `sbbench check`, `select` and
+# `report` read them like any sweep's.
 #
 #   scripts/device_check.sh OUTDIR [--gpu NAME] [--dry-run]
 #
@@ -48,18 +50,24 @@ risks=("$python" -m pytest -q -m gpu -p no:cacheprovider "--junitxml=$outdir/ris
        tests/kernels/test_gpu_risks.py)
 tests=("$python" -m pytest -q -m gpu -p no:cacheprovider "--junitxml=$outdir/pytest.xml"
        --deselect tests/kernels/test_gpu_risks.py tests)
-sweep=("$python" -m sbbench sweep --gpu "$gpu" --grid device_check
-       --store "$outdir/device_check.sqlite" --no-progress)
+grids=(device_check device_check_d256)
+sweep=("$python" -m sbbench sweep --gpu "$gpu" --store "$outdir/device_check.sqlite"
+       --no-progress --grid)
 report=("$python" -m sbbench report --store "$outdir/device_check.sqlite"
         --out "$outdir/reports")
 
 if [ "$dry_run" = 1 ]; then
     echo "device_check: dry run; on a GPU machine this runs:"
     for step in "timeout 240 ${risks[*]} > $outdir/risks.log" \
-                "timeout 300 ${tests[*]} > $outdir/pytest.log" "${sweep[*]}" "${report[*]}"; do
+                "timeout 300 ${tests[*]} > $outdir/pytest.log" \
+                "${sweep[*]} ${grids[0]}" "${sweep[*]} ${grids[1]}" "${report[*]}"; do
         echo "+ $step"
     done
-    exec "${sweep[@]}" --dry-run
+    status=0
+    for grid in "${grids[@]}"; do
+        "${sweep[@]}" "$grid" --dry-run || { rc=$?; [ "$status" = 0 ] && status=$rc; }
+    done
+    exit "$status"
 fi
 
 status=0
@@ -70,7 +78,9 @@ echo "device_check: GPU tests (log in $outdir/pytest.log)" >&2
 timeout --signal=INT --kill-after=20 300 "${tests[@]}" > "$outdir/pytest.log" 2>&1 \
     || { rc=$?; [ "$status" = 0 ] && status=$rc; }
 tail -n 1 "$outdir/pytest.log"
-echo "device_check: sweep of the device_check grid" >&2
-"${sweep[@]}" || { rc=$?; [ "$status" = 0 ] && status=$rc; }
+for grid in "${grids[@]}"; do
+    echo "device_check: sweep of the $grid grid" >&2
+    "${sweep[@]}" "$grid" || { rc=$?; [ "$status" = 0 ] && status=$rc; }
+done
 "${report[@]}" || { rc=$?; [ "$status" = 0 ] && status=$rc; }
 exit "$status"

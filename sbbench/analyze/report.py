@@ -147,9 +147,6 @@ def header(frame: pd.DataFrame, *, device: str, source: str, command: str,
              if older_rows else "")
     lines = [f"# sbbench report: {device}" + (" (cost model only)" if source == "modeled"
                                               else ""), ""]
-    if source == "modeled":
-        lines += ["**Every number below is predicted by the cost model (roofline), not "
-                  "measured** (`source=modeled`).", ""]
     lines += [f"- report written: {now} by `{public_text(command or 'sbbench report')}`",
               f"- store: `{public_path(store_path)}`" if store_path else "",
               f"- device profile: `{device}`; detected: {_detected(frame)}",
@@ -168,18 +165,39 @@ def header(frame: pd.DataFrame, *, device: str, source: str, command: str,
     for region in timed:
         lines.append(f"- timed region: {region}")
     lines = [line for line in lines if line]
+    if source == "modeled":
+        lines[1:1] = ["", "**Every number below is predicted by the cost model, not "
+                      "measured** (`source=modeled`). A time is the roofline divided by the "
+                      "device's published efficiency for the method family where one is "
+                      "known (`modeled as`: calibrated), else the roofline itself (`modeled "
+                      "as`: roofline); the roofline time is its own column (results.csv), "
+                      "and `roofline %` is the efficiency applied. Per method:", "",
+                      *model_notes(frame), ""]
     if sweeps:
         lines += ["", "Sweeps that wrote to this store:", ""]
         lines.append(markdown_table(["command", "started", "finished", "outcome"],
                                     [[f"`{public_text(s['command'])}`", s["started"],
                                       s["finished"] or "", s["outcome"]] for s in sweeps]))
-    lines += ["", "Times are the median of every sample with the 20th and 80th percentiles; "
-              "errors are relative Frobenius errors against exact attention (mean ± std over "
-              "seeds); `peak +MiB` is what the call added to the peak (CPU: peak RSS of a "
+    timing = ("Times are the median of every sample with the 20th and 80th percentiles; "
+              "errors" if source != "modeled" else "Errors")
+    lines += ["", f"{timing} are relative Frobenius errors against exact attention (mean ± "
+              "std over seeds); `peak +MiB` is what the call added to the peak (CPU: peak RSS of a "
               "child process running only that point; GPU: allocator peak); `model MiB` is "
               "the cost model's working set. CPU timings depend on machine load: compare "
               "rows from one run.", ""]
     return "\n".join(lines) + "\n"
+
+
+def model_notes(frame: pd.DataFrame) -> list[str]:
+    """One line per distinct note of the modeled rows ("modeled (calibrated on ...)" or
+    "modeled (roofline; ...)", with the basis of their speed-up), naming the methods."""
+    ok = frame[frame["status"] == "ok"]
+    methods: dict[str, list[str]] = {}
+    for method, reason in zip(ok["method"], ok["reason"], strict=True):
+        names = methods.setdefault(public_text(str(reason)), [])
+        if method not in names:
+            names.append(method)
+    return [f"- {', '.join(names)}: {note}" for note, names in methods.items()]
 
 
 def _detected(frame: pd.DataFrame) -> str:

@@ -67,22 +67,31 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+# how a modeled row's time was obtained (its timer; the report's header gives the notes)
+MODELED_AS = {"modeled": "calibrated", "roofline": "roofline"}
+
+
 def shape_table(rows: pd.DataFrame) -> str:
     # The sampling noise of a point (a Record field where the sweep records it).
     noise = ([str(n) if n is not None else "" for n in rows["noise"]]
              if "noise" in rows else [""] * len(rows))
     show_noise = any(noise)
+    modeled = "source" in rows and bool((rows["source"] == "modeled").all())
     table = []
     for row, row_noise in zip(rows.itertuples(), noise, strict=True):
+        time_cells = [_time_cell(row)]
+        if modeled:
+            time_cells.append(MODELED_AS.get(row.timer, "") if row.status == "ok" else "")
         table.append([
-            row.method, row.backend, row.budget, row.status, _time_cell(row),
+            row.method, row.backend, row.budget, row.status, *time_cells,
             _fmt(row.speedup_vs_exact, digits=3), _error_cell(row.error_mean, row.error_std),
             _error_cell(row.attn_error_mean, row.attn_error_std),
             _fmt(row.peak_memory_delta_bytes, 1 / 2**20), _fmt(row.working_set_bytes, 1 / 2**20),
             _fmt(row.achieved_flops_per_s, 1e-9), _fmt(row.roofline_fraction, 100, 3),
             _fmt(row.energy_j, 1e3),
         ] + ([row_noise] if show_noise else []))
-    headers = ["method", "backend", "budget", "status", "time ms [p20, p80]", "speedup vs exact",
+    time_headers = (["modeled ms", "modeled as"] if modeled else ["time ms [p20, p80]"])
+    headers = ["method", "backend", "budget", "status", *time_headers, "speedup vs exact",
                "output error", "attn error", "peak +MiB", "model MiB", "GFLOP/s",
                "roofline %", "energy mJ"] + (["noise"] if show_noise else [])
     return markdown_table(headers, table)

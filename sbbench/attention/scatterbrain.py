@@ -12,6 +12,12 @@ from collections.abc import Iterator
 
 import torch
 
+from sbbench.attention.backends import (  # noqa: F401 - importable from here
+    BACKENDS,
+    check_backend,
+    resolve_backend,
+    triton_available,
+)
 from sbbench.attention.checks import (
     SPARSE_KINDS,  # noqa: F401
     check_mask,
@@ -26,29 +32,9 @@ from sbbench.attention.lsh import HashFunctions, draw_hashes
 from sbbench.attention.settings import ConfigRequest, warn_once
 from sbbench.attention.settings import resolve as resolve_settings
 
-BACKENDS = ("auto", "torch", "triton")
 # implementation settings config= may hold; none of them changes the estimate
 IMPL_KEYS = ("kernels", "chunk_elements", "num_threads")
 # SPARSE_KINDS (from checks, kept importable here): the bucket kinds; None = no buckets
-
-
-def resolve_backend(backend: str, q: torch.Tensor) -> str:
-    """"auto" -> "triton" for CUDA tensors when the kernels import, else "torch"."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "auto":
-        if q.is_cuda and triton_available():
-            return "triton"
-        return "torch"
-    return backend
-
-
-def triton_available() -> bool:
-    try:
-        import sbbench.kernels as kernels  # noqa: F401
-    except ImportError:
-        return False
-    return hasattr(kernels, "scatterbrain_forward")
 
 
 def resolve_projections(projections, n_features, head_dim, generator, device):
@@ -229,15 +215,16 @@ def run_method(q, k, v, *, backend, return_weights, impl=None, sink=0, window=0,
     """Dispatch one validated call to the torch core or the Triton kernels; ``impl``
     holds implementation settings that never change the result. The kernels compute
     SMYRF / local buckets only: k-means clusters, sinks and windows run on the torch
-    path ("auto" picks it for them)."""
+    path; "auto" picks it for them and for every other call the kernels do not take
+    (``backends.resolve_backend``)."""
     impl = impl or {}
+    check_backend(backend)
     torch_only = kwargs.get("sparse") == "kmeans" or sink or window
     if torch_only and backend == "triton":
         raise ValueError("sparse='kmeans', sink and window run on backend='torch' only "
                          "(the Triton kernels compute hash or local buckets)")
-    chosen = "torch" if torch_only else resolve_backend(backend, q)
-    if torch_only:
-        resolve_backend(backend, q)  # still reject an unknown name
+    chosen = "torch" if torch_only else resolve_backend(
+        backend, q, k, v, return_weights=return_weights, **kwargs)
     if q.shape[0] == 0 or q.shape[1] == 0:
         return _empty_result(q, k, v, return_weights)
     if chosen == "triton":

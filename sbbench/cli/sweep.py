@@ -197,6 +197,7 @@ def dry_run_text(expansion, settings, spec, store_path: Path, model_only: bool) 
     from tabulate import tabulate
 
     from sbbench.measure import costmodel
+    from sbbench.sweep import guards
     from sbbench.sweep.runner import estimate_seconds, point_key
     from sbbench.sweep.store import Store
 
@@ -227,6 +228,10 @@ def dry_run_text(expansion, settings, spec, store_path: Path, model_only: bool) 
                  f"in {store_path}; {len(todo)} to run")
     for note in expansion.dropped:
         lines.append(f"note: {note}")
+    refused = sum(guards.kernel_refusal(point, spec) is not None for point in expansion.points)
+    if refused:
+        lines.append(f"note: the Triton kernels refuse {refused} triton point(s) on "
+                     f"{spec.arch}: recorded as skipped, not run")
     if not model_only and todo:
         lines.append(f"rough time to measure: ~{estimate_seconds(todo, settings) / 60:.1f} min "
                      f"(time budgets and seeds only; large sizes take longer)")

@@ -1,5 +1,5 @@
-"""Checks around one measurement: will the point fit in the device's memory at all, and
-was its timing disturbed (``Record.noise``).
+"""Checks around one measurement: will the point fit in the device's memory at all, do
+the Triton kernels take it on the device, and was its timing disturbed (``Record.noise``).
 
 A point whose modeled working set (``costmodel.working_set_bytes``: inputs, output and the
 method's intermediates) exceeds the device's memory is recorded as "oom" without being
@@ -54,6 +54,33 @@ def fit_refusal(point: Point, capacity_bytes: int | None) -> str | None:
         return None
     return (f"does not fit: needs {_gib(needs)} GiB, device has {_gib(capacity_bytes)} GiB "
             f"(modeled working set; not attempted)")
+
+
+def kernel_refusal(point: Point, spec) -> str | None:
+    """Why the Triton kernels refuse a triton ``point`` on the device of profile ``spec``
+    (``sbbench.kernels.forward_refusal``: dtype and head size, bucket range, a tile
+    config that keep() leaves on the device's architecture), or None. The launch would
+    refuse it in the same words; the sweep records it as skipped instead, before
+    allocating anything. None for torch points, and where the profile has no GPU
+    architecture or triton is not installed (``point.skip_reason`` says why then)."""
+    arch = getattr(spec, "arch", None)
+    budget, problem = point.budget, point.problem
+    if point.backend != "triton" or budget.method == "exact" or not arch:
+        return None
+    if budget.sink or budget.window:
+        return "sink and window run on backend='torch' only"
+    try:
+        import torch
+
+        from sbbench.kernels import forward_refusal, limits_for
+    except ImportError:
+        return None
+    limits = limits_for(int("".join(ch for ch in arch if ch.isdigit())))
+    reason = forward_refusal(getattr(torch, problem.dtype), problem.head_dim,
+                             n_features=budget.n_features, bucket_size=budget.bucket_size,
+                             n_hashes=budget.n_hashes, sparse=budget.sparse,
+                             causal=problem.causal, limits=limits)
+    return f"the Triton kernels refuse it on {arch}: {reason}" if reason else None
 
 
 def _gib(n: float) -> str:

@@ -1,4 +1,4 @@
-"""One sweep point: measured (``measure_point``) or predicted (``model_point``).
+"""One measured sweep point (``measure_point``; a predicted one: ``point_model``).
 
 A measured point, in this order (docs/measurement.md):
 
@@ -12,8 +12,12 @@ A measured point, in this order (docs/measurement.md):
 4. energy through the telemetry observer (the null observer on CPU says why);
 5. FLOPs, bytes, working set and roofline time from the cost model.
 
-A point that fails (exception, OOM, NaN) becomes a row with its status and reason:
-``measure_point`` never raises for a failure of the point itself.
+Before anything is allocated, a point that cannot run is recorded without running it: a
+triton point the kernels refuse on the device (``guards.kernel_refusal``: skipped, in the
+launch's words) and a point whose modeled working set exceeds the device's memory
+(``guards.fit_refusal``: oom). A point that fails (exception, OOM, NaN) becomes a row
+with its status and reason: ``measure_point`` never raises for a failure of the point
+itself.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from sbbench.attention import exact_attention
-from sbbench.attention.scatterbrain import triton_available
+from sbbench.attention.backends import triton_available
 from sbbench.core.provenance import now_utc
 from sbbench.core.record import Record
 from sbbench.core.types import Problem
@@ -211,7 +215,7 @@ def check_accuracy(point: Point, settings: Settings,
     )
 
 
-def _add_model(record: Record, point: Point, spec) -> None:
+def add_model(record: Record, point: Point, spec) -> None:
     """Cost-model columns (FLOPs, bytes, working set, roofline time)."""
     p, b = point.problem, point.budget
     record.flops = float(costmodel.flops(p, b))
@@ -246,13 +250,17 @@ def measure_point(point: Point, settings: Settings, spec=None, observer=None, *,
     record = base_record(point, settings, "measured")
     record.versions = dict(versions or {})
     try:
-        _add_model(record, point, spec)
+        add_model(record, point, spec)
     except Exception as err:  # the model is a column, not a reason to lose the point
         record.reason = f"cost model failed: {describe(err)}"
     if spec is not None:
         record.device_state["profile"] = profile_info(spec)
     reason = skip_reason(point, settings)
     if reason:
+        record.status, record.reason = "skipped", reason
+        return record
+    reason = guards.kernel_refusal(point, spec)
+    if reason:  # the launch would refuse it in the same words
         record.status, record.reason = "skipped", reason
         return record
     reason = guards.fit_refusal(point, guards.device_memory_bytes(
@@ -353,27 +361,3 @@ def _add_energy(record: Record, fn, observer) -> None:
     record.telemetry = result.telemetry
     if result.energy_j is not None and not result.window_ok:
         record.telemetry += "; energy window shorter than 1 s (counter resolution ~100 ms)"
-
-
-def model_point(point: Point, settings: Settings, spec, *,
-                exact_ms: float | None = None) -> Record:
-    """Predict a point from the cost model alone: ``source=modeled``, time = roofline."""
-    record = base_record(point, settings, "modeled")
-    record.device_state["profile"] = profile_info(spec)
-    try:
-        _add_model(record, point, spec)
-    except Exception as err:
-        record.status, record.reason = "failed", f"cost model failed: {describe(err)}"
-        return record
-    if record.roofline_time_ms is None:
-        record.status = "skipped"
-        record.reason = (f"device profile {spec.name} has no peak figures for "
-                         f"{point.problem.dtype}; nothing to predict from")
-        return record
-    record.reason = f"predicted by the cost model (roofline on the {spec.name} profile)"
-    record.timer = "roofline"
-    record.time_median_ms = record.roofline_time_ms
-    if exact_ms is not None and record.time_median_ms > 0:
-        record.speedup_vs_exact = exact_ms / record.time_median_ms
-    record.telemetry = "not measured: --model-only"
-    return record

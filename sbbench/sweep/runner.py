@@ -27,6 +27,7 @@ from sbbench.measure.timing import pin_malloc_thresholds
 from sbbench.sweep import point as sweep_point
 from sbbench.sweep.grid import Point
 from sbbench.sweep.guards import add_flag
+from sbbench.sweep.point_model import model_point
 from sbbench.sweep.progress import Progress, Summary
 from sbbench.sweep.store import Store
 
@@ -117,12 +118,11 @@ def run_sweep(points: list[Point], settings: Settings, store: Store, *, spec=Non
                     bar.step(f"{point.label()} (in store)")
                     continue
                 t0 = time.monotonic()
-                reference = exact_ms.get(_shape(point)) or _exact_from_store(
-                    store, point, settings, source)
-                if model_only:
-                    record = sweep_point.model_point(point, settings, spec,
-                                                     exact_ms=reference)
+                if model_only:  # exact's modeled time comes from the model, same kind
+                    record = model_point(point, settings, spec)
                 else:
+                    reference = exact_ms.get(_shape(point)) or _exact_from_store(
+                        store, point, settings, source)
                     others = store.others_claiming()
                     record = sweep_point.measure_point(
                         point, settings, spec, observer, exact_ms=reference,

@@ -4,6 +4,7 @@ tiny sweep with its report, --model-only, and Ctrl-C then resume."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ def tiny_grid(tmp_path) -> str:
 
 @pytest.mark.parametrize("argv, message", [
     (["sweep", "--gpu", "cpu", "--grid", "nosuchgrid"],
-     "shipped grids: device_check, full, quick, torch_path"),
+     "shipped grids: device_check, device_check_d256, full, quick, torch_path"),
     (["sweep", "--gpu", "cpu", "--seq-len", "1k"], "--seq-len takes comma-separated"),
     (["sweep", "--gpu", "cpu", "--features", "31"], "features must be even"),
     (["sweep", "--gpu", "nosuchgpu", "--dry-run"], "nosuchgpu"),
@@ -84,7 +85,12 @@ def test_model_only_sweep_for_a_gpu_that_is_not_here(tmp_path, capsys):
                  "--hashes", "1", "--store", str(store),
                  "--report", "--report-out", str(tmp_path / "reports")]) == 0
     assert "report written to" in capsys.readouterr().err
-    assert (tmp_path / "reports" / "h100-sxm" / "modeled" / "README.md").is_file()
+    readme = (tmp_path / "reports" / "h100-sxm" / "modeled" / "README.md").read_text()
+    # the table says how each time was modeled, the header where the calibration comes from
+    assert re.search(r"\| modeled ms +\| modeled as +\|", readme)
+    assert re.search(r"\| exact +\| torch +\| - +\| ok +\| [0-9.]+ +\| calibrated +\|", readme)
+    assert "- exact: modeled (calibrated on FlashAttention-3 (621 TFLOP/s)" in readme
+    assert "- scatterbrain: modeled (roofline; no published scatterbrain measurement" in readme
     with Store(store) as opened:
         records = opened.records()
     assert records and {r.source for r in records} == {"modeled"}
