@@ -47,6 +47,7 @@ SHAPE = ["device", "dtype", "causal", "seq_len", "head_dim", "batch", "heads"]
 FAMILY = ["device", "dtype", "causal", "head_dim", "batch", "heads"]  # SHAPE but seq_len
 CANDIDATE = ["method", "backend", "n_features", "bucket_size", "n_hashes", "kernel_config"]
 OBJECTIVES = ["error", "time_ms", "memory_bytes", "energy_j"]
+E2E_PREFIX = "e2e:"  # inputs of end-to-end rows (models.e2e.e2e_records)
 METHOD_ORDER = {"exact": 0, "performer": 1, "lsh": 2, "scatterbrain": 3,
                 "scatterbrain_local": 4}
 
@@ -86,6 +87,11 @@ def candidates(frame: pd.DataFrame, *, device: str | None = None,
     rows = rows[rows["error_mean"].notna()]
     if rows.empty:
         return pd.DataFrame(columns=columns)
+    end_to_end = rows["inputs"].astype(str).str.startswith(E2E_PREFIX)
+    if end_to_end.any() and not end_to_end.all():
+        raise UserError("the store mixes end-to-end rows (sbbench e2e --store) with per-call "
+                        "rows (sbbench sweep): their times and errors measure different "
+                        "things; keep them in separate stores")
     # Several code versions of one point: keep the latest measurement.
     point = SHAPE + CANDIDATE + ["inputs"]
     rows = rows.sort_values("timestamp", kind="stable").drop_duplicates(point, keep="last")

@@ -46,6 +46,19 @@ def _why(row) -> str:
     return "fastest meeting the target"
 
 
+def _targets_line(selection: Selection, cands) -> str:
+    targets = ", ".join(percent(t) for t in selection.targets)
+    if len(cands) and all(str(i).startswith("e2e:") for i in cands["inputs"]):
+        return (f"- error targets: {targets} end-to-end error of the whole model with its "
+                f"attention replaced (sbbench e2e): 1 - cosine of the sentence embeddings "
+                f"(encoders) or the perplexity ratio to the model's own - 1 (decoders); 0 "
+                f"is the model unchanged. Times are one forward pass of the whole model.")
+    return (f"- error targets: {targets} relative Frobenius error of the output against "
+            f"exact attention, {selection.error_stat} over the heads (mean over seeds; the "
+            f"worst input regime where several were measured). 1.0 is what returning zeros "
+            f"scores: an error above 1 is worse than no attention at all.")
+
+
 def budgets_markdown(selection: Selection, *, device: str, command: str, date: str,
                      store: str, tuning_file: str | None = None) -> str:
     cands = selection.candidates
@@ -55,11 +68,7 @@ def budgets_markdown(selection: Selection, *, device: str, command: str, date: s
              f"- store: `{store}` ({int(cands['n_rows'].sum())} measured ok rows, "
              f"{len(cands)} shape x budget candidates)",
              f"- code versions: {', '.join(versions)}",
-             f"- error targets: {', '.join(percent(t) for t in selection.targets)} relative "
-             f"Frobenius error of the output against exact attention, "
-             f"{selection.error_stat} over the heads (mean over seeds; the worst input regime "
-             f"where several were measured). 1.0 is what returning zeros scores: an error "
-             f"above 1 is worse than no attention at all."]
+             _targets_line(selection, cands)]
     if tuning_file:
         lines.append(f"- budgets section written to `{tuning_file}`")
     lines += ["", "## Cheapest budget meeting each error target", "",

@@ -7,25 +7,38 @@ from sbbench.cli.capture import positive_int
 from sbbench.core.errors import UserError
 
 _DESCRIPTION = """\
-Run a model with every attention layer replaced by an approximation (Performer, LSH,
-Scatterbrain, Scatterbrain with local blocks) at each budget, and print the cosine
-similarity between its mean-pooled sentence embedding and the model's own, and the
-relative error of the last hidden state. A budget is the attention memory per query
-(features + bucket_size * hashes), split as in the sweep; randomness is drawn per
-layer from --seed. The exact row runs exact attention through the same path (cosine
-1 checks the path). Global-attention models only (minilm or a local BERT-like folder)."""
+Run a model with its attention replaced by an approximation (Performer, LSH,
+Scatterbrain, Scatterbrain with local blocks) at each budget. Encoders (minilm, a local
+BERT-like folder): every layer is replaced; printed: the cosine similarity between the
+mean-pooled sentence embedding and the model's own. Decoders (gemma3-270m, a local
+causal-LM folder): the global layers are replaced (sliding-window layers keep the
+model's own attention); printed: the next-token loss and perplexity over the text, and
+the perplexity ratio to the model's own. Both: the relative error of the last hidden
+state, and e2e_error (0 = unchanged: 1 - cosine, or perplexity ratio - 1).
+
+A budget is the attention memory per query (features + bucket_size * hashes), split as
+in the sweep; randomness is drawn per layer from --seed. The exact row runs exact
+attention through the same path (it checks the path). With --store the rows go into a
+results store (inputs e2e:<model>@<text hash>), so `sbbench select --store FILE` picks,
+per target, the cheapest budget whose end-to-end error meets it, or says "not
+reachable"."""
 
 _EPILOG = """\
 examples:
   sbbench e2e --model minilm --text notes.txt --budgets 32,64,128
   sbbench e2e --model minilm --text notes.txt --budgets 64 --methods scatterbrain --seed 3
+  sbbench e2e --model minilm --text notes.txt --budgets 32,64,128 --store e2e.sqlite
+  sbbench select --store e2e.sqlite --gpu cpu --targets 0.01,0.05 --report-out e2e-reports
+      budgets chosen on end-to-end quality (e2e_error <= target)
+  sbbench e2e --model gemma3-270m --text notes.txt --budgets 256 --max-tokens 2048
 """
 
 
 def register(subparsers) -> None:
     parser = add_command(subparsers, "e2e", description=_DESCRIPTION, epilog=_EPILOG,
-                         help="sentence-embedding cosine of a model with approximate attention")
-    add_model_arguments(parser, models="minilm or a local Hugging Face folder")
+                         help="end-to-end quality of a model with approximate attention "
+                              "(embedding cosine, or perplexity)")
+    add_model_arguments(parser, models="minilm, gemma3-270m or a local Hugging Face folder")
     parser.add_argument("--budgets", required=True, metavar="B,B,...",
                         help="attention memory per query, features + bucket_size * hashes")
     parser.add_argument("--methods", metavar="M,...",
@@ -36,6 +49,9 @@ def register(subparsers) -> None:
                                                     "hash functions (default 0)")
     parser.add_argument("--max-tokens", metavar="N", help="cut the text to N tokens "
                                                           "(default 512)")
+    parser.add_argument("--store", metavar="PATH", default=None,
+                        help="also write the rows into this results store (SQLite), for "
+                             "`sbbench select`")
     parser.set_defaults(func=run_e2e_command)
 
 
@@ -78,8 +94,25 @@ def run_e2e_command(args) -> int:
     max_tokens = positive_int("--max-tokens", args.max_tokens, 512)
     seed = 0 if args.seed is None else _seed(args.seed)
     text = read_text(args.text)
+    store = None
+    if args.store:
+        from sbbench.sweep.store import Store
+
+        store = Store(args.store)  # a bad path or foreign file fails before the model runs
     rows = run_e2e(load_model(args.model), text, budgets, seed=seed, max_tokens=max_tokens)
-    print(f"sbbench e2e: {args.model}, {rows[0]['tokens']} tokens, seed {seed}; cosine of "
-          f"mean-pooled embeddings, approximate vs the model's own")
+    what = ("next-token loss over the text with the global layers replaced; e2e_error = "
+            "perplexity / the model's own - 1" if rows[0]["decoder"] else
+            "cosine of mean-pooled embeddings, approximate vs the model's own")
+    print(f"sbbench e2e: {args.model}, {rows[0]['tokens']} tokens, seed {seed}; {what}")
     print(format_rows(rows))
+    if store is not None:
+        import hashlib
+
+        from sbbench.models.e2e import e2e_records
+
+        with store:
+            for record in e2e_records(rows, text_sha256=hashlib.sha256(
+                    text.encode()).hexdigest()):
+                store.add(record, replace=True)
+        print(f"sbbench e2e: {len(rows)} rows written to {args.store}")
     return 0

@@ -1,21 +1,31 @@
-"""End to end: the model itself with every attention layer replaced by an approximation.
+"""End to end: the model itself with its attention replaced by an approximation.
 
-For each budget the model runs once with each layer's attention computed by
+For each budget the model runs once with each replaced layer's attention computed by
 ``sbbench.measure.calls.call_method`` (randomness drawn per layer, in layer order, from
-one generator seeded with ``seed``), and its mean-pooled sentence embedding is compared
-with the model's own (cosine similarity; 1 = unchanged). An ``exact`` row runs
-``exact_attention`` through the same replacement path: its cosine checks the path
-itself. Errors compound through the layers, so this is the quality a user sees, where
-the per-call error of the sweep is what a single layer sees.
+one generator seeded with ``seed``). Encoders: every layer is replaced, and the
+mean-pooled sentence embedding is compared with the model's own (cosine similarity;
+1 = unchanged). Decoders (a model with a language-model head): the global layers are
+replaced (sliding-window layers keep the model's own attention), and the next-token loss
+over the text is compared with the model's own (perplexity ratio; 1 = unchanged). An
+``exact`` row runs ``exact_attention`` through the same replacement path: it checks the
+path itself. Errors compound through the layers, so this is the quality a user sees,
+where the per-call error of the sweep is what a single layer sees.
+
+Each row's ``e2e_error`` puts both on one scale, 0 = unchanged: 1 - cosine for encoders,
+perplexity / the model's own - 1 for decoders (``sbbench select`` targets it when the
+rows are stored: ``e2e_records``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 
 from sbbench.core.errors import UserError
+from sbbench.core.provenance import code_version, now_utc
+from sbbench.core.record import Record
 from sbbench.core.types import Budget, budget_label
 from sbbench.measure.calls import Randomness, call_method, draw_randomness, split_budget
 from sbbench.models.capture import forward, tokenize
@@ -25,6 +35,9 @@ from sbbench.models.loading import LoadedModel
 APPROX_METHODS = ("performer", "lsh", "scatterbrain", "scatterbrain_local")
 COLUMNS = ("method", "budget", "memory_per_query", "tokens", "seed", "cosine",
            "hidden_rel_error", "seconds")
+DECODER_COLUMNS = ("method", "budget", "memory_per_query", "tokens", "seed", "layers",
+                   "loss", "perplexity", "e2e_error", "hidden_rel_error", "seconds")
+LOSS_CHUNK = 256  # tokens per language-model-head product (its logits are vocab wide)
 
 
 def sentence_embedding(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -49,18 +62,27 @@ def budgets_at(memories: list[int], methods=APPROX_METHODS, *, n_hashes: int = 1
     return out
 
 
-def _replaced(budget: Budget, seed: int, backend: str):
-    """The handler running ``budget`` in every layer, randomness drawn per layer."""
+def is_decoder(loaded: LoadedModel) -> bool:
+    """A model with a language-model head (next-token loss), not an encoder."""
+    head = getattr(loaded.model, "get_output_embeddings", lambda: None)()
+    return head is not None and not getattr(loaded.model.config, "is_encoder_decoder", False)
+
+
+def _replaced(budget: Budget, seed: int, backend: str, seen: dict):
+    """The handler running ``budget`` in every global layer (a sliding-window layer keeps
+    the model's own attention), randomness drawn per layer; ``seen`` collects the shape
+    of the replaced calls."""
     generator = torch.Generator().manual_seed(seed)
     drawn: dict[int, Randomness] = {}
 
-    def handler(call: AttentionCall) -> torch.Tensor:
+    def handler(call: AttentionCall) -> torch.Tensor | None:
         if call.window:
-            raise UserError(f"layer {call.layer} is a sliding-window layer (window "
-                            f"{call.window}); e2e replaces global attention only")
+            return None  # local attention stays the model's own
         if call.layer not in drawn:  # the forward pass meets the layers in order
             drawn[call.layer] = draw_randomness(budget, call.q.shape[-1], generator)
         randomness = drawn[call.layer]
+        seen.setdefault("layers", set()).add(call.layer)
+        seen["shape"] = (tuple(call.q.shape), call.causal)
         # one unpadded sequence: the model's mask hides nothing, so none is passed
         return call_method(budget, call.q, call.k, call.v, causal=call.causal,
                            softmax_scale=call.scale, backend=backend,
@@ -69,48 +91,122 @@ def _replaced(budget: Budget, seed: int, backend: str):
     return handler
 
 
+def next_token_loss(loaded: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor) -> float:
+    """Mean cross-entropy of predicting token t + 1 from position t: the model's head
+    applied to ``hidden`` [1, seq, width] in chunks (the logits are vocabulary wide)."""
+    head = loaded.model.get_output_embeddings()
+    cap = getattr(loaded.model.config, "final_logit_softcapping", None)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, hidden.shape[1] - 1, LOSS_CHUNK):
+            stop = min(start + LOSS_CHUNK, hidden.shape[1] - 1)
+            logits = head(hidden[:, start:stop]).double()
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            total += float(torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1), ids[:, start + 1:stop + 1].flatten(), reduction="sum"))
+            count += stop - start
+    return total / max(count, 1)
+
+
 def run_e2e(loaded: LoadedModel, text: str, budgets: list[Budget], *, seed: int = 0,
             max_tokens: int | None = 512, backend: str = "torch") -> list[dict]:
-    """One row per budget (an ``exact`` row first): the cosine between the sentence
-    embedding with that budget in every layer and the model's own, and the relative
-    Frobenius error of the last hidden state."""
+    """One row per budget (an ``exact`` row first). Encoders: the cosine between the
+    sentence embedding with that budget in every layer and the model's own; decoders:
+    the next-token loss and perplexity with that budget in every global layer. Both: the
+    relative Frobenius error of the last hidden state and ``e2e_error`` (module doc)."""
     encoded = tokenize(loaded, text, max_tokens)
-    mask = encoded["attention_mask"]
-    tokens = int(encoded["input_ids"].shape[1])
+    mask, ids = encoded["attention_mask"], encoded["input_ids"]
+    tokens = int(ids.shape[1])
+    decoder = is_decoder(loaded)
+    if decoder and tokens < 2:
+        raise UserError("the text has fewer than 2 tokens: no next token to predict")
     reference = forward(loaded, encoded).last_hidden_state
     reference_embedding = sentence_embedding(reference, mask)
+    reference_loss = next_token_loss(loaded, reference, ids) if decoder else None
     rows = []
     for budget in [Budget("exact"), *budgets]:
         started = time.perf_counter()
-        with intercepted(loaded.model, _replaced(budget, seed, backend)):
+        seen: dict = {}
+        with intercepted(loaded.model, _replaced(budget, seed, backend, seen)):
             hidden = forward(loaded, encoded).last_hidden_state
-        embedding = sentence_embedding(hidden, mask)
-        cosine = float(torch.nn.functional.cosine_similarity(
-            embedding.double(), reference_embedding.double(), dim=-1)[0])
+        seconds = time.perf_counter() - started
+        if not seen:
+            raise UserError(f"{loaded.name}: no global attention layer was met; nothing "
+                            f"to replace")
         error = float((hidden - reference).double().norm() / reference.double().norm())
-        rows.append({
+        (batch, heads, seq, head_dim), causal = seen["shape"]
+        row = {
             "model": loaded.name, "method": budget.method, "budget": budget_label(budget),
             "n_features": budget.n_features, "bucket_size": budget.bucket_size,
             "n_hashes": budget.n_hashes, "memory_per_query": budget.memory_per_query,
-            "tokens": tokens, "seed": seed, "cosine": cosine, "hidden_rel_error": error,
-            "seconds": time.perf_counter() - started,
-        })
+            "tokens": tokens, "seed": seed, "hidden_rel_error": error, "seconds": seconds,
+            "layers": ",".join(str(i) for i in sorted(seen["layers"])), "heads": heads,
+            "head_dim": head_dim, "causal": causal, "decoder": decoder,
+        }
+        if decoder:
+            loss = next_token_loss(loaded, hidden, ids)
+            row.update(loss=loss, perplexity=math.exp(loss), cosine=None,
+                       reference_loss=reference_loss,
+                       e2e_error=math.exp(loss - reference_loss) - 1.0)
+        else:
+            embedding = sentence_embedding(hidden, mask)
+            cosine = float(torch.nn.functional.cosine_similarity(
+                embedding.double(), reference_embedding.double(), dim=-1)[0])
+            row.update(cosine=cosine, e2e_error=1.0 - cosine)
+        rows.append(row)
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
-    """The rows as a plain-text table (``COLUMNS``)."""
+    """The rows as a plain-text table (``COLUMNS``, or ``DECODER_COLUMNS``)."""
     from tabulate import tabulate
+
+    columns = DECODER_COLUMNS if rows and rows[0].get("decoder") else COLUMNS
 
     def cell(row, name):
         value = row[name]
         if name == "cosine":
             return f"{value:.6f}"
-        if name == "hidden_rel_error":
+        if name in ("hidden_rel_error", "e2e_error"):
             return f"{value:.3e}"
+        if name in ("loss", "perplexity"):
+            return f"{value:.4f}"
         if name == "seconds":
             return f"{value:.2f}"
         return str(value)
 
-    return tabulate([[cell(row, name) for name in COLUMNS] for row in rows],
-                    headers=list(COLUMNS), tablefmt="simple", disable_numparse=True)
+    return tabulate([[cell(row, name) for name in columns] for row in rows],
+                    headers=list(columns), tablefmt="simple", disable_numparse=True)
+
+
+E2E_PREFIX = "e2e:"  # the inputs column of end-to-end rows: e2e:<model>@<text sha256[:8]>
+TIMED_E2E = ("one forward pass of the whole model with the replaced attention (randomness "
+             "drawn inside); not sampled")
+
+
+def e2e_records(rows: list[dict], *, text_sha256: str, device: str = "cpu") -> list[Record]:
+    """The rows as store records, so ``sbbench select`` can target end-to-end quality:
+    the error columns hold ``e2e_error`` (1 - cosine, or the perplexity ratio - 1), the
+    time is the model's forward with that budget, the shape is the replaced layers'
+    (tokens, heads, head_dim, causal), the inputs ``e2e:<model>@<text hash>``."""
+    version = code_version()
+    records = []
+    for row in rows:
+        what = ("perplexity ratio - 1 over the text's next tokens" if row["decoder"]
+                else "1 - cosine of the mean-pooled sentence embeddings")
+        error = float(row["e2e_error"])
+        seconds_ms = float(row["seconds"]) * 1e3
+        records.append(Record(
+            device=device, method=row["method"], backend="torch", seq_len=row["tokens"],
+            head_dim=row["head_dim"], batch=1, heads=row["heads"], dtype="float32",
+            causal=bool(row["causal"]), n_features=row["n_features"],
+            bucket_size=row["bucket_size"], n_hashes=row["n_hashes"], kernel_config="",
+            inputs=f"{E2E_PREFIX}{row['model']}@{text_sha256[:8]}", code_version=version,
+            source="measured",
+            reason=f"end to end ({what}); layers {row['layers']} replaced, seed {row['seed']}",
+            timed_region=TIMED_E2E, time_median_ms=seconds_ms, time_p20_ms=seconds_ms,
+            time_p80_ms=seconds_ms, time_samples_ms=[seconds_ms], timer="perf_counter_ns",
+            error_mean=error, error_p50=error, error_p90=error, error_max=error, n_seeds=1,
+            reference_dtype="the model's own forward", timestamp=now_utc()))
+    return records
