@@ -202,9 +202,10 @@ def dry_run_text(expansion, settings, spec, store_path: Path, model_only: bool) 
     from sbbench.sweep.store import Store
 
     done: set = set()
+    claimed: set = set()
     if store_path.is_file():
         with Store(store_path, readonly=True) as store:
-            done = store.done_keys()
+            done, claimed = store.done_keys(), store.claimed_elsewhere()
     source = "modeled" if model_only else "measured"
     table, todo = [], []
     for number, point in enumerate(expansion.points, 1):
@@ -228,6 +229,16 @@ def dry_run_text(expansion, settings, spec, store_path: Path, model_only: bool) 
                  f"in {store_path}; {len(todo)} to run")
     for note in expansion.dropped:
         lines.append(f"note: {note}")
+    held = sum(point_key(point, settings, source) in claimed for point in todo)
+    if held:
+        lines.append(f"note: {held} of them are being measured by another sweep on this "
+                     f"store now: this one will leave them to it")
+    capacity = guards.device_memory_bytes(settings.torch_device,
+                                          getattr(spec, "mem_bytes", None))
+    too_big = sum(guards.fit_refusal(point, capacity) is not None for point in todo)
+    if too_big and not model_only:
+        lines.append(f"note: {too_big} point(s) cannot fit in this device's memory (cost "
+                     f"model's working set): recorded as oom without running")
     refused = sum(guards.kernel_refusal(point, spec) is not None for point in expansion.points)
     if refused:
         lines.append(f"note: the Triton kernels refuse {refused} triton point(s) on "

@@ -333,6 +333,19 @@ class Store:
                               (text, self.pid, self.host, sweep_id, now))
         return True
 
+    def claimed_elsewhere(self, *, timeout_s: float = CLAIM_TIMEOUT_S) -> set[tuple]:
+        """The keys other live sweeps hold claims on now (reads only)."""
+        if "claims" not in self._tables():
+            return set()
+        now, held = time.time(), set()
+        for text, pid, host, claimed in self.conn.execute(
+                "SELECT key, pid, host, claimed FROM claims"):
+            ours = (pid, host) == (self.pid, self.host)
+            dead = host == self.host and not pid_alive(pid)
+            if not (ours or dead or now - (claimed or 0) > timeout_s):
+                held.add(tuple(json.loads(text)))
+        return held
+
     def release(self, key: tuple) -> None:
         with self._transaction():
             self.conn.execute("DELETE FROM claims WHERE key = ? AND pid = ? AND host = ?",

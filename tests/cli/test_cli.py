@@ -133,3 +133,33 @@ def test_interrupted_sweep_keeps_rows_and_resumes(tmp_path, tiny_grid):
         assert opened.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert len(after) == 6
     assert all(after[key] == record for key, record in before.items())
+
+
+def test_dry_run_says_what_another_sweep_holds_and_what_cannot_fit(tiny_grid, tmp_path,
+                                                                   capsys, monkeypatch):
+    """A point another live sweep has claimed, and one the device's memory cannot hold,
+    are named before anything runs."""
+    import subprocess
+    import sys
+
+    from sbbench.sweep import guards
+    from sbbench.sweep.grid import expand, load_grid
+    from sbbench.sweep.runner import Settings, point_key
+    from sbbench.sweep.store import Store
+
+    store_path = tmp_path / "r.sqlite"
+    point = expand(load_grid(tiny_grid)).points[1]
+    key = point_key(point, Settings(device="cpu"))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with Store(store_path) as store:
+            store.pid = other.pid  # the claim of another live process
+            assert store.claim(key)
+        monkeypatch.setattr(guards, "device_memory_bytes", lambda *a, **k: 1)
+        assert main(["sweep", "--gpu", "cpu", "--grid", tiny_grid, "--store", str(store_path),
+                     "--dry-run"]) == 0
+    finally:
+        other.kill()
+    out = capsys.readouterr().out
+    assert "1 of them are being measured by another sweep" in out
+    assert "3 point(s) cannot fit in this device's memory" in out
