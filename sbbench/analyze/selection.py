@@ -371,9 +371,11 @@ def select(frame: pd.DataFrame, *, device: str, targets=DEFAULT_TARGETS,
                      f"{_shape_text(row._asdict())}")
     unreachable = choices[choices["met"] & ~choices["reachable"].astype(bool)]
     if not unreachable.empty:
+        what = ("end-to-end error" if cands["inputs"].astype(str).str.startswith(
+            E2E_PREFIX).all() else f"{error_stat} of the per-head errors")
         notes.append(f"{len(unreachable)} of {len(choices)} (shape, target) pairs are not "
-                     f"reachable by any approximation measured ({error_stat} of the per-head "
-                     f"errors): exact attention is the answer there")
+                     f"reachable by any approximation measured ({what}): exact attention "
+                     f"is the answer there")
     return Selection(targets, cands, pareto_fronts(cands), choices,
                      exact_thresholds(cands, targets), budget_entries(choices), notes,
                      error_stat)

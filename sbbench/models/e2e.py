@@ -195,7 +195,9 @@ def e2e_records(rows: list[dict], *, text_sha256: str, device: str = "cpu") -> l
     for row in rows:
         what = ("perplexity ratio - 1 over the text's next tokens" if row["decoder"]
                 else "1 - cosine of the mean-pooled sentence embeddings")
-        error = float(row["e2e_error"])
+        # stored >= 0 (an error scale): a perplexity that fell by chance, or a cosine a
+        # rounding above 1, is "unchanged"; the raw value stays in the reason
+        error = max(float(row["e2e_error"]), 0.0)
         seconds_ms = float(row["seconds"]) * 1e3
         records.append(Record(
             device=device, method=row["method"], backend="torch", seq_len=row["tokens"],
@@ -204,7 +206,8 @@ def e2e_records(rows: list[dict], *, text_sha256: str, device: str = "cpu") -> l
             bucket_size=row["bucket_size"], n_hashes=row["n_hashes"], kernel_config="",
             inputs=f"{E2E_PREFIX}{row['model']}@{text_sha256[:8]}", code_version=version,
             source="measured",
-            reason=f"end to end ({what}); layers {row['layers']} replaced, seed {row['seed']}",
+            reason=(f"end to end ({what}: {float(row['e2e_error']):.4g}); layers "
+                    f"{row['layers']} replaced, seed {row['seed']}"),
             timed_region=TIMED_E2E, time_median_ms=seconds_ms, time_p20_ms=seconds_ms,
             time_p80_ms=seconds_ms, time_samples_ms=[seconds_ms], timer="perf_counter_ns",
             error_mean=error, error_p50=error, error_p90=error, error_max=error, n_seeds=1,

@@ -39,3 +39,15 @@ def test_mixed_e2e_and_per_call_rows_are_refused():
                           row("exact", "clustered:t=1", 1.0, 0.0)])
     with pytest.raises(UserError, match="separate stores"):
         select(frame, device="cpu")
+
+
+def test_e2e_records_store_a_nonnegative_error_and_keep_the_raw_value():
+    from sbbench.models.e2e import e2e_records
+
+    base = dict(model="m", method="exact", n_features=0, bucket_size=0, n_hashes=0,
+                tokens=16, seed=0, seconds=0.5, layers="0,1", heads=2, head_dim=8,
+                causal=False, decoder=False, e2e_error=-4.4e-16)
+    (record,) = e2e_records([base], text_sha256="cd" * 32)
+    assert record.error_p90 == record.error_mean == 0.0
+    assert "-4.4e-16" in record.reason and record.inputs == "e2e:m@cdcdcdcd"
+    assert record.time_samples_ms == [500.0] and not record.causal
