@@ -30,7 +30,7 @@ examples:
   sbbench e2e --model minilm --text notes.txt --budgets 32,64,128 --store e2e.sqlite
   sbbench select --store e2e.sqlite --gpu cpu --targets 0.01,0.05 --report-out e2e-reports
       budgets chosen on end-to-end quality (e2e_error <= target)
-  sbbench e2e --model gemma3-270m --text notes.txt --budgets 256 --max-tokens 2048
+  sbbench e2e --model gemma3-270m --text notes.txt --budgets 256 --max-tokens 2048 --time-samples 1
 """
 
 
@@ -49,6 +49,9 @@ def register(subparsers) -> None:
                                                     "hash functions (default 0)")
     parser.add_argument("--max-tokens", metavar="N", help="cut the text to N tokens "
                                                           "(default 512)")
+    parser.add_argument("--time-samples", metavar="N", default=None,
+                        help="forward passes timed per budget, their median kept (default 3; "
+                             "1 for long decoder runs)")
     parser.add_argument("--store", metavar="PATH", default=None,
                         help="also write the rows into this results store (SQLite), for "
                              "`sbbench select`")
@@ -99,7 +102,9 @@ def run_e2e_command(args) -> int:
         from sbbench.sweep.store import Store
 
         store = Store(args.store)  # a bad path or foreign file fails before the model runs
-    rows = run_e2e(load_model(args.model), text, budgets, seed=seed, max_tokens=max_tokens)
+    samples = positive_int("--time-samples", args.time_samples, 3)
+    rows = run_e2e(load_model(args.model), text, budgets, seed=seed, max_tokens=max_tokens,
+                   time_samples=samples)
     what = ("next-token loss over the text with the global layers replaced; e2e_error = "
             "perplexity / the model's own - 1" if rows[0]["decoder"] else
             "cosine of mean-pooled embeddings, approximate vs the model's own")

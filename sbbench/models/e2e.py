@@ -19,6 +19,7 @@ rows are stored: ``e2e_records``).
 from __future__ import annotations
 
 import math
+import statistics
 import time
 
 import torch
@@ -28,6 +29,7 @@ from sbbench.core.provenance import code_version, now_utc
 from sbbench.core.record import Record
 from sbbench.core.types import Budget, budget_label
 from sbbench.measure.calls import Randomness, call_method, draw_randomness, split_budget
+from sbbench.measure.timing import quantile
 from sbbench.models.capture import forward, tokenize
 from sbbench.models.intercept import AttentionCall, intercepted
 from sbbench.models.loading import LoadedModel
@@ -110,11 +112,16 @@ def next_token_loss(loaded: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor
 
 
 def run_e2e(loaded: LoadedModel, text: str, budgets: list[Budget], *, seed: int = 0,
-            max_tokens: int | None = 512, backend: str = "torch") -> list[dict]:
+            max_tokens: int | None = 512, backend: str = "torch",
+            time_samples: int = 1) -> list[dict]:
     """One row per budget (an ``exact`` row first). Encoders: the cosine between the
     sentence embedding with that budget in every layer and the model's own; decoders:
     the next-token loss and perplexity with that budget in every global layer. Both: the
-    relative Frobenius error of the last hidden state and ``e2e_error`` (module doc)."""
+    relative Frobenius error of the last hidden state and ``e2e_error`` (module doc).
+    ``time_samples``: forward passes timed per budget (the first gives the outputs; each
+    draws the same randomness), kept in ``times_ms``; ``seconds`` is their median."""
+    if time_samples < 1:
+        raise UserError(f"--time-samples must be >= 1, got {time_samples}")
     encoded = tokenize(loaded, text, max_tokens)
     mask, ids = encoded["attention_mask"], encoded["input_ids"]
     tokens = int(ids.shape[1])
@@ -126,11 +133,14 @@ def run_e2e(loaded: LoadedModel, text: str, budgets: list[Budget], *, seed: int 
     reference_loss = next_token_loss(loaded, reference, ids) if decoder else None
     rows = []
     for budget in [Budget("exact"), *budgets]:
-        started = time.perf_counter()
-        seen: dict = {}
-        with intercepted(loaded.model, _replaced(budget, seed, backend, seen)):
-            hidden = forward(loaded, encoded).last_hidden_state
-        seconds = time.perf_counter() - started
+        times_ms, hidden, seen = [], None, {}
+        for _ in range(time_samples):
+            started = time.perf_counter()
+            with intercepted(loaded.model, _replaced(budget, seed, backend, seen)):
+                out = forward(loaded, encoded).last_hidden_state
+            times_ms.append((time.perf_counter() - started) * 1e3)
+            hidden = out if hidden is None else hidden
+        seconds = statistics.median(times_ms) / 1e3
         if not seen:
             raise UserError(f"{loaded.name}: no global attention layer was met; nothing "
                             f"to replace")
@@ -141,6 +151,7 @@ def run_e2e(loaded: LoadedModel, text: str, budgets: list[Budget], *, seed: int 
             "n_features": budget.n_features, "bucket_size": budget.bucket_size,
             "n_hashes": budget.n_hashes, "memory_per_query": budget.memory_per_query,
             "tokens": tokens, "seed": seed, "hidden_rel_error": error, "seconds": seconds,
+            "times_ms": times_ms,
             "layers": ",".join(str(i) for i in sorted(seen["layers"])), "heads": heads,
             "head_dim": head_dim, "causal": causal, "decoder": decoder,
         }
@@ -181,8 +192,8 @@ def format_rows(rows: list[dict]) -> str:
 
 
 E2E_PREFIX = "e2e:"  # the inputs column of end-to-end rows: e2e:<model>@<text sha256[:8]>
-TIMED_E2E = ("one forward pass of the whole model with the replaced attention (randomness "
-             "drawn inside); not sampled")
+TIMED_E2E = ("forward passes of the whole model with the replaced attention (randomness "
+             "drawn inside), one per sample (sbbench e2e --time-samples)")
 
 
 def e2e_records(rows: list[dict], *, text_sha256: str, device: str = "cpu") -> list[Record]:
@@ -198,7 +209,7 @@ def e2e_records(rows: list[dict], *, text_sha256: str, device: str = "cpu") -> l
         # stored >= 0 (an error scale): a perplexity that fell by chance, or a cosine a
         # rounding above 1, is "unchanged"; the raw value stays in the reason
         error = max(float(row["e2e_error"]), 0.0)
-        seconds_ms = float(row["seconds"]) * 1e3
+        samples = [float(t) for t in row.get("times_ms") or [float(row["seconds"]) * 1e3]]
         records.append(Record(
             device=device, method=row["method"], backend="torch", seq_len=row["tokens"],
             head_dim=row["head_dim"], batch=1, heads=row["heads"], dtype="float32",
@@ -208,8 +219,9 @@ def e2e_records(rows: list[dict], *, text_sha256: str, device: str = "cpu") -> l
             source="measured",
             reason=(f"end to end ({what}: {float(row['e2e_error']):.4g}); layers "
                     f"{row['layers']} replaced, seed {row['seed']}"),
-            timed_region=TIMED_E2E, time_median_ms=seconds_ms, time_p20_ms=seconds_ms,
-            time_p80_ms=seconds_ms, time_samples_ms=[seconds_ms], timer="perf_counter_ns",
+            timed_region=TIMED_E2E, time_median_ms=quantile(samples, 0.5),
+            time_p20_ms=quantile(samples, 0.2), time_p80_ms=quantile(samples, 0.8),
+            time_samples_ms=samples, timer="perf_counter_ns",
             error_mean=error, error_p50=error, error_p90=error, error_max=error, n_seeds=1,
             reference_dtype="the model's own forward", timestamp=now_utc()))
     return records

@@ -73,8 +73,11 @@ def test_e2e_rows_become_store_records_select_can_use(toy, tmp_path):
     from sbbench.sweep.store import Store
 
     rows = run_e2e(toy, TEXT, [Budget("performer", n_features=8)], seed=0,
-                   max_tokens=TOKENS)
+                   max_tokens=TOKENS, time_samples=3)
+    assert all(len(r["times_ms"]) == 3 for r in rows)
     records = e2e_records(rows, text_sha256="ab" * 32)
+    assert records[1].time_samples_ms == rows[1]["times_ms"]
+    assert records[1].time_p20_ms <= records[1].time_median_ms <= records[1].time_p80_ms
     assert {r.inputs for r in records} == {"e2e:toy-gemma@abababab"}
     with Store(tmp_path / "e2e.sqlite") as store:
         for record in records:
