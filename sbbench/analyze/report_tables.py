@@ -21,8 +21,10 @@ MAX_PANELS = 12
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     frame["_order"] = frame["method"].map(METHOD_ORDER).fillna(9)
+    support = [name for name in ("sparse", "sink", "window") if name in frame]
     frame = frame.sort_values(["dtype", "causal", "batch", "heads", "head_dim", "seq_len",
-                               "_order", "backend", "n_features", "bucket_size", "n_hashes"])
+                               "_order", "backend", "n_features", "bucket_size", "n_hashes",
+                               *support], kind="stable")
     return frame.drop(columns="_order").reset_index(drop=True)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sbbench.core.errors import UserError
-from sbbench.core.record import COLUMNS, KEY_FIELDS, Record
+from sbbench.core.record import ADDED_KEY_FIELDS, COLUMNS, KEY_FIELDS, Record, default_sparse
 from sbbench.core.types import budget_label
 
 CALIBRATION = "calibration"  # method name of the calibration kernel's row
@@ -92,7 +92,9 @@ def load_result_set(path: str | Path) -> ResultSet:
     for number, row in enumerate(rows):
         if not isinstance(row, dict):
             raise UserError(f"result set {path}: row {number} is not an object")
-        missing = [name for name in KEY_FIELDS if name not in row]
+        # (a row of an older sbbench lacks the newer key fields: they take their defaults)
+        missing = [name for name in KEY_FIELDS
+                   if name not in row and name not in ADDED_KEY_FIELDS]
         if missing:
             raise UserError(f"result set {path}: row {number} lacks key field(s) "
                             f"{', '.join(missing)}")
@@ -109,6 +111,20 @@ def load_result_set(path: str | Path) -> ResultSet:
         meta["dropped_fields"] = sorted(dropped)
     return ResultSet(records, interleaved=bool(meta.get("interleaved", False)), meta=meta,
                      label=str(path))
+
+
+def with_key_defaults(frame):
+    """``frame`` with the sparse, sink and window columns (rows of an older file lack
+    them: the method's default kind, 0 and 0; core.record.default_sparse)."""
+    import pandas as pd
+
+    defaults = frame["method"].map(default_sparse)
+    sparse = frame["sparse"] if "sparse" in frame else pd.Series("", index=frame.index)
+    frame["sparse"] = sparse.where(sparse.notna() & (sparse != ""), defaults).astype(str)
+    for name in ("sink", "window"):
+        values = frame[name] if name in frame else pd.Series(0, index=frame.index)
+        frame[name] = pd.to_numeric(values, errors="coerce").fillna(0).astype(int)
+    return frame
 
 
 # Result fields a comparison computes with: a number or None (not measured).

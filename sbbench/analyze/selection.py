@@ -6,7 +6,8 @@ rows with status ok, a time and an output error count; cost-model rows have no e
 
 1. :func:`candidates`: one row per shape x candidate. A *shape* is (device, dtype,
    causal, seq_len, head_dim, batch, heads); a *candidate* is (method, backend,
-   n_features, bucket_size, n_hashes, kernel_config). A store holding several code
+   n_features, bucket_size, n_hashes, sparse, sink, window, kernel_config): the bucket
+   kind and the sink and window keys are budget axes like the others. A store holding several code
    versions of a point keeps the latest row. Measured on several input regimes, a
    candidate's error is the worst regime's (a budget must meet its target on every
    input measured) and its time the median over regimes. Exact attention's error
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from sbbench.analyze.results import with_key_defaults
 from sbbench.core.errors import UserError
 
 DEFAULT_TARGETS = (0.01, 0.02, 0.05, 0.10)
@@ -45,7 +47,9 @@ ERROR_STATS = ("p90", "p50", "max", "mean")
 DEFAULT_ERROR_STAT = "p90"
 SHAPE = ["device", "dtype", "causal", "seq_len", "head_dim", "batch", "heads"]
 FAMILY = ["device", "dtype", "causal", "head_dim", "batch", "heads"]  # SHAPE but seq_len
-CANDIDATE = ["method", "backend", "n_features", "bucket_size", "n_hashes", "kernel_config"]
+CANDIDATE = ["method", "backend", "n_features", "bucket_size", "n_hashes", "sparse", "sink",
+             "window", "kernel_config"]
+BUDGET = ["method", "n_features", "bucket_size", "n_hashes", "sparse", "sink", "window"]
 OBJECTIVES = ["error", "time_ms", "memory_bytes", "energy_j"]
 E2E_PREFIX = "e2e:"  # inputs of end-to-end rows (models.e2e.e2e_records)
 METHOD_ORDER = {"exact": 0, "performer": 1, "lsh": 2, "scatterbrain": 3,
@@ -77,7 +81,7 @@ def candidates(frame: pd.DataFrame, *, device: str | None = None,
         rows = rows[rows["device"] == device]
     rows = rows[(rows["source"] == "measured") & (rows["status"] == "ok")
                 & rows["time_median_ms"].notna() & (rows["time_median_ms"] > 0)]
-    rows = rows.copy()
+    rows = with_key_defaults(rows.copy())
     column = "error_mean" if error_stat == "mean" else f"error_{error_stat}"
     if column in rows and column != "error_mean":
         stat = pd.to_numeric(rows[column], errors="coerce")
@@ -136,7 +140,7 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     order = frame["method"].map(METHOD_ORDER).fillna(99)
     return (frame.assign(_order=order)
             .sort_values(SHAPE + ["_order", "n_features", "bucket_size", "n_hashes",
-                                  "backend"], kind="stable")
+                                  "sparse", "sink", "window", "backend"], kind="stable")
             .drop(columns="_order").reset_index(drop=True))
 
 
@@ -255,11 +259,11 @@ def cheapest_meeting(cands: pd.DataFrame, targets=DEFAULT_TARGETS) -> pd.DataFra
 
 
 def _candidate_label(row) -> str:
-    """"scatterbrain f=32 bucket=64 hashes=1" (method and budget of a candidate row)."""
+    """"scatterbrain f=32 bucket=64 hashes=1 kmeans sink=4" (method and budget of a
+    candidate row)."""
     from sbbench.core.types import budget_label as label
 
-    budget = label({name: row[name] for name in ("method", "n_features", "bucket_size",
-                                                 "n_hashes")})
+    budget = label({name: row[name] for name in BUDGET})
     return row["method"] if budget == "-" else f"{row['method']} {budget}"
 
 
@@ -309,6 +313,8 @@ def budget_entries(choices: pd.DataFrame) -> list[dict]:
         for name, value in optional.items():
             if value is not None and value >= 0:
                 entry[name] = int(value) if name == "memory_bytes" else _round(value)
+        if row.sparse:  # the sparse part's kind and extra keys (none without one)
+            entry.update(sparse=str(row.sparse), sink=int(row.sink), window=int(row.window))
         entry["inputs"] = str(row.inputs)
         entry["reachable"] = bool(row.reachable)
         if row.best_approx:

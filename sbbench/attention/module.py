@@ -104,9 +104,11 @@ class ScatterbrainAttention(nn.Module):
                       f"device)")
             return cls(head_dim * num_heads, num_heads, sparse=sparse, causal=causal,
                        config=config, exact=True, **layer_kwargs)
+        support = dict(sparse=resolved.sparse or sparse, sink=resolved.sink,
+                       window=resolved.window)
         return cls(head_dim * num_heads, num_heads, n_features=resolved.n_features,
-                   bucket_size=resolved.bucket_size, n_hashes=resolved.n_hashes, sparse=sparse,
-                   causal=causal, config=config, **layer_kwargs)
+                   bucket_size=resolved.bucket_size, n_hashes=resolved.n_hashes,
+                   causal=causal, config=config, **{**layer_kwargs, **support})
 
     @torch.no_grad()
     def redraw(self, generator: torch.Generator | None = None) -> None:

@@ -122,9 +122,10 @@ def scatterbrain_attention(
     ``$SBBENCH_TUNING_DIR``): kernel tile sizes on the triton backend, the bucket loop's
     ``chunk_elements`` and torch's intra-op threads (for the call only) on the torch path,
     and, when ``n_features`` / ``bucket_size`` are not given, the cheapest measured
-    Scatterbrain budget meeting ``max_error`` (relative output error) at this shape;
-    where none does (or the device has no table) exact attention runs instead and a
-    warning, given once, says why. A dict: ``{"kernels": {name: tiles},
+    Scatterbrain budget meeting ``max_error`` (relative output error) at this shape,
+    its bucket kind (within ``sparse``'s method: "local" stays local), ``sink`` and
+    ``window`` included; where none does (or the device has no table) exact attention
+    runs instead and a warning, given once, says why. A dict: ``{"kernels": {name: tiles},
     "chunk_elements": N, "num_threads": T}``.
     """
     check_qkv(q, k, v)
@@ -136,6 +137,8 @@ def scatterbrain_attention(
         return _exact_instead(q, k, v, impl["no_budget"], causal=causal,
                               key_padding_mask=key_padding_mask, softmax_scale=softmax_scale,
                               return_weights=return_weights)
+    if "support" in impl:  # the table picked the budget: its bucket kind, sink, window too
+        sparse, sink, window = impl.pop("support")
     n_features, bucket_size, n_hashes, sink, window = check_support(
         n_features, bucket_size, n_hashes, sparse, sink, window)
     check_return_weights(return_weights)
@@ -183,6 +186,8 @@ def resolve_config(config, q, *, n_features, bucket_size, n_hashes, sparse, caus
             return None, None, None, {"no_budget": resolved.no_budget}
         n_features, bucket_size, n_hashes = (resolved.n_features, resolved.bucket_size,
                                              resolved.n_hashes)
+        support = (resolved.sparse or sparse, resolved.sink, resolved.window)
+        return n_features, bucket_size, n_hashes, {**impl_settings(resolved), "support": support}
     return n_features, bucket_size, n_hashes, impl_settings(resolved)
 
 

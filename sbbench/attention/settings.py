@@ -35,7 +35,9 @@ class ResolvedConfig:
     """A resolver's answer.
 
     n_features / bucket_size / n_hashes: the budget, or all None where none meets the
-    target (then ``no_budget`` says why, in words fit for a message). impl: the
+    target (then ``no_budget`` says why, in words fit for a message); sparse, sink,
+    window: the rest of the budget (the bucket kind, None where the table does not
+    say; the extra keys every query attends to). impl: the
     implementation settings (``kernels``: tile config per kernel name,
     ``chunk_elements`` and ``num_threads`` of the torch path; None = default); they never
     change the estimate.
@@ -46,6 +48,9 @@ class ResolvedConfig:
     n_hashes: int | None
     impl: dict = field(default_factory=dict)
     no_budget: str | None = None
+    sparse: str | None = None
+    sink: int = 0
+    window: int = 0
 
     @property
     def has_budget(self) -> bool:

@@ -35,6 +35,7 @@ __all__ = ["DEFAULT_STORE", "register", "run_sweep_command"]
 _AXIS_TYPES = {
     "seq-len": int_list(), "head-dim": int_list(), "batch": int_list(), "heads": int_list(),
     "features": int_list(), "bucket-size": int_list(), "hashes": int_list(),
+    "sparse": name_list(), "sink": int_list(0), "window": int_list(0),
     "seeds": positive_int, "temperature": positive_float, "warmup-ms": positive_float,
     "rep-ms": positive_float, "dtype": name_list(), "causal": name_list(),
     "methods": name_list(), "backends": name_list(), "inputs": name_list(),
@@ -42,9 +43,10 @@ _AXIS_TYPES = {
 
 _DESCRIPTION = """\
 Sweep sequence length, head dimension, methods and approximation budgets (random
-features, bucket size, hash rounds) on one device. Every point is checked against exact
-attention first (output error over seeds), then timed (median, p20/p80, all samples),
-with its peak memory, energy where NVML is available, and modeled FLOPs/bytes/roofline.
+features, bucket size, hash rounds, bucket kind, sink and window keys) on one device.
+Every point is checked against exact attention first (output error over seeds), then
+timed (median, p20/p80, all samples), with its peak memory, energy where NVML is
+available, and modeled FLOPs/bytes/roofline.
 Each row is committed as it is measured: an interrupted sweep keeps its rows, and
 running the same command again skips the points already in the store."""
 
@@ -67,7 +69,7 @@ examples:
 
 grid axes (YAML keys; a flag replaces the grid's list):
   seq_len head_dim batch heads dtype causal methods backends n_features bucket_size
-  n_hashes seeds input_kind temperature warmup_ms rep_ms
+  n_hashes sparse sink window seeds input_kind temperature warmup_ms rep_ms
   (their flags: --features, --hashes, --inputs; the old YAML keys features, hashes and
    inputs are still read, with a deprecation note)
 """
@@ -89,7 +91,11 @@ def register(subparsers) -> None:
         "methods": "exact, performer, lsh, scatterbrain, scatterbrain_local",
         "backends": "torch, triton", "features": "random features (even), e.g. 64,128",
         "bucket-size": "LSH bucket / local block sizes, e.g. 32,64",
-        "hashes": "hash rounds, e.g. 1,2", "seeds": "number of seeds for accuracy",
+        "hashes": "hash rounds, e.g. 1,2",
+        "sparse": "bucket kinds of scatterbrain: lsh (SMYRF hashes), kmeans (query clusters)",
+        "sink": "first keys every query attends to, e.g. 0,4",
+        "window": "nearest keys every query attends to, e.g. 0,64",
+        "seeds": "number of seeds for accuracy",
         "inputs": "input kind: qkv:minilm, qkv:FILE[#layer=N] (captured) or gaussian, clustered",
         "temperature": "softmax temperature of the inputs",
         "warmup-ms": "warm-up time budget per point", "rep-ms": "timing budget per point",

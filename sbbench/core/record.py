@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from sbbench.core.provenance import code_version, now_utc  # noqa: F401 - re-exported
 from sbbench.core.provenance import revision_text as git_revision  # noqa: F401
+from sbbench.core.types import SPARSE_KINDS_OF
 
 STATUSES = ("ok", "failed", "oom", "skipped")
 # Method name of the calibration kernel's row (a matmul of known FLOPs timed in the same
@@ -39,6 +40,12 @@ class Record:
     n_features: int  # 0 if the method has no low-rank part
     bucket_size: int  # 0 if the method has no sparse part
     n_hashes: int  # 0 if the method has no sparse part
+    # the sparse part's bucket kind (lsh | kmeans | local; "" if the method has none) and
+    # the keys every query also attends to. Keyword-only with defaults, so rows of older
+    # files (without them) still load: "" becomes the method's default kind.
+    sparse: str = field(default="", kw_only=True)
+    sink: int = field(default=0, kw_only=True)
+    window: int = field(default=0, kw_only=True)
     kernel_config: str  # JSON of the kernel's tile sizes; "" = the backend's default
     inputs: str  # synthetic input regime, e.g. "clustered:t=1" (accuracy depends on it)
     code_version: str  # sbbench version + hash of its source: new code, new rows
@@ -98,6 +105,11 @@ class Record:
     git_revision: str = ""
     timestamp: str = ""
 
+    def __post_init__(self) -> None:
+        if not self.sparse:  # "" or None (a store or file written before these columns)
+            self.sparse = default_sparse(self.method)
+        self.sink, self.window = int(self.sink or 0), int(self.window or 0)
+
     def key(self) -> tuple:
         return tuple(getattr(self, name) for name in KEY_FIELDS)
 
@@ -114,11 +126,20 @@ class Record:
         return cls(**row)
 
 
+def default_sparse(method: str) -> str:
+    """The bucket kind a row of ``method`` has when none is given ("" if no sparse part)."""
+    kinds = SPARSE_KINDS_OF.get(method, ())
+    return kinds[0] if kinds else ""
+
+
 KEY_FIELDS: tuple[str, ...] = (
     "device", "method", "backend", "seq_len", "head_dim", "batch", "heads", "dtype",
-    "causal", "n_features", "bucket_size", "n_hashes", "kernel_config", "inputs",
-    "code_version", "source",
+    "causal", "n_features", "bucket_size", "n_hashes", "sparse", "sink", "window",
+    "kernel_config", "inputs", "code_version", "source",
 )
+# Key fields added after the first stores were written: an older store or file lacks them
+# and reads them as their defaults (``default_sparse(method)``, 0, 0).
+ADDED_KEY_FIELDS: tuple[str, ...] = ("sparse", "sink", "window")
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Record))
 # Columns held as JSON text in the store (lists and dicts).
 JSON_FIELDS: tuple[str, ...] = ("time_samples_ms", "reference_samples_ms", "device_state",

@@ -149,7 +149,8 @@ def run_e2e(loaded: LoadedModel, text: str, budgets: list[Budget], *, seed: int 
         row = {
             "model": loaded.name, "method": budget.method, "budget": budget_label(budget),
             "n_features": budget.n_features, "bucket_size": budget.bucket_size,
-            "n_hashes": budget.n_hashes, "memory_per_query": budget.memory_per_query,
+            "n_hashes": budget.n_hashes, "sparse": budget.sparse or "", "sink": budget.sink,
+            "window": budget.window, "memory_per_query": budget.memory_per_query,
             "tokens": tokens, "seed": seed, "hidden_rel_error": error, "seconds": seconds,
             "times_ms": times_ms,
             "layers": ",".join(str(i) for i in sorted(seen["layers"])), "heads": heads,
@@ -214,7 +215,9 @@ def e2e_records(rows: list[dict], *, text_sha256: str, device: str = "cpu") -> l
             device=device, method=row["method"], backend="torch", seq_len=row["tokens"],
             head_dim=row["head_dim"], batch=1, heads=row["heads"], dtype="float32",
             causal=bool(row["causal"]), n_features=row["n_features"],
-            bucket_size=row["bucket_size"], n_hashes=row["n_hashes"], kernel_config="",
+            bucket_size=row["bucket_size"], n_hashes=row["n_hashes"],
+            sparse=row.get("sparse", ""), sink=row.get("sink", 0), window=row.get("window", 0),
+            kernel_config="",
             inputs=f"{E2E_PREFIX}{row['model']}@{text_sha256[:8]}", code_version=version,
             source="measured",
             reason=(f"end to end ({what}: {float(row['e2e_error']):.4g}); layers "

@@ -103,7 +103,9 @@ def _records(options: Options, common: dict) -> list[Record]:
                             head_dim=problem.head_dim, batch=problem.batch,
                             heads=problem.heads, dtype=problem.dtype, causal=problem.causal,
                             n_features=budget.n_features, bucket_size=budget.bucket_size,
-                            n_hashes=budget.n_hashes, timed_region=TIMED_REGION, **common)
+                            n_hashes=budget.n_hashes, sparse=budget.sparse or "",
+                            sink=budget.sink, window=budget.window,
+                            timed_region=TIMED_REGION, **common)
             record.error_mean, record.error_std = accuracy(problem, budget,
                                                            references=references)
             record.reference_dtype, record.n_seeds = "float64", len(SEEDS)

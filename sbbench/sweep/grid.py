@@ -2,20 +2,25 @@
 
 A grid names the axes of a sweep: shapes (``seq_len``, ``head_dim``, ``batch``, ``heads``,
 ``dtype``, ``causal``), methods and backends, and the approximation budgets
-(``n_features``, ``bucket_size``, ``n_hashes``: the names of ``Budget`` and of the result
-columns), plus how each point is measured (``seeds``, ``input_kind``, ``temperature``,
+(``n_features``, ``bucket_size``, ``n_hashes``, and the sparse part's ``sparse`` bucket
+kind, ``sink`` and ``window`` keys: the names of ``Budget`` and of the result columns),
+plus how each point is measured (``seeds``, ``input_kind``, ``temperature``,
 ``warmup_ms``, ``rep_ms``). The old keys ``features``, ``hashes`` and ``inputs`` are still
 read, with a one-line note on stderr. Command-line flags override axes. Expansion crosses
 each method only with the budget axes it uses:
 
     exact               one point per shape (always on the torch backend: SDPA)
     performer           x n_features
-    lsh                 x bucket_size x n_hashes
-    scatterbrain        x n_features x bucket_size x n_hashes
-    scatterbrain_local  x n_features x bucket_size (fixed blocks: one round)
+    lsh                 x bucket_size x n_hashes x sink x window
+    scatterbrain        x n_features x bucket_size x n_hashes x sparse x sink x window
+    scatterbrain_local  x n_features x bucket_size x sink x window (fixed blocks: one
+                        round, sparse "local")
 
-Sparse budgets with ``bucket_size >= seq_len`` are dropped (one bucket is exact attention
-at the cost of a sort); ``expand`` says how many.
+``sparse`` (lsh hash buckets, kmeans query clusters) crosses only the methods that can
+choose their kind (scatterbrain); unset, each method keeps its default kind. A kind no
+method of the grid takes is refused. Sparse budgets with ``bucket_size >= seq_len`` or
+``sink + window >= seq_len`` are dropped (the support would be every key: exact
+attention at a higher cost); ``expand`` says how many.
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from pathlib import Path
 import yaml
 
 from sbbench.core.errors import UserError
-from sbbench.core.types import DTYPES, METHODS, Budget, Problem, budget_label
+from sbbench.core.types import DTYPES, METHODS, SPARSE_KINDS_OF, Budget, Problem, budget_label
 from sbbench.measure.inputs import capture_shape, is_capture_kind
+from sbbench.sweep.grid_budgets import budgets_for, check_sparse
 
+__all__ = ["budgets_for"]  # re-exported: its home is grid_budgets
 GRID_DIR = Path(__file__).resolve().parent.parent / "data" / "grids"
 BACKENDS = ("torch", "triton")
 INPUT_KINDS = ("gaussian", "clustered")
@@ -53,6 +60,9 @@ class Grid:
     n_features: tuple[int, ...] = (64,)
     bucket_size: tuple[int, ...] = (64,)
     n_hashes: tuple[int, ...] = (1,)
+    sparse: tuple[str, ...] = ()  # bucket kinds; () = each method's default kind
+    sink: tuple[int, ...] = (0,)
+    window: tuple[int, ...] = (0,)
     seeds: tuple[int, ...] = (0, 1)  # accuracy is averaged over these seeds
     input_kind: str = "clustered"  # synthetic Q/K/V regime (measure.inputs.make_qkv kind)
     temperature: float = 1.0  # softmax temperature of the inputs (entropy regime)
@@ -126,6 +136,8 @@ _INT_AXES = ("seq_len", "head_dim", "batch", "heads", "n_features", "bucket_size
 _KEYS = tuple(f.name for f in fields(Grid) if f.name != "name")
 # Keys of earlier grid files: still read, with a note.
 OLD_KEYS = {"features": "n_features", "hashes": "n_hashes", "inputs": "input_kind"}
+_ZERO_AXES = ("sink", "window")  # ints >= 0
+SPARSE_KINDS = tuple(dict.fromkeys(k for kinds in SPARSE_KINDS_OF.values() for k in kinds))
 
 
 def shipped_grids() -> list[str]:
@@ -212,11 +224,16 @@ def _check_value(key: str, value, where: str):
             if odd:
                 raise UserError(f"{where}: n_features must be even (phi(x) has a sin and a cos "
                                 f"or +/- pair per projection), got {odd[0]}")
+    elif key in _ZERO_AXES:
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+                raise UserError(f"{where}: {key} must hold ints >= 0, got {item!r}")
     elif key == "causal":
         if not all(isinstance(item, bool) for item in items):
             raise UserError(f"{where}: causal must hold true/false, got {value!r}")
     else:
-        choices = {"dtype": DTYPES, "methods": METHODS, "backends": BACKENDS}[key]
+        choices = {"dtype": DTYPES, "methods": METHODS, "backends": BACKENDS,
+                   "sparse": SPARSE_KINDS}[key]
         for item in items:
             if item not in choices:
                 raise UserError(f"{where}: {key} has {item!r}; valid: {', '.join(choices)}")
@@ -239,6 +256,7 @@ OVERRIDE_FLAGS = {
     "seq-len": "seq_len", "head-dim": "head_dim", "batch": "batch", "heads": "heads",
     "dtype": "dtype", "causal": "causal", "methods": "methods", "backends": "backends",
     "features": "n_features", "bucket-size": "bucket_size", "hashes": "n_hashes",
+    "sparse": "sparse", "sink": "sink", "window": "window",
     "seeds": "seeds", "inputs": "input_kind", "temperature": "temperature",
     "warmup-ms": "warmup_ms", "rep-ms": "rep_ms",
 }
@@ -251,7 +269,7 @@ def parse_flag(flag: str, text: str):
     parts = [part.strip() for part in text.split(",") if part.strip()]
     if not parts:
         raise UserError(f"{where} is empty")
-    if key in _INT_AXES or key == "seeds":
+    if key in _INT_AXES or key in _ZERO_AXES or key == "seeds":
         try:
             values = [int(part) for part in parts]
         except ValueError:
@@ -289,24 +307,8 @@ def apply_overrides(grid: Grid, overrides: dict[str, str | None]) -> Grid:
 
 
 # ---------------------------------------------------------------------------------------
-# Expansion
+# Expansion (the budgets of each method: ``grid_budgets``)
 # ---------------------------------------------------------------------------------------
-
-def budgets_for(method: str, grid: Grid) -> list[Budget]:
-    """The budgets of ``method`` the grid's axes give (see module doc)."""
-    if method == "exact":
-        return [Budget("exact")]
-    if method == "performer":
-        return [Budget("performer", n_features=f) for f in grid.n_features]
-    if method == "lsh":
-        return [Budget("lsh", bucket_size=b, n_hashes=h)
-                for b in grid.bucket_size for h in grid.n_hashes]
-    if method == "scatterbrain_local":
-        return [Budget(method, n_features=f, bucket_size=b, n_hashes=1)
-                for f in grid.n_features for b in grid.bucket_size]
-    return [Budget(method, n_features=f, bucket_size=b, n_hashes=h)
-            for f in grid.n_features for b in grid.bucket_size for h in grid.n_hashes]
-
 
 def _fit_to_capture(grid: Grid, result: Expansion) -> Grid:
     """On captured inputs the capture sets heads, head_dim and causal (a decoder's
@@ -335,6 +337,7 @@ def expand(grid: Grid) -> Expansion:
     methods of a shape can be compared against its time)."""
     result = Expansion()
     too_large = 0
+    check_sparse(grid)
     grid = _fit_to_capture(grid, result)
     for dtype in grid.dtype:
         for causal in grid.causal:
@@ -349,13 +352,15 @@ def expand(grid: Grid) -> Expansion:
                                     continue
                                 backends = ("torch",) if method == "exact" else grid.backends
                                 for budget in budgets_for(method, grid):
-                                    if budget.bucket_size >= seq_len:
+                                    if (budget.bucket_size >= seq_len
+                                            or budget.sink + budget.window >= seq_len):
                                         too_large += 1
                                         continue
                                     for backend in backends:
                                         result.points.append(Point(problem, budget, backend))
     if too_large:
-        result.dropped.append(f"{too_large} sparse budget(s) with bucket_size >= seq_len")
+        result.dropped.append(f"{too_large} sparse budget(s) with bucket_size >= seq_len "
+                              f"or sink + window >= seq_len")
     if "exact" not in grid.methods:
         result.dropped.append("no exact points: speedup vs exact is known only for shapes "
                               "whose exact row is already in the store")

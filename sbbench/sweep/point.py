@@ -75,7 +75,8 @@ def base_record(point: Point, settings: Settings, source: str) -> Record:
         device=settings.device, method=b.method, backend=point.backend,
         seq_len=p.seq_len, head_dim=p.head_dim, batch=p.batch, heads=p.heads,
         dtype=p.dtype, causal=p.causal, n_features=b.n_features,
-        bucket_size=b.bucket_size, n_hashes=b.n_hashes, kernel_config=point.kernel_config,
+        bucket_size=b.bucket_size, n_hashes=b.n_hashes, sparse=b.sparse or "", sink=b.sink,
+        window=b.window, kernel_config=point.kernel_config,
         inputs=settings.inputs_label, code_version=settings.code_version, source=source,
         git_revision=settings.git_revision, timestamp=now_utc(),
     )

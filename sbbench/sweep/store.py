@@ -21,8 +21,10 @@ one store never measure the same point at once: a claim of a dead process, or on
 than ``CLAIM_TIMEOUT_S``, is taken over.
 
 Schema versions: a store written by an older sbbench is brought up to date when it is
-opened for writing (new columns and tables added; existing rows untouched). Opened
-read-only it is not written: the columns it lacks read as "not measured". A store of a
+opened for writing (new columns and tables added; existing rows untouched; a store whose
+key lacks a newer key field is rebuilt in one transaction, its rows copied with that
+field's default: ``store_schema``). Opened read-only it is not written: the result
+columns it lacks read as "not measured", the key fields as their defaults. A store of a
 newer sbbench, or a SQLite file that is not an sbbench store, is refused and left as it
 is.
 """
@@ -40,13 +42,23 @@ from dataclasses import fields
 from pathlib import Path
 
 from sbbench.core.errors import UserError
-from sbbench.core.record import COLUMNS, JSON_FIELDS, KEY_FIELDS, Record, dumps, now_utc
+from sbbench.core.record import (
+    ADDED_KEY_FIELDS,
+    COLUMNS,
+    JSON_FIELDS,
+    KEY_FIELDS,
+    Record,
+    dumps,
+    now_utc,
+)
+from sbbench.sweep import store_schema
 
 TABLE = "results"
 # 2: the noise column, the claims table, pid and host in the sweep log.
 # 3: per-head errors (error_heads, error_p50, error_p90, error_max).
 # 4: reference_samples_ms (the calibration kernel paired with every time sample).
-SCHEMA_VERSION = 4
+# 5: sparse, sink, window in the key (the table is rebuilt: a new UNIQUE constraint).
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_S = 60.0
 CLAIM_TIMEOUT_S = 3600.0  # a claim this old is taken over, whoever holds it
 _SWEEP_COLUMNS = {"command": "TEXT", "device": "TEXT", "started": "TEXT",
@@ -145,21 +157,22 @@ class Store:
             raise UserError(f"store {self.path} was written by a newer sbbench (schema "
                             f"{version}; this one knows up to {SCHEMA_VERSION}); upgrade "
                             f"sbbench to use it")
-        missing = [name for name in KEY_FIELDS
-                   if TABLE in tables and name not in self._columns(TABLE)]
+        missing = [name for name in KEY_FIELDS if TABLE in tables
+                   and name not in self._columns(TABLE) and name not in ADDED_KEY_FIELDS]
         if missing:
             raise UserError(f"store {self.path}: its key lacks {missing[0]!r}; it was written "
                             f"by an incompatible sbbench, use a new store")
         return False
 
     def _create_or_migrate(self, fresh: bool) -> None:
-        """Create the tables, or bring an older store up to date (new columns NULL)."""
-        columns = ", ".join(f"{name} {_TYPES[name]}" for name in COLUMNS)
-        key = ", ".join(KEY_FIELDS)
+        """Create the tables, or bring an older store up to date (new columns NULL; a
+        table with an older key rebuilt, the new key fields at their defaults)."""
         sweep_columns = ", ".join(f"{n} {t}" for n, t in _SWEEP_COLUMNS.items())
         with self._transaction():
-            self.conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ("
-                              f"id INTEGER PRIMARY KEY, {columns}, UNIQUE ({key}))")
+            have = self._columns(TABLE)  # read inside the lock: another process may migrate
+            if have and store_schema.key_outdated(have):
+                store_schema.rebuild(self.conn, TABLE, have, _TYPES)
+            self.conn.execute(store_schema.create_sql(TABLE, _TYPES))
             self.conn.execute(f"CREATE TABLE IF NOT EXISTS sweeps (id INTEGER PRIMARY KEY, "
                               f"{sweep_columns})")
             self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, "
@@ -212,20 +225,24 @@ class Store:
                 f"{verb} INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({marks})", values)
         return cursor.rowcount == 1
 
+    def _key_where(self) -> str:
+        # a read-only older store lacks the newer key fields: compare their defaults
+        return " AND ".join(f"{store_schema.column_sql(name, self._have)} = ?"
+                            for name in KEY_FIELDS)
+
     def has(self, key: tuple) -> bool:
-        where = " AND ".join(f"{name} = ?" for name in KEY_FIELDS)
-        return self.conn.execute(f"SELECT 1 FROM {TABLE} WHERE {where}",
+        return self.conn.execute(f"SELECT 1 FROM {TABLE} WHERE {self._key_where()}",
                                  list(key)).fetchone() is not None
 
     def get(self, key: tuple) -> Record | None:
-        where = " AND ".join(f"{name} = ?" for name in KEY_FIELDS)
-        rows = self._select(f"WHERE {where}", list(key))
+        rows = self._select(f"WHERE {self._key_where()}", list(key))
         return rows[0] if rows else None
 
     def done_keys(self, statuses: Iterable[str] | None = None) -> set[tuple]:
         """Keys of the rows in the store (optionally only those with these statuses):
         a resumed sweep skips them."""
-        sql = f"SELECT {', '.join(KEY_FIELDS)} FROM {TABLE}"
+        names = ", ".join(store_schema.column_sql(name, self._have) for name in KEY_FIELDS)
+        sql = f"SELECT {names} FROM {TABLE}"
         params: list = []
         if statuses is not None:
             statuses = list(statuses)
@@ -248,10 +265,11 @@ class Store:
         return pd.DataFrame([r.as_dict() for r in records], columns=list(COLUMNS))
 
     def _select(self, tail: str, params: list | None = None) -> list[Record]:
-        # A read-only older store lacks some columns: they read as NULL.
-        names = [name if name in self._have else f"NULL AS {name}" for name in COLUMNS]
-        cursor = self.conn.execute(f"SELECT {', '.join(names)} FROM {TABLE} {tail}",
-                                   params or [])
+        # A read-only older store lacks some columns: results read as NULL, key fields
+        # as their defaults.
+        cursor = self.conn.execute(
+            f"SELECT {store_schema.select_list(self._have)} FROM {TABLE} {tail}",
+            params or [])
         return [self._record_from_sql(row) for row in cursor]
 
     @staticmethod

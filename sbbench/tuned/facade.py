@@ -24,7 +24,8 @@ def resolve(request: ConfigRequest) -> ResolvedConfig:
             "num_threads": choice.cpu_config.get("num_threads")}
     budget = choice.budget
     if budget is not None and budget.method == request.method:
-        return ResolvedConfig(budget.n_features, budget.bucket_size, budget.n_hashes, impl)
+        return ResolvedConfig(budget.n_features, budget.bucket_size, budget.n_hashes, impl,
+                              sparse=budget.sparse, sink=budget.sink, window=budget.window)
     return ResolvedConfig(None, None, None, impl,
                           no_budget=_why_no_budget(request, choice.device, budget))
 

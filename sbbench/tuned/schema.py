@@ -32,10 +32,12 @@ _BUCKET_OPTIONAL = ("p20_ms", "p80_ms", "n_samples", "default_time_ms", "runner_
                     "rejected_configs", "inputs")
 _BUDGET_REQUIRED = ("seq_len", "head_dim", "max_error", "method", "n_features",
                     "bucket_size", "n_hashes", "error", "time_ms", "exact_time_ms")
-# optional columns select may add: measured spread and shape details
-_BUDGET_OPTIONAL = ("dtype", "causal", "batch", "heads", "error_std", "p20_ms", "p80_ms",
-                    "exact_error", "memory_bytes", "energy_j", "inputs", "speedup",
-                    "reachable", "best_approx", "best_approx_error", "error_stat")
+# optional columns select may add: the sparse part's kind, sink and window (absent: the
+# method's default kind, 0, 0), measured spread and shape details
+_BUDGET_OPTIONAL = ("sparse", "sink", "window", "dtype", "causal", "batch", "heads",
+                    "error_std", "p20_ms", "p80_ms", "exact_error", "memory_bytes",
+                    "energy_j", "inputs", "speedup", "reachable", "best_approx",
+                    "best_approx_error", "error_stat")
 
 
 class TuningFileError(UserError):
@@ -329,10 +331,13 @@ def _budget_entry(source, key, value) -> BudgetEntry:
     method = value["method"]
     if method not in METHODS:
         _fail(source, f"{key}.method", f"must be one of {', '.join(METHODS)}, got {method!r}")
-    sizes = {name: _int(source, f"{key}.{name}", value[name], minimum=0)
-             for name in ("n_features", "bucket_size", "n_hashes")}
+    sizes = {name: _int(source, f"{key}.{name}", value.get(name, 0), minimum=0)
+             for name in ("n_features", "bucket_size", "n_hashes", "sink", "window")}
+    sparse = value.get("sparse") or None  # "" (no sparse part) reads as absent
+    if sparse is not None and not isinstance(sparse, str):
+        _fail(source, f"{key}.sparse", f"must be a string, got {sparse!r}")
     try:
-        budget = Budget(method, **sizes)
+        budget = Budget(method, sparse=sparse, **sizes)
     except ValueError as err:
         _fail(source, key, str(err))
     dtype, causal = value.get("dtype"), value.get("causal")
