@@ -31,6 +31,9 @@ examples:
   sbbench select --store e2e.sqlite --gpu cpu --targets 0.01,0.05 --report-out e2e-reports
       budgets chosen on end-to-end quality (e2e_error <= target)
   sbbench e2e --model gemma3-270m --text notes.txt --budgets 256 --max-tokens 2048 --time-samples 1
+  sbbench e2e --model minilm --text notes.txt --budgets 256 --methods scatterbrain,lsh \\
+      --sparse kmeans --sink 4 --window 124
+      the better supports: k-means clusters, the first 4 and the nearest 124 keys
 """
 
 
@@ -49,6 +52,13 @@ def register(subparsers) -> None:
                                                     "hash functions (default 0)")
     parser.add_argument("--max-tokens", metavar="N", help="cut the text to N tokens "
                                                           "(default 512)")
+    parser.add_argument("--sparse", metavar="KIND", default=None,
+                        help="bucket kind of Scatterbrain: lsh (default) or kmeans")
+    parser.add_argument("--sink", metavar="N", default=None,
+                        help="every query also attends to the first N keys (taken from the "
+                             "budget of the methods with a sparse part; default 0)")
+    parser.add_argument("--window", metavar="N", default=None,
+                        help="... and to its N nearest keys (default 0)")
     parser.add_argument("--time-samples", metavar="N", default=None,
                         help="forward passes timed per budget, their median kept (default 3; "
                              "1 for long decoder runs)")
@@ -81,6 +91,14 @@ def parse_methods(text: str | None) -> tuple[str, ...]:
     return methods
 
 
+def _count(flag: str, text: str | None) -> int:
+    if text is None:
+        return 0
+    if not text.strip().isdigit():
+        raise UserError(f"{flag} must be an int >= 0, got {text!r}")
+    return int(text)
+
+
 def _seed(text: str) -> int:
     if not text.strip().isdigit():
         raise UserError(f"--seed must be an int >= 0, got {text!r}")
@@ -92,8 +110,12 @@ def run_e2e_command(args) -> int:
     from sbbench.models.e2e import budgets_at, format_rows, run_e2e
     from sbbench.models.loading import load_model
 
+    if args.sparse not in (None, "lsh", "kmeans"):
+        raise UserError(f"--sparse must be lsh or kmeans, got {args.sparse!r}")
     budgets = budgets_at(parse_budgets(args.budgets), parse_methods(args.methods),
-                         n_hashes=positive_int("--hashes", args.hashes, 1))
+                         n_hashes=positive_int("--hashes", args.hashes, 1),
+                         sparse=args.sparse, sink=_count("--sink", args.sink),
+                         window=_count("--window", args.window))
     max_tokens = positive_int("--max-tokens", args.max_tokens, 512)
     seed = 0 if args.seed is None else _seed(args.seed)
     text = read_text(args.text)

@@ -21,13 +21,14 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
 from sbbench.core.errors import UserError
 from sbbench.core.provenance import code_version, now_utc
 from sbbench.core.record import Record
-from sbbench.core.types import Budget, budget_label
+from sbbench.core.types import SPARSE_KINDS_OF, Budget, budget_label
 from sbbench.measure.calls import Randomness, call_method, draw_randomness, split_budget
 from sbbench.measure.timing import quantile
 from sbbench.models.capture import forward, tokenize
@@ -51,14 +52,24 @@ def sentence_embedding(hidden: torch.Tensor, attention_mask: torch.Tensor) -> to
 
 
 def budgets_at(memories: list[int], methods=APPROX_METHODS, *, n_hashes: int = 1,
-               lowrank_share: float = 0.5) -> list[Budget]:
-    """The Budget of every method at every memory per query (``split_budget``)."""
+               lowrank_share: float = 0.5, sparse: str | None = None, sink: int = 0,
+               window: int = 0) -> list[Budget]:
+    """The Budget of every method at every memory per query (``split_budget``). With
+    ``sink``/``window``, methods with a sparse part spend that much of the memory on the
+    first keys / the nearest keys and split the rest; ``sparse`` (e.g. "kmeans") is the
+    bucket kind of the methods that can use it (Scatterbrain)."""
     out = []
     for memory in memories:
         for method in methods:
             try:
-                out.append(split_budget(method, memory, n_hashes=n_hashes,
-                                        lowrank_share=lowrank_share))
+                budget = split_budget(method, memory, n_hashes=n_hashes,
+                                      lowrank_share=lowrank_share)
+                if budget.has_sparse and (sink or window or sparse):
+                    rest = split_budget(method, memory - sink - window, n_hashes=n_hashes,
+                                        lowrank_share=lowrank_share)
+                    kind = sparse if sparse in SPARSE_KINDS_OF.get(method, ()) else None
+                    budget = replace(rest, sparse=kind, sink=sink, window=window)
+                out.append(budget)
             except ValueError as err:
                 raise UserError(f"budget {memory} for {method}: {err}") from None
     return out
