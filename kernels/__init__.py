@@ -11,6 +11,10 @@ Files, in the order of the computation:
 - ``sparse.py``       per-bucket residual, duplicate-pair correction, masks, per-query
   scale, merge with the low-rank part, write-back in original order (LSH and local);
 - ``sparse_setup.py`` the rounds' shared state, search space, default and ``keep`` of it;
+- ``default_table.py`` the default config per architecture, dtype size, head_dim and
+  bucket: the one with the most work per program that compiles without spills (found
+  by scripts/search_defaults.py; what ``KernelSpec.default_for`` returns where it has a
+  row);
 - ``refusal.py``      ``forward_refusal``: whether the kernels take a call, from its sizes
   and the device's limits, before anything runs (backend="auto" and the sweep ask it);
 - ``scatterbrain.py`` ``scatterbrain_forward``: the whole forward (what backend="triton"

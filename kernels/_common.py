@@ -172,10 +172,11 @@ def choose_config(name: str, config: Mapping[str, int] | None, default: Config,
     """The config a launch runs: ``config`` over the kernel's default, checked by
     ``keep`` for the device's limits, dtype and head_dim (``shape``). A config keep drops
     is replaced by the nearest one it keeps, with a one-line warning (once per case);
-    the default itself is first moved to the nearest kept config for this shape (see
-    :func:`default_for`), silently. Without limits (CPU) the SM80 limits pick the
-    default and the config is only validated."""
-    base = default_for(default, space, keep, limits or LIMITS_BY_ARCH[80], shape)
+    the default is the one for this architecture and shape (the spill-free table entry,
+    else the static default moved to the nearest kept config: :func:`default_for`).
+    Without limits (CPU) the SM80 limits pick the default and the config is only
+    validated."""
+    base = default_for(default, space, keep, limits or LIMITS_BY_ARCH[80], shape, name)
     wanted = resolve_config(config, base, space)
     if limits is None or keep(wanted, limits, shape):
         return wanted
@@ -191,10 +192,17 @@ def choose_config(name: str, config: Mapping[str, int] | None, default: Config,
 
 
 def default_for(default: Config, space: Mapping[str, Iterable[int]], keep,
-                limits: DeviceLimits, shape: KernelShape) -> Config:
-    """The kernel's default for one shape: the static default if keep leaves it, else the
-    nearest config it keeps (a default tuned at head_dim 64 in half precision may not fit
-    at float32 head_dim 256 or bucket 256)."""
+                limits: DeviceLimits, shape: KernelShape, name: str = "") -> Config:
+    """The kernel's default for one shape: the spill-free default of the table
+    (kernels/default_table.py) for the architecture and shape where it has one and keep
+    leaves it; else the static default if keep leaves it, else the nearest config it
+    keeps (a default tuned at head_dim 64 in half precision may not fit at float32
+    head_dim 256 or bucket 256)."""
+    from sbbench.kernels.default_table import table_default
+
+    chosen = table_default(name, limits.arch, shape) if name else None
+    if chosen is not None and keep(chosen, limits, shape):
+        return chosen
     if keep(default, limits, shape):
         return dict(default)
     return nearest_kept(default, space, keep, limits, shape) or dict(default)
@@ -329,15 +337,16 @@ class Launch:
 class KernelSpec:
     """A kernel's search space and pruning, for the autotuner and the static report.
 
-    plan(shape, config, device): a Launch on meta tensors for a representative problem
-    of ``shape`` (used by kernels/static.py to compile it ahead of time).
+    plan(shape, config, limits=None): a Launch on meta tensors for a representative
+    problem of ``shape`` on the architecture of ``limits`` (sm_80 if None), used by
+    kernels/static.py to compile it ahead of time.
     """
 
     name: str
     space: Mapping[str, tuple[int, ...]]
     default: Config
     keep: Callable[[Config, DeviceLimits, KernelShape | None], bool]
-    plan: Callable[[KernelShape, Config], Launch]
+    plan: Callable[..., Launch]
 
     def configs(self, limits: DeviceLimits, shape: KernelShape | None = None) -> list[Config]:
         """The search space after ``keep``."""
@@ -345,7 +354,7 @@ class KernelSpec:
 
     def default_for(self, limits: DeviceLimits, shape: KernelShape) -> Config:
         """The default config for one shape (:func:`default_for`)."""
-        return default_for(self.default, self.space, self.keep, limits, shape)
+        return default_for(self.default, self.space, self.keep, limits, shape, self.name)
 
     def choose(self, config: Mapping[str, int] | None, limits: DeviceLimits | None,
                shape: KernelShape) -> Config:

@@ -252,7 +252,7 @@ def lowrank_causal(
     return launches[-1].run()
 
 
-def plan_causal(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
+def plan_causal(shape: KernelShape, config: Config, seq: int = 4096, limits=None) -> Launch:
     """The apply launch after a scan over 4 chunks (the larger of the two passes)."""
     q, v, w, rows, lk = meta_inputs(shape, seq)
     return _causal_launches(q, q, v, w, rows, rows, lk, None, config, residual=True,

@@ -260,7 +260,7 @@ def key_log_scale(k_shift: torch.Tensor, k_bias: torch.Tensor,
     return torch.where(torch.isfinite(lk), lk, torch.zeros_like(lk)).contiguous()
 
 
-def plan(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
+def plan(shape: KernelShape, config: Config, seq: int = 4096, limits=None) -> Launch:
     """The launch for a representative problem (meta tensors) for the static compiler."""
     dtype = shape.dtype
     x = torch.empty(1, 1, seq, shape.head_dim, dtype=dtype, device="meta")

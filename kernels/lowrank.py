@@ -329,12 +329,12 @@ def meta_inputs(shape: KernelShape, seq: int):
     return q, v, w, rows, lk
 
 
-def plan_state(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
+def plan_state(shape: KernelShape, config: Config, seq: int = 4096, limits=None) -> Launch:
     q, v, w, rows, lk = meta_inputs(shape, seq)
     return _state_launch(q, v, w, rows, lk, None, config, splits=4, residual=True)
 
 
-def plan_apply(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
+def plan_apply(shape: KernelShape, config: Config, seq: int = 4096, limits=None) -> Launch:
     q, v, w, rows, _ = meta_inputs(shape, seq)
     kv = torch.empty(1, 1, shape.n_features, shape.head_dim_v, device="meta")
     ks = torch.empty(1, 1, shape.n_features, device="meta")

@@ -25,7 +25,6 @@ import torch
 import triton
 import triton.language as tl
 from sbbench.kernels._common import (
-    LIMITS_BY_ARCH,
     Config,
     DeviceLimits,
     KernelShape,
@@ -57,6 +56,7 @@ from sbbench.kernels.sparse_setup import (  # noqa: F401 - re-exported
     f32_rows,
     fuse_by_default,
     keep,
+    pick_query_block,
     query_block,
 )
 
@@ -323,13 +323,6 @@ def sparse_grid(batch_heads: int, seq_pad: int, bucket_size: int, block_q: int
     return fold_grid(batch_heads, seq_pad // bucket_size * q_blocks)
 
 
-def pick_query_block(config: Config, limits: DeviceLimits | None, shape: KernelShape) -> int:
-    """Queries per program for a launch: the largest block that fits the device (sm_80's
-    limits on the CPU and in static-compile plans); the smallest if none does."""
-    block_q = query_block(config, limits or LIMITS_BY_ARCH[80], shape)
-    return block_q or min(QUERY_BLOCKS[-1], next_pow2(shape.bucket_size))
-
-
 def kernel_shape(q: torch.Tensor, v: torch.Tensor, bucket_size: int, n_rounds: int,
                  lowrank: dict | None) -> KernelShape:
     """What keep() needs to know of one call."""
@@ -373,11 +366,13 @@ def sparse_attention(
     return state.out
 
 
-def plan(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
+def plan(shape: KernelShape, config: Config, seq: int = 4096,
+         limits: DeviceLimits | None = None) -> Launch:
     """First-round launch of a non-causal Scatterbrain forward with ``shape.n_hashes``
     rounds (low-rank fused or from sums as :func:`fuse_by_default` picks; one round: writes
     out; several: the duplicate count, accumulators) on meta tensors, for the static
-    compiler."""
+    compiler. Its query block is the launch's on ``limits`` (:func:`pick_query_block`),
+    or ``config["BLOCK_Q"]`` if given (the default search compiles chosen blocks)."""
     dtype = shape.dtype
     q = torch.empty(1, 1, seq, shape.head_dim, dtype=dtype, device="meta")
     v = torch.empty(1, 1, seq, shape.head_dim_v, dtype=dtype, device="meta")
@@ -395,6 +390,7 @@ def plan(shape: KernelShape, config: Config, seq: int = 4096) -> Launch:
         lowrank.update(num=torch.empty(1, 1, seq, shape.head_dim_v, device="meta"), den=rows)
     return _round_launch(q, q, v, state, 0, scale=1.0 / math.sqrt(shape.head_dim),
                          bucket_size=shape.bucket_size, causal=False, lowrank=lowrank,
-                         config=config, block_q=pick_query_block(config, None, shape))
+                         config=config, block_q=config.get("BLOCK_Q")
+                         or pick_query_block(config, limits, shape))
 
 SPEC = KernelSpec("sparse", SPACE, DEFAULT, keep, plan)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from sbbench.kernels._common import (
+    LIMITS_BY_ARCH,
     Config,
     DeviceLimits,
     KernelShape,
@@ -23,6 +24,7 @@ from sbbench.kernels._common import (
     fits_registers,
     next_pow2,
 )
+from sbbench.kernels.default_table import table_default, table_queries
 
 
 def int32_rows(name: str, t: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
@@ -85,8 +87,9 @@ SPACE = {
     "num_warps": (2, 4, 8),
     "num_stages": (1, 2, 3),
 }
-# whole buckets; compiles without spills at head_dim <= 128 in half precision, bucket <= 64
-# (reports/kernels/static_resources.md); other shapes move to the nearest kept config
+# the fallback default: launches take the per-shape default of kernels/default_table.py
+# where it has a row (spill-free where a config is, reports/kernels/static_resources.md);
+# elsewhere this one, or the nearest config keep() leaves
 DEFAULT = {"BLOCK_P": 16, "num_warps": 8, "num_stages": 2}
 
 
@@ -101,7 +104,7 @@ def fuse_by_default(head_dim_v: int) -> bool:
     return next_pow2(head_dim_v) <= 64
 
 
-def _fits(config: Config, q: int, limits: DeviceLimits, shape: KernelShape) -> bool:
+def fits_block(config: Config, q: int, limits: DeviceLimits, shape: KernelShape) -> bool:
     """Whether ``config`` with query blocks of ``q`` fits registers and shared memory.
 
     Live float32 elements: score and estimate [Q, B] (and the duplicate count with several
@@ -141,15 +144,28 @@ def query_block(config: Config, limits: DeviceLimits, shape: KernelShape) -> int
     None if none does."""
     block_b = next_pow2(shape.bucket_size)
     for q in (b for b in QUERY_BLOCKS if b <= block_b):
-        if _fits(config, q, limits, shape):
+        if fits_block(config, q, limits, shape):
             return q
-    if block_b < QUERY_BLOCKS[-1] and _fits(config, block_b, limits, shape):
+    if block_b < QUERY_BLOCKS[-1] and fits_block(config, block_b, limits, shape):
         return block_b
     return None
 
 
 def keep(config: Config, limits: DeviceLimits, shape: KernelShape | None = None) -> bool:
     """Drop configs that fit the registers and shared memory with no query block (see
-    :func:`query_block` and ``_fits``)."""
+    :func:`query_block` and :func:`fits_block`)."""
     shape = shape or KernelShape(head_dim=128, head_dim_v=128)
     return query_block(config, limits, shape) is not None
+
+
+def pick_query_block(config: Config, limits: DeviceLimits | None, shape: KernelShape) -> int:
+    """Queries per program for a launch (sm_80's limits without a device): the default
+    table's for its default config (kernels/default_table.py: the largest block that
+    compiles without spills), else the largest block that fits the device's limits
+    (:func:`query_block`); the smallest if none does."""
+    limits = limits or LIMITS_BY_ARCH[80]
+    block_q = table_queries(limits.arch, shape)
+    if block_q is None or config != table_default("sparse", limits.arch, shape) \
+            or not fits_block(config, block_q, limits, shape):
+        block_q = query_block(config, limits, shape)
+    return block_q or min(QUERY_BLOCKS[-1], next_pow2(shape.bucket_size))

@@ -162,7 +162,7 @@ def _compile_one(kernel_name: str, config: Config, arch: int, shape: KernelShape
     key = tuple(sorted(full.items()))
     limits = limits_for(arch)
     try:
-        compiled = _compile(spec.plan(shape, full), arch)
+        compiled = _compile(spec.plan(shape, full, limits=limits), arch)
         res = cubin_resources(compiled.asm["cubin"])
     except Exception as exc:  # a compile failure is a result, not an error
         message = " ".join(str(exc).split())[-300:]  # the source comes first, the error last

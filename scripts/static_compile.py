@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the whole space, without the keep() filter")
     parser.add_argument("--matrix", action="store_true",
                         help="the default config of every kernel for each dtype (float32, "
-                             "float16, bfloat16) x head_dim (32..256) x bucket (16..256)")
-    parser.add_argument("--matrix-half16", nargs="+", type=int, default=[64, 256],
-                        help="head_dims compiled for float16 in --matrix (bfloat16 has "
-                             "the same tiles; default 64 256)")
+                             "float16, bfloat16) x head_dim (32..256) x bucket (16..256); "
+                             "exit status 1 if one spills or exceeds a limit")
+    parser.add_argument("--matrix-half16", nargs="+", type=int, default=[32, 64, 128, 256],
+                        help="head_dims compiled for float16 in --matrix (default: all)")
     parser.add_argument("--jobs", type=int, default=1, help="compile processes")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     parser.add_argument("--markdown", help="also write the table (with a header) here")
@@ -109,13 +109,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 MATRIX_HEAD_DIMS = (32, 64, 128, 256)
-MATRIX_BUCKETS = (16, 64, 128, 256)
+MATRIX_BUCKETS = (16, 32, 64, 128, 256)
 
 
 def _matrix(args, names, archs, argv) -> int:
     """Compile what every launch would run by default: for each arch, dtype, head_dim (and
     bucket for the sparse kernel) the config ``default_for`` picks; mark whether it is the
-    kernel's static default or moved to fit."""
+    spill-free default of kernels/default_table.py, the kernel's static default or moved
+    to fit."""
     import torch
     import triton
     from sbbench.kernels import (
@@ -126,6 +127,7 @@ def _matrix(args, names, archs, argv) -> int:
         static,
         supports,
     )
+    from sbbench.kernels.default_table import spilling_reason, table_default
 
     from sbbench.core.provenance import now_utc, revision_text
 
@@ -149,6 +151,10 @@ def _matrix(args, names, archs, argv) -> int:
                         config = spec.default_for(limits, shape)
                         if not spec.keep(config, limits, shape):
                             mark = "refused at launch (keep() leaves no config)"
+                        elif config == table_default(name, arch, shape):
+                            mark = "table"
+                            if spilling_reason(name, arch, shape):
+                                mark += " (no spill-free config: fewest spills)"
                         elif config == spec.default:
                             mark = "static default"
                         else:
@@ -167,7 +173,8 @@ def _matrix(args, names, archs, argv) -> int:
     elapsed = time.time() - start
     lines = ["| kernel | arch | dtype | head_dim | bucket | config | default | shared (B) | "
              "regs | spills (B) | ok |", "|" + "---|" * 11]
-    bad = 0
+    bad = listed = 0
+    reasons: dict[str, list[str]] = {}
     for (name, config, arch, shape), (dtype, mark), r in zip(work, marks, rows, strict=True):
         cfg = ", ".join(f"{k}={v}" for k, v in sorted(config.items()))
         if name == "sparse":  # the query block follows from the shape (sparse_setup)
@@ -175,12 +182,23 @@ def _matrix(args, names, archs, argv) -> int:
         bucket = str(shape.bucket_size) if name == "sparse" else ""
         fine = r.ok and r.spills == 0
         bad += not fine and not mark.startswith("refused")
+        reason = spilling_reason(name, arch, shape)
+        if reason and not fine and not mark.startswith("refused"):
+            listed += 1
+            row = f"sm_{arch} {dtype} head_dim {shape.head_dim}" + (
+                f" bucket {shape.bucket_size}" if name == "sparse" else "")
+            reasons.setdefault(f"{name}: {reason}", []).append(f"{row} ({r.spills} B)")
         lines.append(f"| {name} | sm_{arch} | {dtype} | {shape.head_dim} | {bucket} | {cfg} | "
                      f"{mark} | {r.shared_bytes} | {r.registers} | {r.spills} | "
                      f"{'yes' if fine else 'NO: ' + (r.reason or 'spills')} |")
     table = "\n".join(lines)
     print(table)
-    print(f"{len(rows)} compiles in {elapsed:.0f} s; {bad} defaults spill or do not fit")
+    tally = (f"{bad} defaults spill or exceed a limit, {listed} of them in the rows of "
+             f"`kernels/default_table.SPILLING` (no config keep() leaves compiles without "
+             f"spills there)")
+    print(f"{len(rows)} compiles in {elapsed:.0f} s; {tally}")
+    table += "\n\n## Defaults that spill, and why\n\n" + "\n".join(
+        f"- {why}\n  - rows: {'; '.join(where)}" for why, where in reasons.items())
     if args.markdown:
         command = "python scripts/static_compile.py " + " ".join(argv or sys.argv[1:])
         header = (
@@ -188,22 +206,24 @@ def _matrix(args, names, archs, argv) -> int:
             f"- date: {now_utc()[:10]}; code revision {revision_text()}\n"
             f"- triton {triton.__version__}; ptxas / cuobjdump from the triton wheel; no GPU "
             f"(ahead-of-time compile)\n- command: `{command.strip()}`\n"
-            f"- {len(rows)} compiles in {elapsed:.0f} s (triton cache warm); {bad} defaults "
-            f"spill or exceed a limit\n\n"
+            f"- {len(rows)} compiles in {elapsed:.0f} s; {tally}\n\n"
             f"One row per launch a call would make by default: for each architecture, "
             f"dtype, head_dim (= head_dim_v; {args.n_features} features, {args.n_hashes} "
             f"hash round(s)) and, for the sparse kernel, bucket size, the config "
-            f"`KernelSpec.default_for` picks: the kernel's static default where `keep()` "
-            f"leaves it (\"static default\"), else the nearest config keep() leaves "
-            f"(\"moved to fit\"). float32 stops at head_dim 128 (`sbbench.kernels."
-            f"supports`); float16 is compiled at head_dim {', '.join(map(str, args.matrix_half16))}"
-            f" (its tiles are bfloat16's). Shared memory per block, registers per thread, "
-            f"spills in bytes of local memory per thread; `ok` = compiled, within the "
-            f"limits and no spills. Plans: sequence 4096, one head (see each kernel's "
-            f"`plan`). Not measured on a GPU.\n\n")
+            f"`KernelSpec.default_for` picks: the spill-free default of "
+            f"`kernels/default_table.py` (\"table\"; found by scripts/search_defaults.py, "
+            f"log in reports/kernels/default_search.md), else the kernel's static default "
+            f"where `keep()` leaves it (\"static default\"), else the nearest config "
+            f"keep() leaves (\"moved to fit\"). float32 stops at head_dim 128 "
+            f"(`sbbench.kernels.supports`); float16 is compiled at head_dim "
+            f"{', '.join(map(str, args.matrix_half16))}. Shared memory per block, "
+            f"registers per thread, spills in bytes of local memory per thread; `ok` = "
+            f"compiled, within the limits and no spills. Plans: sequence 4096, one head "
+            f"(see each kernel's `plan`; the sparse kernel's query block is the launch's "
+            f"on that architecture). Not measured on a GPU.\n\n")
         with open(args.markdown, "w") as f:
             f.write(header + table + "\n")
-    return 0 if bad == 0 else 1
+    return 0 if bad == listed else 1
 
 
 def _summary(records: list[dict]) -> str:

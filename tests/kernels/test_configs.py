@@ -17,6 +17,7 @@ if not getattr(kernels, "HAVE_TRITON", False):
     pytest.skip("triton is not installed", allow_module_level=True)
 
 from sbbench.kernels import SM80, SM90, KernelShape, _common, sparse  # noqa: E402
+from sbbench.kernels.default_table import table_default  # noqa: E402
 from sbbench.kernels.testing import nan_filled_outputs  # noqa: E402
 from test_sparse import run_case  # noqa: E402
 
@@ -54,8 +55,11 @@ def test_every_supported_shape_has_a_kept_default(limits):
             default = spec.default_for(limits, shape)
             assert spec.keep(default, limits, shape), (name, shape)
             assert spec.configs(limits, shape), (name, shape)
-            if spec.keep(spec.default, limits, shape):
-                assert default == spec.default  # the static default where it fits
+            table = table_default(name, limits.arch, shape)
+            if table is not None and spec.keep(table, limits, shape):
+                assert default == table  # the spill-free default where the table has one
+            elif spec.keep(spec.default, limits, shape):
+                assert default == spec.default  # else the static default where it fits
 
 
 def test_a_config_keep_drops_falls_back_with_one_warning_line():
@@ -156,7 +160,7 @@ def test_a_folded_grid_gives_the_same_output(monkeypatch, block_q):
     """With the axis limit lowered to 5, 20 tiles run as a 5 x 4 grid (and 11 as 5 x 3,
     with 4 idle programs): bitwise the output of the unfolded launch."""
     if block_q:
-        monkeypatch.setattr(sparse, "query_block", lambda config, limits, shape: block_q)
+        monkeypatch.setattr(sparse, "pick_query_block", lambda config, limits, shape: block_q)
     bucket = 48 if block_q else 8
     with nan_filled_outputs():
         plain = _forward(77, bucket, None)

@@ -35,8 +35,9 @@ def _nan_outputs():
 
 def run_case(dtype, seq, head_dim, *, n_features, bucket_size, sparse, n_hashes=1,
              causal=False, mask=False, config=None, seed=0, batch=1, heads=2, q_scale=1.0,
-             fuse_lowrank=None):
-    """Kernel vs attend in the dtype and in float64 (same randomness); returns rel RMS."""
+             fuse_lowrank=None, floor=None):
+    """Kernel vs attend in the dtype and in float64 (same randomness); returns rel RMS
+    (``floor``: of the tolerance, see kernels/testing.tolerance)."""
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(batch, heads, seq, head_dim, generator=gen) * q_scale
     k = torch.randn(batch, heads, seq, head_dim, generator=gen)
@@ -58,7 +59,7 @@ def run_case(dtype, seq, head_dim, *, n_features, bucket_size, sparse, n_hashes=
                                        **common)
     ref = attend(q, k, v, **common)
     ref64 = attend(q.double(), k.double(), v.double(), **common)
-    return check_close("out", out, ref, ref64, dtype)
+    return check_close("out", out, ref, ref64, dtype, floor)
 
 
 @pytest.mark.parametrize("dtype,seq,head_dim,bucket,n_hashes,causal,mask,config", [
@@ -94,7 +95,7 @@ def test_scatterbrain_in_query_blocks(monkeypatch):
     bucket, the second with 16 valid rows."""
     from sbbench.kernels import sparse
 
-    monkeypatch.setattr(sparse, "query_block", lambda config, limits, shape: 32)
+    monkeypatch.setattr(sparse, "pick_query_block", lambda config, limits, shape: 32)
     run_case(FP16, 100, 32, n_features=64, bucket_size=48, sparse="lsh", n_hashes=2,
              causal=True, mask=True)
 
@@ -120,8 +121,14 @@ def test_scatterbrain_peaked_attention_three_rounds():
     pytest.param(FP16, 63, 32, 0, 16, True, True, id="fp16-s63-d32-b16-no-lowrank"),
 ])
 def test_local(dtype, seq, head_dim, n_features, bucket, causal, mask):
+    # float32 causal: in the first rows of a bucket the residual's exact minus estimated
+    # weights cancel the causal low-rank sums almost entirely (the bucket holds every key
+    # j <= i), so the ~2^-21 relative error of the tf32x3 products is amplified some 60x:
+    # up to 2.9e-5 measured under tf32 emulation (seeds 0-11, BLOCK_P 16 and 32; 1.2e-5 at
+    # this seed with BLOCK_P 32, the sm_80 default) against the float32 floor of 1e-5
+    floor = 4e-5 if dtype == FP32 and causal and n_features else None
     run_case(dtype, seq, head_dim, n_features=n_features, bucket_size=bucket, sparse="local",
-             causal=causal, mask=mask)
+             causal=causal, mask=mask, floor=floor)
 
 
 def test_public_functions_dispatch_to_the_kernels():
