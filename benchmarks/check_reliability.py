@@ -44,22 +44,25 @@ dtype: [float32]
 causal: [false]
 methods: [exact, performer, lsh, scatterbrain]
 backends: [torch]
-features: [64]
+n_features: [64]
 bucket_size: [32]
-hashes: [1]
+n_hashes: [1]
 seeds: 1
-inputs: clustered
+input_kind: clustered
 temperature: 1.0
 warmup_ms: 20
 rep_ms: {rep_ms}
 """
 
 
-def sweep(store: Path, grid: Path, threads: int | None, env: dict) -> None:
+def sweep(store: Path, grid: Path, threads: int | None, env: dict,
+          time_processes: int | None = None) -> None:
     command = [sys.executable, "-m", "sbbench", "sweep", "--gpu", "cpu", "--grid", str(grid),
                "--store", str(store), "--no-progress", "--no-memory", "--no-energy"]
     if threads:
         command += ["--threads", str(threads)]
+    if time_processes is not None:
+        command += ["--time-processes", str(time_processes)]
     subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
 
 
@@ -82,7 +85,7 @@ LOADS: list[float] = []  # 1-minute load average before every sweep
 
 
 def run_pairs(folder: Path, pairs: int, *, rep_ms: float, threads: int | None,
-              factor: float, methods: str) -> None:
+              factor: float, methods: str, time_processes: int | None = None) -> None:
     grid = folder / "grid.yaml"
     grid.write_text(GRID.format(rep_ms=rep_ms))
     plain = {k: v for k, v in os.environ.items() if k not in (INJECT_ENV, INJECT_METHODS_ENV)}
@@ -91,7 +94,7 @@ def run_pairs(folder: Path, pairs: int, *, rep_ms: float, threads: int | None,
         for name, env in (("same-base", plain), ("same-cur", plain),
                           ("inj-base", plain), ("inj-cur", slow)):
             LOADS.append(os.getloadavg()[0])
-            sweep(folder / f"{i:02d}-{name}.sqlite", grid, threads, env)
+            sweep(folder / f"{i:02d}-{name}.sqlite", grid, threads, env, time_processes)
         print(f"pair {i + 1}/{pairs} swept", file=sys.stderr, flush=True)
 
 
@@ -155,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rep-ms", type=float, default=60.0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads of the sweeps (default 1; 0: torch's choice)")
+    parser.add_argument("--time-processes", type=int, default=None, metavar="N",
+                        help="the sweeps' --time-processes (default: the sweep's default)")
     parser.add_argument("--factor", type=float, default=1.3)
     parser.add_argument("--methods", default="performer")
     parser.add_argument("--keep", type=Path, default=None, help="keep the stores here")
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.keep or Path(tempfile.mkdtemp(prefix="sbbench-check-"))
         folder.mkdir(parents=True, exist_ok=True)
         run_pairs(folder, args.pairs, rep_ms=args.rep_ms, threads=args.threads or None,
-                  factor=args.factor, methods=args.methods)
+                  factor=args.factor, methods=args.methods,
+                  time_processes=args.time_processes)
     result = evaluate(folder, args.methods)
     write_readme(args.out, result, command=command.strip(), rep_ms=args.rep_ms,
                  threads=args.threads or None, factor=args.factor, methods=args.methods,

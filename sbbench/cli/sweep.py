@@ -41,6 +41,8 @@ _AXIS_TYPES = {
     "methods": name_list(), "backends": name_list(), "inputs": name_list(),
 }
 
+DEFAULT_TIME_PROCESSES = 0  # see sbbench.sweep.time_pool and reports/check/
+
 _DESCRIPTION = """\
 Sweep sequence length, head dimension, methods and approximation budgets (random
 features, bucket size, hash rounds, bucket kind, sink and window keys) on one device.
@@ -118,6 +120,10 @@ def register(subparsers) -> None:
                      help="skip the >= 1 s energy window per point (GPU with NVML)")
     run.add_argument("--threads", type=nonnegative_int, default=0, metavar="N",
                      help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--time-processes", type=nonnegative_int, default=None, metavar="N",
+                     help="CPU: time every shape again in N fresh processes, its points "
+                          "interleaved, and pool the samples (steadier times for `sbbench "
+                          f"check`; default {DEFAULT_TIME_PROCESSES}, 0 = only this process)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     run.add_argument("--report", action="store_true",
                      help="write the report of the store after the sweep")
@@ -140,6 +146,8 @@ def command_line(args) -> str:
             words.append("--" + name.replace("_", "-"))
     if args.threads:
         words += ["--threads", str(args.threads)]
+    if args.time_processes is not None:
+        words += ["--time-processes", str(args.time_processes)]
     if args.redo != "none":
         words += ["--redo", args.redo]
     words += executor_words(args)
@@ -163,7 +171,9 @@ def run_sweep_command(args) -> int:
         device="", seeds=grid.seeds, input_kind=grid.input_kind, temperature=grid.temperature,
         warmup_ms=grid.warmup_ms, rep_ms=grid.rep_ms,
         measure_memory=not args.no_memory, measure_energy=not args.no_energy,
-        num_threads=args.threads)
+        num_threads=args.threads,
+        time_processes=(DEFAULT_TIME_PROCESSES if args.time_processes is None
+                        else args.time_processes))
     # A dry run measures nothing, so it never needs the device to be here. Locally the
     # device must be this machine's (the cpu profile's peaks are measured here); on Ray
     # each worker checks its own device and measures its own CPU.

@@ -308,7 +308,7 @@ def measure_point(point: Point, settings: Settings, spec=None, observer=None, *,
         record.l2_flushed = bool(timing.l2_flushed)
         record.noise = ",".join(guards.noise_flags(record.time_p20_ms, record.time_p80_ms,
                                                    settings.torch_device))
-        _add_rates(record, exact_ms)
+        add_rates(record, exact_ms)
         if settings.measure_energy and observer is not None:
             _add_energy(record, fn, observer)
         if state_fn is not None:
@@ -335,7 +335,7 @@ def profile_info(spec) -> dict:
             "mem_bandwidth_bytes_per_s": spec.mem_bandwidth_bytes_per_s}
 
 
-def _add_rates(record: Record, exact_ms: float | None) -> None:
+def add_rates(record: Record, exact_ms: float | None) -> None:
     seconds = record.time_median_ms / 1e3
     if seconds <= 0:
         return

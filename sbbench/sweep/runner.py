@@ -30,6 +30,7 @@ from sbbench.sweep.guards import add_flag
 from sbbench.sweep.point_model import model_point
 from sbbench.sweep.progress import Progress, Summary
 from sbbench.sweep.store import Store
+from sbbench.sweep.time_pool import WORKER_START_S, TimingPool, add_process_samples
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Settings:
     num_threads: int = 0  # torch threads (0: leave torch's default)
     cpu_clock: str = "auto"  # CPU samples: auto | perf_counter_ns | thread_time_ns
     paired_reference: bool = True  # CPU: time the calibration kernel after each sample
+    time_processes: int = 0  # CPU: also time each shape in this many fresh processes
     git_revision: str = field(default_factory=revision_text)  # provenance, not the key
     code_version: str = field(default_factory=code_version)  # the key's code part
 
@@ -98,8 +100,32 @@ def run_sweep(points: list[Point], settings: Settings, store: Store, *, spec=Non
     own_server = memory_server is None
     memory_server = MemoryServer() if own_server else memory_server
     references = sweep_point.References(settings)
+    pool = (TimingPool(settings.time_processes) if settings.time_processes > 0
+            and settings.torch_device == "cpu" and not model_only else None)
+    pending: list[tuple[tuple, Point, Record, bool]] = []  # measured, awaiting the pool
+
+    def flush(pooled: bool) -> None:
+        """Pool the pending rows' samples with the workers' (``pooled``), then write them."""
+        if pooled and pending:
+            results = pool.time([p for _, p, _, _ in pending], settings)
+            for i, (_, point, record, _) in enumerate(pending):
+                add_process_samples(record, [result[i] for result in results])
+                _remember_exact(exact_ms, point, record)  # exact comes first in a shape
+            for _, point, record, _ in pending:
+                sweep_point.add_rates(record, exact_ms.get(_shape(point)))
+        while pending:
+            key, point, record, again = pending.pop(0)
+            try:
+                if not store.add(record, replace=again):
+                    summary.lost_race += 1
+            finally:
+                store.release(key)
+            _remember_exact(exact_ms, point, record)
+
     try:
         for point in points:
+            if pending and _shape(point) != _shape(pending[0][1]):
+                flush(pooled=True)
             key = point_key(point, settings, source)
             again = key in redo_keys
             if store.has(key) and not again:  # re-read: another sweep may have written it
@@ -111,6 +137,7 @@ def run_sweep(points: list[Point], settings: Settings, store: Store, *, spec=Non
                 summary.claimed_elsewhere += 1
                 bar.step(f"{point.label()} (being measured by another sweep)")
                 continue
+            held = False
             try:
                 if store.has(key) and not again:  # it finished between has() and claim()
                     summary.resumed += 1
@@ -130,16 +157,25 @@ def run_sweep(points: list[Point], settings: Settings, store: Store, *, spec=Non
                         references=references)
                     if record.status == "ok" and (others or store.others_claiming()):
                         record.noise = add_flag(record.noise, "concurrent")
-                if not store.add(record, replace=again):
+                if pool is not None and record.status == "ok" and record.time_samples_ms:
+                    pending.append((key, point, record, again))  # written after the pool
+                    held = True
+                elif not store.add(record, replace=again):
                     summary.lost_race += 1
             finally:
-                store.release(key)
-            _remember_exact(exact_ms, point, record)
+                if not held:
+                    store.release(key)
+            if not held:
+                _remember_exact(exact_ms, point, record)
             summary.measured += 1
             summary.statuses[record.status] = summary.statuses.get(record.status, 0) + 1
             bar.step(f"{point.label()} {record.status}", ran_seconds=time.monotonic() - t0)
+        flush(pooled=True)
         outcome = "done"
     finally:
+        flush(pooled=False)  # interrupted: the rows measured so far, as they are
+        if pool is not None:
+            pool.close()
         if own_server:
             memory_server.close()
         bar.close()
@@ -170,8 +206,10 @@ def _exact_from_store(store: Store, point: Point, settings: Settings,
 
 def estimate_seconds(points: list[Point], settings: Settings) -> float:
     """A rough wall-clock estimate of measuring ``points`` (for --dry-run)."""
-    per_point = (settings.warmup_ms + settings.rep_ms) / 1e3 + 0.2 * len(settings.seeds)
+    processes = settings.time_processes if settings.torch_device == "cpu" else 0
+    per_point = ((1 + processes) * (settings.warmup_ms + settings.rep_ms) / 1e3
+                 + 0.2 * len(settings.seeds))
     if settings.measure_energy and settings.torch_device != "cpu":
         per_point += 1.0
-    return per_point * len(points)
+    return per_point * len(points) + WORKER_START_S * processes
 
