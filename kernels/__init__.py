@@ -8,9 +8,13 @@ Files, in the order of the computation:
 - ``causal_lowrank.py`` ``lowrank_causal``: the causal prefix-sum form of the low-rank part
   (a scan over sequence chunks);
 - ``lowrank_setup.py`` search spaces, defaults and ``keep`` of the three low-rank kernels;
+- ``fixed.py``        the sink and window keys: residual per block of queries in original
+  order (a band-masked contiguous key run), the first merge into the running sums;
 - ``sparse.py``       per-bucket residual, duplicate-pair correction, masks, per-query
-  scale, merge with the low-rank part, write-back in original order (LSH and local);
-- ``sparse_setup.py`` the rounds' shared state, search space, default and ``keep`` of it;
+  scale, merge with the low-rank part, write-back in original order (LSH, k-means key
+  sets and local);
+- ``sparse_setup.py`` the rounds' shared state (k-means pair counts), search space,
+  default and ``keep`` of it;
 - ``default_table.py`` the default config per architecture, dtype size, head_dim and
   bucket: the one with the most work per program that compiles without spills (found
   by scripts/search_defaults.py; what ``KernelSpec.default_for`` returns where it has a
@@ -56,7 +60,7 @@ __all__ = ["HAVE_TRITON", "SM80", "SM90", "DeviceLimits", "KernelShape", "Kernel
            "expand_space", "forward_refusal", "limits_for", "supports"]
 
 if HAVE_TRITON:
-    from sbbench.kernels import causal_lowrank, feature_map, lowrank, sparse
+    from sbbench.kernels import causal_lowrank, feature_map, fixed, lowrank, sparse
     from sbbench.kernels.causal_lowrank import lowrank_causal
     from sbbench.kernels.feature_map import (
         FeatureWeights,
@@ -72,7 +76,7 @@ if HAVE_TRITON:
     SEARCH_SPACES = {
         spec.name: spec
         for spec in (feature_map.SPEC, lowrank.STATE_SPEC, lowrank.APPLY_SPEC,
-                     causal_lowrank.CAUSAL_SPEC, sparse.SPEC)
+                     causal_lowrank.CAUSAL_SPEC, sparse.SPEC, fixed.FIXED_SPEC)
     }
     DEFAULT_CONFIGS = {name: dict(spec.default) for name, spec in SEARCH_SPACES.items()}
 

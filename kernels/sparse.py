@@ -31,7 +31,6 @@ from sbbench.kernels._common import (
     KernelSpec,
     Launch,
     feature_precision,
-    fold_grid,
     launch_limits,
     needs_int64,
     next_pow2,
@@ -47,17 +46,20 @@ from sbbench.kernels.feature_map import (
     weight_args,
     wide,
 )
+from sbbench.kernels.fixed import fixed_launch
 from sbbench.kernels.sparse_setup import (  # noqa: F401 - re-exported
     DEFAULT,
     MAX_BUCKET,
     QUERY_BLOCKS,
     SPACE,
     SparseState,
-    f32_rows,
+    check_lowrank,
     fuse_by_default,
     keep,
+    kernel_shape,
     pick_query_block,
     query_block,
+    sparse_grid,
 )
 
 NO_LOWRANK, LOWRANK_FROM_STATE, LOWRANK_FROM_SUMS = 0, 1, 2
@@ -66,7 +68,7 @@ NO_LOWRANK, LOWRANK_FROM_STATE, LOWRANK_FROM_SUMS = 0, 1, 2
 @triton.jit
 def _bucket_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr,
-    q_order_ptr, k_order_ptr, q_bucket_ptr, k_bucket_ptr, keep_ptr,
+    q_order_ptr, k_order_ptr, q_bucket_ptr, k_bucket_ptr, count_ptr, keep_ptr,
     w_ptr, w_lo_ptr, qshift_ptr, qbias_ptr, kbias_ptr, lk_ptr,
     kv_ptr, ks_ptr, lrnum_ptr, lrden_ptr,
     acc_num_ptr, acc_den_ptr, acc_lam_ptr,
@@ -75,8 +77,9 @@ def _bucket_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
     heads, seq, seq_pad, head_dim, head_dim_v, n_proj, bucket_size, round_idx, scale,
-    n_tiles, q_blocks, tiles_y,
-    N_ROUNDS: tl.constexpr, LOCAL: tl.constexpr, CAUSAL: tl.constexpr,
+    n_tiles, q_blocks, tiles_y, sink, window, left,
+    N_ROUNDS: tl.constexpr, LOCAL: tl.constexpr, CAUSAL: tl.constexpr, SETS: tl.constexpr,
+    FIXED: tl.constexpr,
     HAS_MASK: tl.constexpr, LOWRANK: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_P: tl.constexpr, PREC: tl.constexpr, PREC_F: tl.constexpr, SPLIT: tl.constexpr,
@@ -167,7 +170,17 @@ def _bucket_kernel(
     valid = key_ok[None, :] & q_ok[:, None]
     if CAUSAL:
         valid = valid & (k_pos[None, :] <= q_pos[:, None])
-    if N_ROUNDS > 1:  # a pair found in c rounds counts 1/c in each
+    if FIXED:  # pairs the sinks or the window hold are counted there only
+        low = q_pos[:, None] - left
+        in_fixed = (k_pos[None, :] < sink) | ((k_pos[None, :] >= low)
+                                              & (k_pos[None, :] < low + window))
+        valid = valid & (in_fixed == 0)
+    if N_ROUNDS > 1 and SETS:  # k-means sets: rounds picking each pair, from set_counts
+        ids = ((pid_bh * N_ROUNDS + round_idx) * seq_pad + slot_q) * bucket_size
+        count = tl.load(count_ptr + ids[:, None] + offs[None, :],
+                        mask=slot_q_ok[:, None] & slot_ok[None, :], other=1).to(tl.float32)
+        logits = logits - tl.log(count)
+    elif N_ROUNDS > 1:  # a pair found in c rounds counts 1/c in each
         count = tl.full([BLOCK_Q, BLOCK_B], 0.0, tl.float32)
         for rr in tl.static_range(N_ROUNDS):
             ids = pid_bh * N_ROUNDS * seq_pad + rr * seq_pad
@@ -244,30 +257,17 @@ def _bucket_kernel(
 
 
 def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_size, causal,
-                  lowrank, config, block_q: int) -> Launch:
+                  lowrank, config, block_q: int, sink: int = 0, window: int = 0) -> Launch:
     """lowrank: None, or a dict with weights, q_shift, q_bias, k_bias, lk and either
     (kv, ks) (non-causal) or (num, den) (causal sums); block_q: queries per program."""
     batch, heads, seq, head_dim = q.shape
     head_dim_v = v.shape[-1]
     out = state.out
     dummy = out
-    mode = NO_LOWRANK
     lr = lowrank or {}
-    if lowrank is not None:
-        mode = LOWRANK_FROM_STATE if "kv" in lr else LOWRANK_FROM_SUMS
-        n_proj = lr["weights"].n_proj
-        rows = (batch, heads, seq)
-        for name in ("q_shift", "q_bias", "k_bias"):
-            f32_rows(name, lr[name], rows)
-        f32_rows("lk", lr["lk"], (batch, heads))
-        if mode == LOWRANK_FROM_STATE:
-            f32_rows("kv", lr["kv"], (batch, heads, 2 * n_proj, head_dim_v))
-            f32_rows("ks", lr["ks"], (batch, heads, 2 * n_proj))
-        else:
-            f32_rows("num", lr["num"], (batch, heads, seq, head_dim_v))
-            f32_rows("den", lr["den"], rows)
-    else:
-        n_proj = 0
+    n_proj = check_lowrank(lowrank, batch, heads, seq, head_dim_v)
+    mode = NO_LOWRANK if lowrank is None else (
+        LOWRANK_FROM_STATE if "kv" in lr else LOWRANK_FROM_SUMS)
     acc = state.acc or (dummy, dummy, dummy)
     args = dict(
         q_ptr=q, k_ptr=k, v_ptr=v, out_ptr=out,
@@ -275,6 +275,7 @@ def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_
         k_order_ptr=state.k_order if state.k_order is not None else dummy,
         q_bucket_ptr=state.q_bucket if state.q_bucket is not None else dummy,
         k_bucket_ptr=state.k_bucket if state.k_bucket is not None else dummy,
+        count_ptr=state.counts if state.counts is not None else dummy,
         keep_ptr=state.keep if state.keep is not None else dummy,
         qshift_ptr=lr.get("q_shift", dummy),
         qbias_ptr=lr.get("q_bias", dummy), kbias_ptr=lr.get("k_bias", dummy),
@@ -291,8 +292,10 @@ def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_
         stride_od=out.stride(3),
         heads=heads, seq=seq, seq_pad=state.seq_pad, head_dim=head_dim, head_dim_v=head_dim_v,
         n_proj=n_proj, bucket_size=bucket_size, round_idx=round_idx, scale=float(scale),
+        sink=sink, window=window, left=window - 1 if causal else (window - 1) // 2,
         N_ROUNDS=state.n_rounds, LOCAL=state.local, CAUSAL=bool(causal),
-        HAS_MASK=state.keep is not None, LOWRANK=mode, FIRST=round_idx == 0,
+        SETS=state.counts is not None, FIXED=bool(sink or window),
+        HAS_MASK=state.keep is not None, LOWRANK=mode, FIRST=round_idx == 0 and not state.fixed,
         LAST=round_idx == state.n_rounds - 1,
         BLOCK_B=next_pow2(bucket_size), BLOCK_Q=block_q,
         BLOCK_D=next_pow2(head_dim),
@@ -314,36 +317,23 @@ def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_
                   outputs=(out,))
 
 
-def sparse_grid(batch_heads: int, seq_pad: int, bucket_size: int, block_q: int
-                ) -> tuple[tuple[int, int, int], int]:
-    """(grid, tiles_y) of one round: batch * heads on axis 0, the (bucket, query block)
-    tiles folded over axes 1 and 2 (_common.fold_grid: bucket 1 at 65,536 tokens has
-    65,536 tiles, past CUDA's 65,535 on axis 1)."""
-    q_blocks = -(-bucket_size // min(block_q, next_pow2(bucket_size)))
-    return fold_grid(batch_heads, seq_pad // bucket_size * q_blocks)
-
-
-def kernel_shape(q: torch.Tensor, v: torch.Tensor, bucket_size: int, n_rounds: int,
-                 lowrank: dict | None) -> KernelShape:
-    """What keep() needs to know of one call."""
-    n_features = 2 * lowrank["weights"].n_proj if lowrank is not None else 0
-    return KernelShape(head_dim=q.shape[-1], head_dim_v=v.shape[-1], n_features=n_features,
-                       bucket_size=bucket_size, n_hashes=n_rounds,
-                       dtype_bytes=q.element_size())
-
-
 def sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, bucket_size: int,
     q_order: torch.Tensor | None = None, k_order: torch.Tensor | None = None,
     causal: bool = False, key_padding_mask: torch.Tensor | None = None,
     lowrank: dict | None = None, config: Config | None = None,
-    out: torch.Tensor | None = None,
+    out: torch.Tensor | None = None, key_sets=None, sink: int = 0, window: int = 0,
+    fixed_config: Config | None = None,
 ) -> torch.Tensor:
     """Sparse part over every round, merged with the low-rank part if given.
 
     q, k: [batch, heads, seq, head_dim]; v: [batch, heads, seq, head_dim_v].
     q_order, k_order: [batch, heads, n_hashes, seq_pad] sorted positions (lsh_order), or
-    None for the local variant (consecutive blocks of ``bucket_size``, one round).
+    None for the local variant (consecutive blocks of ``bucket_size``, one round); with
+    ``key_sets`` (k-means, sbbench.attention.supports.KeySets) k_order's chunk c holds
+    cluster c's keys, and a pair in c rounds' sets counts 1/c (sparse_setup.set_counts).
+    sink, window: the fixed part (kernels/fixed.py) runs first, with ``fixed_config``, and
+    its pairs are left out of the buckets; it needs the low-rank sums, not the kv state.
     lowrank: None (LSH / local softmax only) or a dict: weights (feature_map.
     scaled_projections for q's dtype), float32 q_shift, q_bias, k_bias [batch, heads, seq],
     lk [batch, heads], and either kv
@@ -355,14 +345,20 @@ def sparse_attention(
         raise ValueError(f"bucket_size must be in 1..{MAX_BUCKET} for the kernel, "
                          f"got {bucket_size}")
     state = SparseState(q, k, v, bucket_size=bucket_size, q_order=q_order, k_order=k_order,
-                        key_padding_mask=key_padding_mask, out=out)
+                        key_padding_mask=key_padding_mask, out=out, key_sets=key_sets,
+                        fixed=bool(sink or window))
+    if state.fixed:
+        fixed_launch(q, k, v, scale=scale, sink=sink, window=window, causal=causal,
+                     keep=state.keep, lowrank=lowrank, out=state.out, acc=state.acc,
+                     last=False, config=fixed_config).run()
     limits = launch_limits(q.device)
     shape = kernel_shape(q, v, bucket_size, state.n_rounds, lowrank)
     config = SPEC.choose(config, limits, shape)
     block_q = pick_query_block(config, limits, shape)
     for r in range(state.n_rounds):
         _round_launch(q, k, v, state, r, scale=scale, bucket_size=bucket_size, causal=causal,
-                      lowrank=lowrank, config=config, block_q=block_q).run()
+                      lowrank=lowrank, config=config, block_q=block_q, sink=sink,
+                      window=window).run()
     return state.out
 
 

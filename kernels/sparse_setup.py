@@ -22,6 +22,7 @@ from sbbench.kernels._common import (
     KernelShape,
     empty,
     fits_registers,
+    fold_grid,
     next_pow2,
 )
 from sbbench.kernels.default_table import table_default, table_queries
@@ -42,12 +43,67 @@ def f32_rows(name: str, t: torch.Tensor | None, shape: tuple[int, ...]) -> None:
                          f"{t.dtype} {tuple(t.shape)}")
 
 
+def check_lowrank(lowrank: dict | None, batch: int, heads: int, seq: int,
+                  head_dim_v: int) -> int:
+    """Check the low-rank dict a launcher takes (see sparse.sparse_attention); returns
+    its number of projections (0 without one)."""
+    if lowrank is None:
+        return 0
+    n_proj = lowrank["weights"].n_proj
+    rows = (batch, heads, seq)
+    for name in ("q_shift", "q_bias", "k_bias"):
+        f32_rows(name, lowrank[name], rows)
+    f32_rows("lk", lowrank["lk"], (batch, heads))
+    if "kv" in lowrank:
+        f32_rows("kv", lowrank["kv"], (batch, heads, 2 * n_proj, head_dim_v))
+        f32_rows("ks", lowrank["ks"], (batch, heads, 2 * n_proj))
+    else:
+        f32_rows("num", lowrank["num"], (batch, heads, seq, head_dim_v))
+        f32_rows("den", lowrank["den"], rows)
+    return n_proj
+
+
+def keep_mask(key_padding_mask: torch.Tensor | None, batch: int, seq: int):
+    """The key padding mask as the kernels read it: int8 [batch, seq] (None: no mask)."""
+    if key_padding_mask is None:
+        return None
+    if key_padding_mask.shape != (batch, seq) or key_padding_mask.dtype != torch.bool:
+        raise ValueError(f"key_padding_mask must be bool [{batch}, {seq}], got "
+                         f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
+    return key_padding_mask.to(torch.int8).contiguous()
+
+
+COUNT_ELEMENTS = 1 << 22  # (query slot, key) pairs per step of set_counts
+
+
+def set_counts(q_order: torch.Tensor, k_order: torch.Tensor, key_sets, bucket_size: int
+               ) -> torch.Tensor:
+    """How many rounds pick each (query slot, key slot) pair of k-means key sets:
+    [b, h, R, seq_pad, bucket] int8, at least 1 (``key_sets.contains`` of
+    sbbench.attention.supports.KeySets, as the torch path counts it). Linear in seq."""
+    b, h, n_rounds, seq_pad = q_order.shape
+    counts = torch.empty(b, h, n_rounds, seq_pad, bucket_size, dtype=torch.int8,
+                         device=q_order.device)
+    step = max(1, COUNT_ELEMENTS // max(1, b * h * n_rounds * bucket_size)
+               // bucket_size) * bucket_size
+    for r in range(n_rounds):
+        for start in range(0, seq_pad, step):
+            q_pos = q_order[:, :, r, start:start + step].long()  # [b, h, M]
+            keys = k_order[:, :, r, start:start + step].long().view(b, h, -1, 1, bucket_size)
+            k_pos = keys.expand(-1, -1, -1, bucket_size, -1).reshape(b, h, -1, bucket_size)
+            hits = key_sets.contains(q_pos, k_pos).sum(dim=2).clamp_min_(1)
+            counts[:, :, r, start:start + step] = hits.to(torch.int8)
+    return counts
+
+
 class SparseState:
     """What the rounds of one forward share: the running sums between rounds and the
-    int32 orders / bucket ids (built once, reused by every round's launch)."""
+    int32 orders / bucket ids or k-means pair counts (built once, reused by every round's
+    launch). ``fixed``: a sink / window launch runs before the rounds (it starts the
+    running sums, so they exist even with one round)."""
 
     def __init__(self, q, k, v, *, bucket_size, q_order=None, k_order=None,
-                 key_padding_mask=None, out=None):
+                 key_padding_mask=None, out=None, key_sets=None, fixed=False):
         batch, heads, seq, _ = q.shape
         head_dim_v = v.shape[-1]
         self.seq_pad = -(-seq // bucket_size) * bucket_size
@@ -56,27 +112,48 @@ class SparseState:
         order_shape = (batch, heads, self.n_rounds, self.seq_pad)
         self.q_order = int32_rows("q_order", q_order, order_shape)
         self.k_order = int32_rows("k_order", k_order, order_shape)
-        self.q_bucket = self.k_bucket = None
-        if self.n_rounds > 1:
+        self.q_bucket = self.k_bucket = self.counts = None
+        if self.n_rounds > 1 and key_sets is not None:
+            self.counts = set_counts(self.q_order, self.k_order, key_sets, bucket_size)
+        elif self.n_rounds > 1:
             ids = torch.arange(self.seq_pad, device=q.device, dtype=torch.int32) // bucket_size
             ids = ids.expand(order_shape).contiguous()
             # bucket of every position = inverse of the sorted order (lsh.bucket_ids)
             self.q_bucket = torch.empty_like(ids).scatter_(-1, self.q_order.long(), ids)
             self.k_bucket = torch.empty_like(ids).scatter_(-1, self.k_order.long(), ids)
-        self.keep = None
-        if key_padding_mask is not None:
-            if key_padding_mask.shape != (batch, seq) or key_padding_mask.dtype != torch.bool:
-                raise ValueError(f"key_padding_mask must be bool [{batch}, {seq}], got "
-                                 f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
-            self.keep = key_padding_mask.to(torch.int8).contiguous()
+        self.keep = keep_mask(key_padding_mask, batch, seq)
         if out is None:
             out = empty((batch, heads, seq, head_dim_v), q.dtype, q.device)
         self.out = out
+        self.fixed = fixed
         self.acc = None
-        if self.n_rounds > 1:
-            self.acc = (empty((batch, heads, seq, head_dim_v), torch.float32, q.device),
-                        empty((batch, heads, seq), torch.float32, q.device),
-                        empty((batch, heads, seq), torch.float32, q.device))
+        if self.n_rounds > 1 or fixed:
+            self.acc = running_sums(batch, heads, seq, head_dim_v, q.device)
+
+
+def running_sums(batch, heads, seq, head_dim_v, device):
+    """(num, den, lam) float32 accumulators of the online merge, in original order."""
+    return (empty((batch, heads, seq, head_dim_v), torch.float32, device),
+            empty((batch, heads, seq), torch.float32, device),
+            empty((batch, heads, seq), torch.float32, device))
+
+
+def sparse_grid(batch_heads: int, seq_pad: int, bucket_size: int, block_q: int
+                ) -> tuple[tuple[int, int, int], int]:
+    """(grid, tiles_y) of one round: batch * heads on axis 0, the (bucket, query block)
+    tiles folded over axes 1 and 2 (_common.fold_grid: bucket 1 at 65,536 tokens has
+    65,536 tiles, past CUDA's 65,535 on axis 1)."""
+    q_blocks = -(-bucket_size // min(block_q, next_pow2(bucket_size)))
+    return fold_grid(batch_heads, seq_pad // bucket_size * q_blocks)
+
+
+def kernel_shape(q: torch.Tensor, v: torch.Tensor, bucket_size: int, n_rounds: int,
+                 lowrank: dict | None) -> KernelShape:
+    """What keep() needs to know of one call."""
+    n_features = 2 * lowrank["weights"].n_proj if lowrank is not None else 0
+    return KernelShape(head_dim=q.shape[-1], head_dim_v=v.shape[-1], n_features=n_features,
+                       bucket_size=bucket_size, n_hashes=n_rounds,
+                       dtype_bytes=q.element_size())
 
 
 # ---------------------------------------------------------------- search space

@@ -23,7 +23,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-KERNEL_MODULES = ("feature_map", "lowrank", "causal_lowrank", "sparse", "scatterbrain")
+KERNEL_MODULES = ("feature_map", "lowrank", "causal_lowrank", "fixed", "sparse",
+                  "scatterbrain")
 
 
 def device_for_tests() -> torch.device:

@@ -3,10 +3,10 @@
 ``backend="auto"`` runs the kernels where they take the call and the torch path
 everywhere else: CPU tensors, triton not installed, anything the kernels refuse
 (``sbbench.kernels.forward_refusal``: float64, head_dim above 256 or above 128 in
-float32, a bucket above 256, no tile config that fits the device, k-means buckets,
-sinks or windows), ``return_weights`` (the dense matrix is a torch-path output) and
-inputs that need gradients (the kernels compute the forward only). ``backend="triton"``
-never falls back: the kernels then refuse in one line.
+float32, a bucket above 256, no tile config that fits the device), ``return_weights``
+(the dense matrix is a torch-path output) and inputs that need gradients (the kernels
+compute the forward only). ``backend="triton"`` never falls back: the kernels then refuse
+in one line.
 """
 
 from __future__ import annotations
@@ -68,10 +68,8 @@ def auto_refusal(dtype: torch.dtype, head_dim: int, head_dim_v: int, *, limits,
         return "return_weights: the dense matrix is a torch-path output"
     if needs_grad:
         return "inputs need gradients: the kernels compute the forward only"
-    if sink or window:
-        return "sink and window run on the torch path only"
     from sbbench.kernels import forward_refusal
 
     return forward_refusal(dtype, head_dim, head_dim_v, n_features=n_features,
                            bucket_size=bucket_size, n_hashes=n_hashes, sparse=sparse,
-                           causal=causal, limits=limits)
+                           causal=causal, limits=limits, sink=sink, window=window)

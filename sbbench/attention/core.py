@@ -200,9 +200,7 @@ def _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
     blocks or none (sparse None)."""
     b, h, n, _ = qf.shape
     seq_pad = n if sparse is None else padded_length(n, bucket_size)
-    key_ok = torch.zeros(b, seq_pad, dtype=torch.bool, device=qf.device)
-    key_ok[:, :n] = True if key_padding_mask is None else key_padding_mask
-    key_ok = key_ok[:, None, :].expand(b, h, seq_pad)
+    key_ok = _key_ok(qf, seq_pad, key_padding_mask)
     key_sets = None
     if sparse is None:
         q_order = k_order = None
@@ -224,6 +222,26 @@ def _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
         buckets.q_bucket = bucket_ids(q_order, bucket_size)  # [b,h,R,n_pad]
         buckets.k_bucket = bucket_ids(k_order, bucket_size)
     return buckets
+
+
+def _key_ok(qf, seq_pad, key_padding_mask) -> torch.Tensor:
+    """[b, h, seq_pad] bool: a real, unmasked key."""
+    b, h, n, _ = qf.shape
+    key_ok = torch.zeros(b, seq_pad, dtype=torch.bool, device=qf.device)
+    key_ok[:, :n] = True if key_padding_mask is None else key_padding_mask
+    return key_ok[:, None, :].expand(b, h, seq_pad)
+
+
+def kmeans_buckets(q, k, hashes: HashFunctions, bucket_size: int, causal: bool,
+                   key_padding_mask, chunk_elements: int | None = None):
+    """The k-means clusters :func:`attend` computes for these inputs (on the float32,
+    or float64, working copies): (q_order, k_order, KeySets), for the Triton kernels."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qf, kf = q.to(acc), k.to(acc)
+    b, h, n, _ = qf.shape
+    key_ok = _key_ok(qf, padded_length(n, bucket_size), key_padding_mask)
+    elements = max(1, (chunk_elements or CHUNK_ELEMENTS) // (b * h))
+    return kmeans_order(qf, kf, hashes.to(qf.device), bucket_size, key_ok, causal, elements)
 
 
 def _start_accumulators(qf, dv, seq_pad, lowrank: LowRank | None) -> _Accumulators:

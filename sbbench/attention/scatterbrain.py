@@ -25,7 +25,7 @@ from sbbench.attention.checks import (
     check_support,
     softmax_scale_for,
 )
-from sbbench.attention.core import attend
+from sbbench.attention.core import attend, kmeans_buckets
 from sbbench.attention.exact import exact_attention
 from sbbench.attention.features import draw_projections
 from sbbench.attention.lsh import HashFunctions, draw_hashes
@@ -218,18 +218,14 @@ def impl_settings(resolved) -> dict:
 
 def run_method(q, k, v, *, backend, return_weights, impl=None, sink=0, window=0, **kwargs):
     """Dispatch one validated call to the torch core or the Triton kernels; ``impl``
-    holds implementation settings that never change the result. The kernels compute
-    SMYRF / local buckets only: k-means clusters, sinks and windows run on the torch
-    path; "auto" picks it for them and for every other call the kernels do not take
-    (``backends.resolve_backend``)."""
+    holds implementation settings that never change the result. "auto" picks the torch
+    path for every call the kernels do not take (``backends.resolve_backend``). For
+    k-means buckets the clusters are computed here (torch, as the torch path does) and
+    the kernels take their key sets."""
     impl = impl or {}
     check_backend(backend)
-    torch_only = kwargs.get("sparse") == "kmeans" or sink or window
-    if torch_only and backend == "triton":
-        raise ValueError("sparse='kmeans', sink and window run on backend='torch' only "
-                         "(the Triton kernels compute hash or local buckets)")
-    chosen = "torch" if torch_only else resolve_backend(
-        backend, q, k, v, return_weights=return_weights, **kwargs)
+    chosen = resolve_backend(backend, q, k, v, return_weights=return_weights, sink=sink,
+                             window=window, **kwargs)
     if q.shape[0] == 0 or q.shape[1] == 0:
         return _empty_result(q, k, v, return_weights)
     if chosen == "triton":
@@ -241,7 +237,13 @@ def run_method(q, k, v, *, backend, return_weights, impl=None, sink=0, window=0,
                                "install sbbench[triton] or use backend='torch'")
         from sbbench.kernels import scatterbrain_forward
 
-        return scatterbrain_forward(q, k, v, configs=impl.get("kernels") or None, **kwargs)
+        orders = None
+        if kwargs.get("sparse") == "kmeans":
+            orders = kmeans_buckets(q, k, kwargs["hashes"], kwargs["bucket_size"],
+                                    kwargs["causal"], kwargs["key_padding_mask"],
+                                    impl.get("chunk_elements"))
+        return scatterbrain_forward(q, k, v, configs=impl.get("kernels") or None,
+                                    orders=orders, sink=sink, window=window, **kwargs)
     with intra_op_threads(impl.get("num_threads")):
         return attend(q, k, v, return_weights=return_weights,
                       chunk_elements=impl.get("chunk_elements"), sink=sink, window=window,

@@ -67,8 +67,6 @@ def kernel_refusal(point: Point, spec) -> str | None:
     budget, problem = point.budget, point.problem
     if point.backend != "triton" or budget.method == "exact" or not arch:
         return None
-    if budget.sink or budget.window:
-        return "sink and window run on backend='torch' only"
     try:
         import torch
 
@@ -79,7 +77,8 @@ def kernel_refusal(point: Point, spec) -> str | None:
     reason = forward_refusal(getattr(torch, problem.dtype), problem.head_dim,
                              n_features=budget.n_features, bucket_size=budget.bucket_size,
                              n_hashes=budget.n_hashes, sparse=budget.sparse,
-                             causal=problem.causal, limits=limits)
+                             causal=problem.causal, limits=limits,
+                             sink=budget.sink or 0, window=budget.window or 0)
     return f"the Triton kernels refuse it on {arch}: {reason}" if reason else None
 
 

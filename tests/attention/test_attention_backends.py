@@ -34,6 +34,10 @@ def test_auto_takes_the_kernels_where_they_run(sm90):
     assert refusal(BF16, 64, sm90, bucket_size=256, causal=True, n_hashes=2) is None
     assert refusal(BF16, 128, sm90, sparse=None, bucket_size=None) is None  # Performer
     assert refusal(BF16, 64, sm90, sparse="local") is None
+    assert refusal(BF16, 64, sm90, sparse="kmeans", n_hashes=2) is None
+    assert refusal(BF16, 64, sm90, sink=4, window=64, causal=True) is None
+    assert refusal(BF16, 64, sm90, sparse=None, bucket_size=None, n_features=0,
+                   window=8) is None  # sink / window only
 
 
 @pytest.mark.parametrize("dtype, head_dim, changes, words", [
@@ -43,12 +47,10 @@ def test_auto_takes_the_kernels_where_they_run(sm90):
     (torch.float64, 64, {}, "not float64"),
     (BF16, 256, dict(bucket_size=256), "sparse: no config of the search space fits sm_90"),
     (BF16, 64, dict(bucket_size=512), "bucket_size must be in 1..256"),
-    (BF16, 64, dict(sparse="kmeans"), "sparse='kmeans' runs on backend='torch' only"),
-    (BF16, 64, dict(window=8), "sink and window"),
     (BF16, 64, dict(return_weights=True), "return_weights"),
     (BF16, 64, dict(needs_grad=True), "forward only"),
 ], ids=["fp32-d256", "fp32-d256-performer", "bf16-d512", "fp64", "d256-bucket256",
-        "bucket512", "kmeans", "window", "weights", "grad"])
+        "bucket512", "weights", "grad"])
 def test_auto_falls_back_to_torch_where_the_kernels_do_not_take_the_call(
         sm90, dtype, head_dim, changes, words):
     reason = refusal(dtype, head_dim, sm90, **changes)

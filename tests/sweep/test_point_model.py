@@ -115,6 +115,10 @@ def test_kernel_refusal_names_the_launch_that_would_refuse():
     runs = Point(Problem(4096, 64, dtype="bfloat16"),
                  Budget("lsh", bucket_size=256, n_hashes=1), "triton")
     assert guards.kernel_refusal(runs, h100) is None
+    kmeans = Point(Problem(4096, 64, dtype="bfloat16"),
+                   Budget("scatterbrain", n_features=256, bucket_size=64, n_hashes=2,
+                          sparse="kmeans", sink=4, window=64), "triton")
+    assert guards.kernel_refusal(kmeans, h100) is None  # k-means, sink, window: kernels
     # torch points, exact, and a profile without a GPU architecture: nothing to refuse
     assert guards.kernel_refusal(dataclasses.replace(REFUSED, backend="torch"), h100) is None
     assert guards.kernel_refusal(REFUSED, get_device("cpu")) is None
