@@ -168,8 +168,8 @@ def attend(
             if return_weights:
                 pieces.append(block_piece(q_pos, k_pos, resid, lam))
     if buckets.has_fixed:
-        for q_pos, num_c, den_c, lam, resid, keys in fixed_part(qf, kf, vf, scale, buckets,
-                                                                lowrank, elements):
+        for q_pos, num_c, den_c, lam, resid, keys in fixed_part(
+                qf, kf, vf, scale, buckets, lowrank, elements, weights=bool(return_weights)):
             _merge(accs, (q_pos + row_offsets).reshape(-1), num_c, den_c, lam.reshape(-1))
             if return_weights:
                 pieces.append((q_pos, keys, resid, lam))

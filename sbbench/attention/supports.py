@@ -27,6 +27,8 @@ import torch
 from sbbench.attention.lsh import HashFunctions, lsh_order
 
 LLOYD_ITERATIONS = 3  # a few iterations: the clusters only need to group similar queries
+LLOYD_SAMPLES = 16  # queries per cluster (on average) that the Lloyd steps look at
+ASSIGN_ELEMENTS = 1 << 18  # cap on the [rows, clusters] scores of one assignment chunk
 
 
 @dataclass
@@ -67,15 +69,18 @@ def kmeans_order(q, k, hashes: HashFunctions, bucket_size: int, key_ok, causal: 
     q_order [b, h, R, seq_pad] (a permutation: chunk c holds cluster c's queries),
     k_order [b, h, R, seq_pad] (chunk c holds cluster c's keys, best first) and their
     :class:`KeySets`. Round r starts from the SMYRF buckets of hash r (so it is
-    deterministic given ``hashes``), runs :data:`LLOYD_ITERATIONS` spherical Lloyd steps,
-    then cuts the queries, sorted by (cluster, affinity), into chunks of ``bucket_size``.
+    deterministic given ``hashes``) and runs :data:`LLOYD_ITERATIONS` spherical Lloyd
+    steps on a strided subsample of the queries (every ``bucket_size //``
+    :data:`LLOYD_SAMPLES`-th position: mini-batch Lloyd), then assigns every query once
+    and cuts the queries, sorted by (cluster, affinity), into chunks of ``bucket_size``.
     Under ``causal`` a cluster only picks keys at or before its last query. Temporaries
     are [rows, clusters] or [clusters, n] chunks of about ``elements``: memory is linear
-    in n and the cost O(n * clusters * d) per step.
+    in n and the cost O(n * clusters * d) for the assignment and the key choice.
     """
     b, h, n, d = q.shape
     seq_pad = key_ok.shape[-1]
     n_clusters = seq_pad // bucket_size
+    stride = max(1, bucket_size // LLOYD_SAMPLES)
     # masked positions sort behind every real one, as padding does (and as in lsh_order),
     # so the real positions cluster as in a run on the truncated sequence
     real = key_ok[..., :n]
@@ -84,31 +89,26 @@ def kmeans_order(q, k, hashes: HashFunctions, bucket_size: int, key_ok, causal: 
         init_order, _ = lsh_order(q, k, hashes, bucket_size, key_ok[:, 0, :n])
         unit = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(1e-12)
         unit = unit.masked_fill(~real[..., None], 0.0)
-        unit_pad = torch.cat([unit, unit.new_zeros(b, h, seq_pad - n, d)], dim=2)
+        sample, sample_real = unit[:, :, ::stride], real[..., ::stride]
+        centroids = unit.new_zeros(b, h, n_clusters, d)
         q_orders, k_orders, sets, clusters = [], [], [], []
         for r in range(hashes.n_hashes):
-            centroids = _cluster_means(unit_pad, init_order[:, :, r], bucket_size, key_ok)
-            # a starting bucket of padded / masked positions only holds no centre: the
-            # clusters of the real positions do not depend on how many there are
-            alive = torch.gather(key_ok, 2, init_order[:, :, r]).view(
-                b, h, n_clusters, bucket_size).any(-1)
+            # the starting centres: the means of the SMYRF buckets' sampled real queries;
+            # a bucket without any holds no centre (so the clusters of the real positions
+            # do not depend on how many padded or masked ones there are)
+            start = _bucket_of(init_order[:, :, r], bucket_size)[..., :n:stride]
+            assign = start.masked_fill(~sample_real, n_clusters)
+            counts = _counts(assign, n_clusters, sample.dtype)
+            alive = counts > 0
+            centroids = _scatter_means(sample, assign, n_clusters, centroids)
             for _ in range(LLOYD_ITERATIONS):
-                assign, _ = _assign(unit, centroids, alive, elements)
-                assign = assign.masked_fill(~real, n_clusters)  # a bin that is dropped
-                centroids = _scatter_means(unit, assign, n_clusters, centroids)
+                assign, _ = _assign(sample, centroids, alive, elements)
+                assign = assign.masked_fill(~sample_real, n_clusters)  # a dropped bin
+                centroids = _scatter_means(sample, assign, n_clusters, centroids)
             assign, affinity = _assign(unit, centroids, alive, elements)
-            # balanced: sort by (cluster, -affinity), padding and masked last, cut in chunks
-            assign = torch.cat([assign.masked_fill(~real, n_clusters),
-                                assign.new_full((b, h, seq_pad - n), n_clusters)], dim=2)
-            affinity = torch.cat([affinity, affinity.new_zeros(b, h, seq_pad - n)], dim=2)
-            by_affinity = torch.sort(-affinity, dim=-1, stable=True).indices
-            by_cluster = torch.sort(torch.gather(assign, 2, by_affinity), dim=-1,
-                                    stable=True).indices
-            q_order = torch.gather(by_affinity, 2, by_cluster)  # [b, h, seq_pad]
-            keys = _top_keys(q, k, q_order, bucket_size, key_ok, causal, elements)
-            cluster_of = torch.empty_like(q_order).scatter_(
-                2, q_order, (torch.arange(seq_pad, device=q.device) // bucket_size
-                             ).expand_as(q_order).contiguous())
+            q_order, cluster_of = _balanced_order(assign, affinity, real, seq_pad,
+                                                  bucket_size)
+            keys = _top_keys(q, k, cluster_of, real, bucket_size, key_ok, causal, elements)
             q_orders.append(q_order)
             k_orders.append(keys.reshape(b, h, seq_pad))
             sets.append(torch.sort(keys, dim=-1).values)
@@ -117,29 +117,50 @@ def kmeans_order(q, k, hashes: HashFunctions, bucket_size: int, key_ok, causal: 
             KeySets(torch.stack(sets, 2), torch.stack(clusters, 2)))
 
 
-def _cluster_means(x_pad, order, bucket_size, key_ok):
-    """Means of consecutive chunks of ``order`` over real, unmasked rows:
-    [b, h, clusters, d]."""
-    b, h, seq_pad, d = x_pad.shape
-    blocks = torch.gather(x_pad, 2, order[..., None].expand(b, h, seq_pad, d))
-    real = torch.gather(key_ok, 2, order).to(x_pad.dtype).view(b, h, -1, bucket_size, 1)
-    sums = (blocks.view(b, h, -1, bucket_size, d) * real).sum(3)
-    return sums / real.sum(3).clamp_min(1)
+def _bucket_of(order, bucket_size):
+    """Inverse of a sorted order [b, h, seq_pad]: the chunk of every position."""
+    ids = torch.arange(order.shape[-1], device=order.device) // bucket_size
+    return torch.empty_like(order).scatter_(-1, order, ids.expand_as(order).contiguous())
+
+
+def _counts(assign, n_clusters, dtype):
+    """How many rows each cluster holds: [b, h, clusters] (bin ``n_clusters`` dropped)."""
+    b, h, n = assign.shape
+    return torch.zeros(b, h, n_clusters + 1, dtype=dtype, device=assign.device).scatter_add_(
+        2, assign, torch.ones(b, h, n, dtype=dtype, device=assign.device))[:, :, :n_clusters]
+
+
+def _balanced_order(assign, affinity, real, seq_pad, bucket_size):
+    """Queries sorted by (cluster, -affinity), padded and masked ones last: q_order
+    [b, h, seq_pad] and its inverse cut into chunks, cluster_of [b, h, seq_pad]."""
+    b, h, n = assign.shape
+    n_clusters = seq_pad // bucket_size
+    assign = torch.cat([assign.masked_fill(~real, n_clusters),
+                        assign.new_full((b, h, seq_pad - n), n_clusters)], dim=2)
+    affinity = torch.cat([affinity, affinity.new_zeros(b, h, seq_pad - n)], dim=2)
+    by_affinity = torch.sort(-affinity, dim=-1, stable=True).indices
+    by_cluster = torch.sort(torch.gather(assign, 2, by_affinity), dim=-1,
+                            stable=True).indices
+    q_order = torch.gather(by_affinity, 2, by_cluster)  # [b, h, seq_pad]
+    return q_order, _bucket_of(q_order, bucket_size)
 
 
 def _assign(unit, centroids, alive, elements):
     """Nearest live centroid (largest cosine) of every row: ([b, h, n] long, [b, h, n])."""
     n, n_clusters = unit.shape[2], centroids.shape[2]
-    step = _chunk_rows(n, n_clusters, elements)
+    step = _chunk_rows(n, n_clusters, min(elements, ASSIGN_ELEMENTS))
     # cosines lie in [-1, 1]: a bias of -4 keeps a dead centre below every live one, added
-    # inside the matmul (no masked copy of the [rows, clusters] scores)
-    bias = torch.where(alive, 0.0, -4.0).to(unit.dtype)[:, :, None, :]
+    # in place to the [rows, clusters] scores (only when some centre is dead)
+    bias = None
+    if not bool(alive.all()):
+        bias = torch.where(alive, 0.0, -4.0).to(unit.dtype)[:, :, None, :]
     centres_t = centroids.transpose(-1, -2).contiguous()  # [b, h, d, C]
     ids, best = [], []
     for start in range(0, n, step):
-        rows = unit[:, :, start:start + step]
-        # [b,h,rows,d] @ [b,h,d,C] + bias -> [b,h,rows,C]
-        scores = torch.matmul(rows, centres_t).add_(bias)
+        # [b,h,rows,d] @ [b,h,d,C] -> [b,h,rows,C]
+        scores = torch.matmul(unit[:, :, start:start + step], centres_t)
+        if bias is not None:
+            scores.add_(bias)
         value, index = scores.max(dim=-1)
         ids.append(index)
         best.append(value)
@@ -151,34 +172,39 @@ def _scatter_means(unit, assign, n_clusters, previous):
     b, h, n, d = unit.shape
     sums = unit.new_zeros(b, h, n_clusters + 1, d).scatter_add_(
         2, assign[..., None].expand(b, h, n, d), unit)[:, :, :n_clusters]
-    counts = unit.new_zeros(b, h, n_clusters + 1).scatter_add_(
-        2, assign, unit.new_ones(b, h, n))[:, :, :n_clusters]
     norm = torch.linalg.vector_norm(sums, dim=-1, keepdim=True)
-    return torch.where(counts[..., None] > 0, sums / norm.clamp_min(1e-12), previous)
+    return torch.where(norm > 0, sums / norm.clamp_min(1e-12), previous)
 
 
-def _top_keys(q, k, q_order, bucket_size, key_ok, causal, elements):
+def _top_keys(q, k, cluster_of, real, bucket_size, key_ok, causal, elements):
     """The ``bucket_size`` keys of largest ``mean(q) . k`` per cluster: [b, h, C, bucket]
     padded positions (masked, padded or, under causal, later-than-every-query keys only
     fill a set that has fewer candidates; they are masked per pair later)."""
     b, h, n, d = q.shape
-    seq_pad = q_order.shape[-1]
+    seq_pad = cluster_of.shape[-1]
     n_clusters = seq_pad // bucket_size
-    q_pad = torch.cat([q, q.new_zeros(b, h, seq_pad - n, d)], dim=2)
-    centroids = _cluster_means(q_pad, q_order, bucket_size, key_ok)  # [b, h, C, d]
-    k_pad = torch.cat([k, k.new_zeros(b, h, seq_pad - n, d)], dim=2)
-    real = torch.gather(key_ok, 2, q_order)  # real, unmasked queries set the horizon
-    last = torch.where(real, q_order, -1).view(b, h, n_clusters, bucket_size).amax(-1)
+    # the mean of each cluster's real queries, and its last one (the causal horizon)
+    member = cluster_of[..., :n].masked_fill(~real, n_clusters)
+    sums = q.new_zeros(b, h, n_clusters + 1, d).scatter_add_(
+        2, member[..., None].expand(b, h, n, d), q)[:, :, :n_clusters]
+    centroids = sums / _counts(member, n_clusters, q.dtype).clamp_min(1)[..., None]
     positions = torch.arange(seq_pad, device=q.device)
+    k_pad = k if seq_pad == n else torch.cat([k, k.new_zeros(b, h, seq_pad - n, d)], dim=2)
+    k_t = k_pad.transpose(-1, -2)
+    masked = causal or not bool(key_ok.all())
+    if causal:
+        last = torch.full((b, h, n_clusters + 1), -1, dtype=torch.long, device=q.device)
+        last = last.scatter_reduce_(2, member, positions[:n].expand(b, h, n), "amax")
     step = _chunk_rows(n_clusters, seq_pad, elements)
     chosen = []
     for start in range(0, n_clusters, step):
         # [b,h,c,d] @ [b,h,d,seq_pad] -> [b,h,c,seq_pad]
-        scores = torch.matmul(centroids[:, :, start:start + step], k_pad.transpose(-1, -2))
-        ok = key_ok[:, :, None, :]
-        if causal:
-            ok = ok & (positions <= last[:, :, start:start + step, None])
-        scores = scores.masked_fill(~ok, float("-inf"))
+        scores = torch.matmul(centroids[:, :, start:start + step], k_t)
+        if masked:
+            ok = key_ok[:, :, None, :]
+            if causal:
+                ok = ok & (positions <= last[:, :, start:start + step, None])
+            scores.masked_fill_(~ok, float("-inf"))
         chosen.append(scores.topk(bucket_size, dim=-1).indices)
     return torch.cat(chosen, 2)
 
