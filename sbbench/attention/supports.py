@@ -20,6 +20,7 @@ bucket rounds counts ``1 / c`` in each (:meth:`KeySets.contains` for k-means).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,8 @@ from sbbench.attention.lsh import HashFunctions, lsh_order
 LLOYD_ITERATIONS = 3  # a few iterations: the clusters only need to group similar queries
 LLOYD_SAMPLES = 16  # queries per cluster (on average) that the Lloyd steps look at
 ASSIGN_ELEMENTS = 1 << 18  # cap on the [rows, clusters] scores of one assignment chunk
+TWO_LEVEL_CLUSTERS = 64  # from this many clusters on, groups of clusters first
+CANDIDATES = 2  # a group's candidate keys: this many times its queries
 
 
 @dataclass
@@ -69,52 +72,108 @@ def kmeans_order(q, k, hashes: HashFunctions, bucket_size: int, key_ok, causal: 
     q_order [b, h, R, seq_pad] (a permutation: chunk c holds cluster c's queries),
     k_order [b, h, R, seq_pad] (chunk c holds cluster c's keys, best first) and their
     :class:`KeySets`. Round r starts from the SMYRF buckets of hash r (so it is
-    deterministic given ``hashes``) and runs :data:`LLOYD_ITERATIONS` spherical Lloyd
-    steps on a strided subsample of the queries (every ``bucket_size //``
-    :data:`LLOYD_SAMPLES`-th position: mini-batch Lloyd), then assigns every query once
-    and cuts the queries, sorted by (cluster, affinity), into chunks of ``bucket_size``.
-    Under ``causal`` a cluster only picks keys at or before its last query. Temporaries
-    are [rows, clusters] or [clusters, n] chunks of about ``elements``: memory is linear
-    in n and the cost O(n * clusters * d) for the assignment and the key choice.
+    deterministic given ``hashes``), runs :data:`LLOYD_ITERATIONS` spherical Lloyd steps
+    on a strided subsample of the queries (mini-batch Lloyd: about
+    :data:`LLOYD_SAMPLES` per cluster), assigns every query once and cuts the queries,
+    sorted by (cluster, affinity), into chunks of ``bucket_size``; each cluster takes the
+    keys of largest ``mean(q) . k`` (under ``causal`` only keys at or before its last
+    query). From :data:`TWO_LEVEL_CLUSTERS` clusters on, two levels (:func:`_groups`):
+    balanced groups of clusters first, each group's clusters within it, and each cluster
+    chooses among its group's best :data:`CANDIDATES` x group-size keys, so the cost is
+    about O(n sqrt(clusters) d) instead of O(n clusters d). Temporaries are chunks of
+    about ``elements``: memory is linear in n.
     """
     b, h, n, d = q.shape
     seq_pad = key_ok.shape[-1]
     n_clusters = seq_pad // bucket_size
-    stride = max(1, bucket_size // LLOYD_SAMPLES)
+    n_groups = _groups(n_clusters)
     # masked positions sort behind every real one, as padding does (and as in lsh_order),
     # so the real positions cluster as in a run on the truncated sequence
-    real = key_ok[..., :n]
+    real = torch.cat([key_ok[..., :n], key_ok.new_zeros(b, h, seq_pad - n)], dim=2)
     with torch.no_grad():
         q, k = q.detach(), k.detach()
-        init_order, _ = lsh_order(q, k, hashes, bucket_size, key_ok[:, 0, :n])
+        init_order, _ = lsh_order(q, k, hashes, bucket_size, key_ok[:, 0, :n],
+                                  queries_only=True)
         unit = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(1e-12)
-        unit = unit.masked_fill(~real[..., None], 0.0)
-        sample, sample_real = unit[:, :, ::stride], real[..., ::stride]
-        centroids = unit.new_zeros(b, h, n_clusters, d)
+        if seq_pad > n or not bool(real.all()):
+            unit = torch.cat([unit.masked_fill(~real[..., :n, None], 0.0),
+                              unit.new_zeros(b, h, seq_pad - n, d)], dim=2)
+        k_pad = k if seq_pad == n else torch.cat([k, k.new_zeros(b, h, seq_pad - n, d)], 2)
+        positions = torch.arange(seq_pad, device=q.device).expand(b, h, seq_pad)
         q_orders, k_orders, sets, clusters = [], [], [], []
         for r in range(hashes.n_hashes):
-            # the starting centres: the means of the SMYRF buckets' sampled real queries;
-            # a bucket without any holds no centre (so the clusters of the real positions
-            # do not depend on how many padded or masked ones there are)
-            start = _bucket_of(init_order[:, :, r], bucket_size)[..., :n:stride]
-            assign = start.masked_fill(~sample_real, n_clusters)
-            counts = _counts(assign, n_clusters, sample.dtype)
-            alive = counts > 0
-            centroids = _scatter_means(sample, assign, n_clusters, centroids)
-            for _ in range(LLOYD_ITERATIONS):
-                assign, _ = _assign(sample, centroids, alive, elements)
-                assign = assign.masked_fill(~sample_real, n_clusters)  # a dropped bin
-                centroids = _scatter_means(sample, assign, n_clusters, centroids)
-            assign, affinity = _assign(unit, centroids, alive, elements)
-            q_order, cluster_of = _balanced_order(assign, affinity, real, seq_pad,
-                                                  bucket_size)
-            keys = _top_keys(q, k, cluster_of, real, bucket_size, key_ok, causal, elements)
+            init = init_order[:, :, r]
+            if n_groups == 1:
+                q_order = _balanced_kmeans(unit, real, init, bucket_size, elements)
+                cluster_of = _bucket_of(q_order, bucket_size)
+                sums, counts, last = _centres(q, cluster_of, real, n_clusters, causal)
+                keys = _pick(sums / counts.clamp_min(1)[..., None], last, k_pad, positions,
+                             key_ok, bucket_size, causal, elements)
+            else:
+                q_order, keys = _two_levels(q, k_pad, unit, real, init, n_groups,
+                                            bucket_size, key_ok, causal, elements)
+                cluster_of = _bucket_of(q_order, bucket_size)
             q_orders.append(q_order)
             k_orders.append(keys.reshape(b, h, seq_pad))
             sets.append(torch.sort(keys, dim=-1).values)
             clusters.append(cluster_of)
     return (torch.stack(q_orders, 2), torch.stack(k_orders, 2),
             KeySets(torch.stack(sets, 2), torch.stack(clusters, 2)))
+
+
+def _groups(n_clusters: int) -> int:
+    """Groups of the two-level clustering: the largest divisor of ``n_clusters`` up to
+    its square root, from :data:`TWO_LEVEL_CLUSTERS` clusters on (else 1: one level)."""
+    if n_clusters < TWO_LEVEL_CLUSTERS:
+        return 1
+    return max(g for g in range(1, math.isqrt(n_clusters) + 1) if n_clusters % g == 0)
+
+
+def _two_levels(q, k_pad, unit, real, init, n_groups, bucket_size, key_ok, causal,
+                elements):
+    """Balanced groups of ``seq_pad / n_groups`` queries, then balanced clusters inside
+    each group; keys: each group's best candidates, each cluster's best among them.
+    Returns q_order [b, h, seq_pad] and the keys [b, h, clusters, bucket]."""
+    b, h, seq_pad, d = unit.shape
+    size = seq_pad // n_groups  # queries per group
+    per_group = size // bucket_size  # clusters per group
+    order1 = _balanced_kmeans(unit, real, init, size, elements)
+    # inside each group ([b, h * groups, size]), start from the SMYRF order again
+    rank = _bucket_of(init, 1)  # position -> place in the hash order
+    local = torch.sort(torch.gather(rank, 2, order1).view(b, h * n_groups, size),
+                       dim=-1).indices
+    unit2 = _rows(unit, order1).view(b, h * n_groups, size, d)
+    real2 = torch.gather(real, 2, order1).view(b, h * n_groups, size)
+    order2 = _balanced_kmeans(unit2, real2, local, bucket_size, elements)
+    q_order = torch.gather(order1.view(b, h * n_groups, size), 2, order2).view(b, h, seq_pad)
+    # keys: the group's candidates first, then each cluster's among them
+    cluster_of = _bucket_of(q_order, bucket_size)
+    n_cand = min(seq_pad, CANDIDATES * size)
+    positions = torch.arange(seq_pad, device=q.device).expand(b, h, seq_pad)
+    sums, counts, last = _centres(q, cluster_of, real, n_groups * per_group, causal)
+    centres = sums / counts.clamp_min(1)[..., None]
+    # a group's sums, counts and last query are those of its clusters
+    group = (sums.view(b, h, n_groups, per_group, d).sum(3)
+             / counts.view(b, h, n_groups, per_group).sum(3).clamp_min(1)[..., None])
+    group_last = None if last is None else last.view(b, h, n_groups, per_group).amax(3)
+    cand = _pick(group, group_last, k_pad, positions, key_ok, n_cand, causal, elements,
+                 best_first=False).reshape(b, h, n_groups * n_cand)  # positions
+    view = (b, h * n_groups)
+    chosen = _pick(centres.view(*view, per_group, d),
+                   None if last is None else last.view(*view, per_group),
+                   _rows(k_pad, cand).view(*view, n_cand, d), cand.view(*view, n_cand),
+                   torch.gather(key_ok, 2, cand).view(*view, n_cand), bucket_size, causal,
+                   elements)
+    return q_order, chosen.view(b, h, n_groups * per_group, bucket_size)
+
+
+def _rows(x, order):
+    """x [b, h, n, d], order [b, h, m] -> x[b, h, order]: [b, h, m, d] (a row
+    index_select: gather with a broadcast index is several times slower on the CPU)."""
+    b, h, n, d = x.shape
+    offsets = torch.arange(0, b * h * n, n, device=x.device).view(b, h, 1)
+    return x.reshape(b * h * n, d).index_select(0, (order + offsets).reshape(-1)).view(
+        b, h, order.shape[-1], d)
 
 
 def _bucket_of(order, bucket_size):
@@ -130,19 +189,31 @@ def _counts(assign, n_clusters, dtype):
         2, assign, torch.ones(b, h, n, dtype=dtype, device=assign.device))[:, :, :n_clusters]
 
 
-def _balanced_order(assign, affinity, real, seq_pad, bucket_size):
-    """Queries sorted by (cluster, -affinity), padded and masked ones last: q_order
-    [b, h, seq_pad] and its inverse cut into chunks, cluster_of [b, h, seq_pad]."""
-    b, h, n = assign.shape
-    n_clusters = seq_pad // bucket_size
-    assign = torch.cat([assign.masked_fill(~real, n_clusters),
-                        assign.new_full((b, h, seq_pad - n), n_clusters)], dim=2)
-    affinity = torch.cat([affinity, affinity.new_zeros(b, h, seq_pad - n)], dim=2)
-    by_affinity = torch.sort(-affinity, dim=-1, stable=True).indices
-    by_cluster = torch.sort(torch.gather(assign, 2, by_affinity), dim=-1,
-                            stable=True).indices
-    q_order = torch.gather(by_affinity, 2, by_cluster)  # [b, h, seq_pad]
-    return q_order, _bucket_of(q_order, bucket_size)
+def _balanced_kmeans(unit, real, init, bucket_size, elements):
+    """Balanced spherical k-means of the rows of unit [b, h, m, d] (real [b, h, m]: the
+    rows that count) started from the chunks of ``init`` [b, h, m] (an order): the order
+    [b, h, m] whose chunks of ``bucket_size`` are the clusters, non-real rows last."""
+    b, h, m, d = unit.shape
+    n_clusters = m // bucket_size
+    stride = max(1, bucket_size // LLOYD_SAMPLES)
+    sample, sample_real = unit[:, :, ::stride], real[..., ::stride]
+    # the starting centres: the means of the SMYRF buckets' sampled real rows; a bucket
+    # without any holds no centre (so the clusters of the real rows do not depend on how
+    # many padded or masked ones there are)
+    assign = _bucket_of(init, bucket_size)[..., ::stride].masked_fill(~sample_real,
+                                                                      n_clusters)
+    alive = _counts(assign, n_clusters, unit.dtype) > 0
+    centroids = _scatter_means(sample, assign, n_clusters, unit.new_zeros(b, h, n_clusters, d))
+    for _ in range(LLOYD_ITERATIONS):
+        assign, _ = _assign(sample, centroids, alive, elements)
+        assign = assign.masked_fill(~sample_real, n_clusters)  # a bin that is dropped
+        centroids = _scatter_means(sample, assign, n_clusters, centroids)
+    assign, affinity = _assign(unit, centroids, alive, elements)
+    # balanced: sort by (cluster, -affinity), non-real last, cut in chunks
+    # (affinity in [-5, 1]: cluster * 8 - affinity orders by cluster first, exactly in
+    # float64; ties keep the positions' order)
+    key = assign.masked_fill(~real, n_clusters).to(torch.float64).mul_(8).sub_(affinity)
+    return torch.sort(key, dim=-1, stable=True).indices
 
 
 def _assign(unit, centroids, alive, elements):
@@ -176,37 +247,46 @@ def _scatter_means(unit, assign, n_clusters, previous):
     return torch.where(norm > 0, sums / norm.clamp_min(1e-12), previous)
 
 
-def _top_keys(q, k, cluster_of, real, bucket_size, key_ok, causal, elements):
-    """The ``bucket_size`` keys of largest ``mean(q) . k`` per cluster: [b, h, C, bucket]
-    padded positions (masked, padded or, under causal, later-than-every-query keys only
-    fill a set that has fewer candidates; they are masked per pair later)."""
+def _centres(q, member, real, n_sets, causal):
+    """The sum [b, h, sets, d] and count [b, h, sets] of each set's real queries
+    (``member`` [b, h, seq_pad]: the set of every position) and, under ``causal``, the
+    last one [b, h, sets] (else None)."""
     b, h, n, d = q.shape
-    seq_pad = cluster_of.shape[-1]
-    n_clusters = seq_pad // bucket_size
-    # the mean of each cluster's real queries, and its last one (the causal horizon)
-    member = cluster_of[..., :n].masked_fill(~real, n_clusters)
-    sums = q.new_zeros(b, h, n_clusters + 1, d).scatter_add_(
-        2, member[..., None].expand(b, h, n, d), q)[:, :, :n_clusters]
-    centroids = sums / _counts(member, n_clusters, q.dtype).clamp_min(1)[..., None]
-    positions = torch.arange(seq_pad, device=q.device)
-    k_pad = k if seq_pad == n else torch.cat([k, k.new_zeros(b, h, seq_pad - n, d)], dim=2)
-    k_t = k_pad.transpose(-1, -2)
+    member = member[..., :n].masked_fill(~real[..., :n], n_sets)
+    sums = q.new_zeros(b, h, n_sets + 1, d).scatter_add_(
+        2, member[..., None].expand(b, h, n, d), q)[:, :, :n_sets]
+    counts = _counts(member, n_sets, q.dtype)
+    if not causal:
+        return sums, counts, None
+    last = torch.full((b, h, n_sets + 1), -1, dtype=torch.long, device=q.device)
+    positions = torch.arange(n, device=q.device).expand(b, h, n)
+    return sums, counts, last.scatter_reduce_(2, member, positions, "amax")[:, :, :n_sets]
+
+
+def _pick(centres, last, keys, key_pos, key_ok, n_keys, causal, elements,
+          best_first=True):
+    """The ``n_keys`` keys of largest ``centre . k`` per set: [b, h, sets, n_keys]
+    positions (best first, or unordered without ``best_first``). keys [b, h, K, d] at
+    positions key_pos [b, h, K], key_ok [b, h, K];
+    masked, padded or (under causal) later-than-``last`` keys only fill a set that has
+    fewer candidates (they are masked per pair later)."""
+    n_sets, width = centres.shape[2], keys.shape[2]
+    centres_t = centres.transpose(-1, -2)
     masked = causal or not bool(key_ok.all())
-    if causal:
-        last = torch.full((b, h, n_clusters + 1), -1, dtype=torch.long, device=q.device)
-        last = last.scatter_reduce_(2, member, positions[:n].expand(b, h, n), "amax")
-    step = _chunk_rows(n_clusters, seq_pad, elements)
+    step = _chunk_rows(n_sets, width, elements)
     chosen = []
-    for start in range(0, n_clusters, step):
-        # [b,h,c,d] @ [b,h,d,seq_pad] -> [b,h,c,seq_pad]
-        scores = torch.matmul(centroids[:, :, start:start + step], k_t)
+    for start in range(0, n_sets, step):
+        # [b,h,K,d] @ [b,h,d,s] -> [b,h,K,s] (faster than [s,d] @ [d,K] for few sets)
+        scores = torch.matmul(keys, centres_t[..., start:start + step]).transpose(-1, -2)
         if masked:
             ok = key_ok[:, :, None, :]
             if causal:
-                ok = ok & (positions <= last[:, :, start:start + step, None])
+                ok = ok & (key_pos[:, :, None, :] <= last[:, :, start:start + step, None])
             scores.masked_fill_(~ok, float("-inf"))
-        chosen.append(scores.topk(bucket_size, dim=-1).indices)
+        top = scores.topk(n_keys, dim=-1, sorted=best_first).indices
+        chosen.append(torch.gather(key_pos, 2, top.flatten(2)).view(top.shape))
     return torch.cat(chosen, 2)
+
 
 
 def fixed_membership(q_pos, k_pos, sink: int, window: int, causal: bool) -> torch.Tensor:
