@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sbbench.attention.supports import KeySets, fixed_membership
+from sbbench.attention.supports import KeySets, in_fixed
 
 FIXED_BLOCK = 32  # queries per block of the sink / window part
 FIXED_ELEMENTS = 1 << 18  # cap on its [queries, keys] temporaries (cache-sized)
@@ -96,11 +96,9 @@ def sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: Buckets,
         valid = torch.gather(buckets.key_ok, 2, k_pos).view(b, h, g, 1, bucket_size)
         if buckets.causal:
             valid = valid & (kb_pos[..., None, :] <= qb_pos[..., :, None])
-        logits = logits.masked_fill(~valid, float("-inf"))
-    if buckets.has_fixed:  # pairs the sinks or the window hold are counted there only
-        in_fixed = fixed_membership(qb_pos[..., None], kb_pos[..., None, :].expand(
-            b, h, g, bucket_size, bucket_size), buckets.sink, buckets.window, buckets.causal)
-        valid = valid & (in_fixed == 0)
+        if buckets.has_fixed:  # pairs the sinks or the window hold are counted there only
+            valid = valid & ~in_fixed(qb_pos[..., None], kb_pos[..., None, :], buckets.sink,
+                                      buckets.window, buckets.causal)
         logits = logits.masked_fill(~valid, float("-inf"))
     count = None
     if buckets.key_sets is not None and n_rounds > 1:  # a pair in c rounds counts 1/c each

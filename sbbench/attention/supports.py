@@ -13,7 +13,7 @@ A *support* is the set of keys a query attends to exactly. Three kinds of parts 
   ``window`` previous ones, itself included; otherwise centred, clipped at the ends).
 
 Every key of the support counts exactly once, so the low-rank correction stays unbiased:
-a pair the sinks or the window hold is left out of the buckets (:func:`fixed_membership`),
+a pair the sinks or the window hold is left out of the buckets (:func:`in_fixed`),
 a sink key inside the window is counted in the window only, and a pair found in ``c``
 bucket rounds counts ``1 / c`` in each (:meth:`KeySets.contains` for k-means).
 """
@@ -289,12 +289,11 @@ def _pick(centres, last, keys, key_pos, key_ok, n_keys, causal, elements,
 
 
 
-def fixed_membership(q_pos, k_pos, sink: int, window: int, causal: bool) -> torch.Tensor:
-    """How many of the sink and window parts pick each pair: [b, h, M, K] int.
-    q_pos [b, h, M] or [b, h, M, 1]; k_pos [b, h, M, K]."""
-    q_pos = q_pos if q_pos.dim() == k_pos.dim() else q_pos[..., None]
-    count = (k_pos < sink).to(torch.int64)
+def in_fixed(q_pos, k_pos, sink: int, window: int, causal: bool) -> torch.Tensor:
+    """Whether the sink or window parts pick each pair: bool, q_pos and k_pos broadcast
+    (e.g. [b, h, M, 1] and [b, h, 1, K] -> [b, h, M, K])."""
+    found = k_pos < sink
     if window:
         low = q_pos - (window - 1) if causal else q_pos - (window - 1) // 2
-        count = count + ((k_pos >= low) & (k_pos < low + window)).to(torch.int64)
-    return count
+        found = found | ((k_pos >= low) & (k_pos < low + window))
+    return found
