@@ -160,7 +160,7 @@ def _two_levels(q, k_pad, unit, real, init, n_groups, bucket_size, key_ok, causa
                  best_first=False).reshape(b, h, n_groups * n_cand)  # positions
     view = (b, h * n_groups)
     chosen = _pick(centres.view(*view, per_group, d),
-                   None if last is None else last.view(*view, per_group),
+                   None if last is None else last.reshape(*view, per_group),
                    _rows(k_pad, cand).view(*view, n_cand, d), cand.view(*view, n_cand),
                    torch.gather(key_ok, 2, cand).view(*view, n_cand), bucket_size, causal,
                    elements)
