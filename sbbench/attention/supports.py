@@ -28,7 +28,8 @@ import torch
 from sbbench.attention.lsh import HashFunctions, lsh_order
 
 LLOYD_ITERATIONS = 3  # a few iterations: the clusters only need to group similar queries
-LLOYD_SAMPLES = 16  # queries per cluster (on average) that the Lloyd steps look at
+LLOYD_SAMPLES = 16  # queries per cluster (on average) that the Lloyd steps look at ..
+LLOYD_ALL_ROWS = 4096  # .. once there are more rows than this (else all of them)
 ASSIGN_ELEMENTS = 1 << 18  # cap on the [rows, clusters] scores of one assignment chunk
 TWO_LEVEL_CLUSTERS = 64  # from this many clusters on, groups of clusters first
 CANDIDATES = 2  # a group's candidate keys: this many times its queries
@@ -73,8 +74,8 @@ def kmeans_order(q, k, hashes: HashFunctions, bucket_size: int, key_ok, causal: 
     k_order [b, h, R, seq_pad] (chunk c holds cluster c's keys, best first) and their
     :class:`KeySets`. Round r starts from the SMYRF buckets of hash r (so it is
     deterministic given ``hashes``), runs :data:`LLOYD_ITERATIONS` spherical Lloyd steps
-    on a strided subsample of the queries (mini-batch Lloyd: about
-    :data:`LLOYD_SAMPLES` per cluster), assigns every query once and cuts the queries,
+    (beyond :data:`LLOYD_ALL_ROWS` queries on a strided subsample: mini-batch Lloyd,
+    about :data:`LLOYD_SAMPLES` per cluster), assigns every query once and cuts the queries,
     sorted by (cluster, affinity), into chunks of ``bucket_size``; each cluster takes the
     keys of largest ``mean(q) . k`` (under ``causal`` only keys at or before its last
     query). From :data:`TWO_LEVEL_CLUSTERS` clusters on, two levels (:func:`_groups`):
@@ -195,7 +196,7 @@ def _balanced_kmeans(unit, real, init, bucket_size, elements):
     [b, h, m] whose chunks of ``bucket_size`` are the clusters, non-real rows last."""
     b, h, m, d = unit.shape
     n_clusters = m // bucket_size
-    stride = max(1, bucket_size // LLOYD_SAMPLES)
+    stride = max(1, bucket_size // LLOYD_SAMPLES) if m > LLOYD_ALL_ROWS else 1
     sample, sample_real = unit[:, :, ::stride], real[..., ::stride]
     # the starting centres: the means of the SMYRF buckets' sampled real rows; a bucket
     # without any holds no centre (so the clusters of the real rows do not depend on how
