@@ -157,6 +157,13 @@ def attend(
                                                                                  or 1)
 
     pieces = []
+    if buckets.has_fixed:  # its rows come in runs of consecutive positions: slices
+        for q_pos, num_c, den_c, lam, resid, keys in fixed_part(
+                qf, kf, vf, scale, buckets, lowrank, elements, weights=bool(return_weights)):
+            _merge_run(accs, b * h, buckets.seq_pad, int(q_pos[0, 0, 0]), num_c, den_c,
+                       lam.reshape(-1))
+            if return_weights:
+                pieces.append((q_pos, keys, resid, lam))
     for r in range(buckets.n_rounds):
         for start in range(0, buckets.seq_pad, step):
             q_pos = buckets.q_order[:, :, r, start:start + step]  # [b, h, slots]
@@ -167,12 +174,6 @@ def attend(
             _merge(accs, rows, num_c, den_c, lam.reshape(-1))
             if return_weights:
                 pieces.append(block_piece(q_pos, k_pos, resid, lam))
-    if buckets.has_fixed:
-        for q_pos, num_c, den_c, lam, resid, keys in fixed_part(qf, kf, vf, scale, buckets,
-                                                                lowrank, elements):
-            _merge(accs, (q_pos + row_offsets).reshape(-1), num_c, den_c, lam.reshape(-1))
-            if return_weights:
-                pieces.append((q_pos, keys, resid, lam))
 
     num = accs.num.view(b, h, buckets.seq_pad, dv)[:, :, :n]
     den = accs.den.view(b, h, buckets.seq_pad)[:, :, :n]
@@ -273,6 +274,20 @@ def _merge(accs: _Accumulators, rows, num_c, den_c, lam_c) -> None:
     accs.den.index_copy_(0, rows, accs.den.index_select(0, rows) * keep_old
                          + den_c * take_new)
     accs.lam.index_copy_(0, rows, new_lam)
+
+
+def _merge_run(accs: _Accumulators, batch_heads, seq_pad, start, num_c, den_c, lam_c):
+    """:func:`_merge` for the rows ``start ..`` of every (batch, head), in that order."""
+    m = lam_c.shape[0] // batch_heads
+    num = accs.num.view(batch_heads, seq_pad, -1)[:, start:start + m]
+    den = accs.den.view(batch_heads, seq_pad)[:, start:start + m]
+    old_lam = accs.lam.view(batch_heads, seq_pad)[:, start:start + m]
+    lam_c = lam_c.view(batch_heads, m)
+    new_lam = torch.maximum(old_lam, lam_c)
+    keep_old, take_new = torch.exp(old_lam - new_lam), torch.exp(lam_c - new_lam)
+    num.copy_(num * keep_old[..., None] + num_c.view(batch_heads, m, -1) * take_new[..., None])
+    den.copy_(den * keep_old + den_c.view(batch_heads, m) * take_new)
+    old_lam.copy_(new_lam)
 
 
 def _dense_estimate(qf, lowrank: LowRank | None, pieces, common, buckets: Buckets):

@@ -108,9 +108,11 @@ def lsh_order(
     hashes: HashFunctions,
     bucket_size: int,
     key_padding_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    queries_only: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sorted order of queries and of keys per round: two [batch, heads, n_hashes, seq_pad]
-    long tensors of positions in the padded sequence; chunk ``c`` of both is bucket ``c``.
+    long tensors of positions in the padded sequence; chunk ``c`` of both is bucket ``c``
+    (``queries_only``: the keys' order is not sorted, None).
 
     The hash of XBOX+ vectors is computed without building them:
     ``a . q' = a[:d] . q + a[d+1] sqrt(M - |q|^2)`` and
@@ -145,7 +147,7 @@ def lsh_order(
             hq = hq.masked_fill(drop[:, None, None, :], float("inf"))
             hk = hk.masked_fill(drop[:, None, None, :], float("inf"))
         q_order = torch.sort(hq, dim=-1, stable=True).indices
-        k_order = torch.sort(hk, dim=-1, stable=True).indices
+        k_order = None if queries_only else torch.sort(hk, dim=-1, stable=True).indices
     return q_order, k_order
 
 

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from sbbench.attention.supports import KeySets, fixed_membership
+from sbbench.attention.supports import KeySets, in_fixed
+
+FIXED_BLOCK = 32  # queries per block of the sink / window part
+FIXED_ELEMENTS = 1 << 18  # cap on its [queries, keys] temporaries (cache-sized)
 
 
 def gather_seq(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -93,11 +96,9 @@ def sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: Buckets,
         valid = torch.gather(buckets.key_ok, 2, k_pos).view(b, h, g, 1, bucket_size)
         if buckets.causal:
             valid = valid & (kb_pos[..., None, :] <= qb_pos[..., :, None])
-        logits = logits.masked_fill(~valid, float("-inf"))
-    if buckets.has_fixed:  # pairs the sinks or the window hold are counted there only
-        in_fixed = fixed_membership(qb_pos[..., None], kb_pos[..., None, :].expand(
-            b, h, g, bucket_size, bucket_size), buckets.sink, buckets.window, buckets.causal)
-        valid = valid & (in_fixed == 0)
+        if buckets.has_fixed:  # pairs the sinks or the window hold are counted there only
+            valid = valid & ~in_fixed(qb_pos[..., None], kb_pos[..., None, :], buckets.sink,
+                                      buckets.window, buckets.causal)
         logits = logits.masked_fill(~valid, float("-inf"))
     count = None
     if buckets.key_sets is not None and n_rounds > 1:  # a pair in c rounds counts 1/c each
@@ -144,7 +145,8 @@ def _pad_rows(x, before, after, value=0.0):
     return torch.nn.functional.pad(x, (0, 0, before, after), value=value)
 
 
-def fixed_part(qf, kf, vf, scale, buckets: Buckets, lowrank: LowRank | None, elements: int):
+def fixed_part(qf, kf, vf, scale, buckets: Buckets, lowrank: LowRank | None, elements: int,
+               weights: bool = False):
     """The residual of the sink and window keys, block by block of queries.
 
     Queries go in blocks of M; the window keys of block t are one contiguous run of
@@ -152,13 +154,14 @@ def fixed_part(qf, kf, vf, scale, buckets: Buckets, lowrank: LowRank | None, ele
     few small matmuls, [M, d] @ [d, M + window - 1], plus [M, d] @ [d, sink]. A sink key
     that is also in the query's window is counted in the window only: every pair once.
     Yields (query positions [b, h, m], numerator [rows, dv], denominator [rows], lam
-    [b, h, m], residual [b, h, m, S] in the scale exp(lam), key positions [b, h, m, S]).
+    [b, h, m], and with ``weights`` the residual [b, h, m, S] in the scale exp(lam) and
+    its key positions [b, h, m, S], else None, None).
     """
     b, h, n, d = qf.shape
     window, causal = buckets.window, buckets.causal
     sink = min(buckets.sink, n)
     left = window - 1 if causal else (window - 1) // 2  # query i sees i - left .. + window
-    block = max(32, window)
+    block = FIXED_BLOCK
     n_blocks = -(-n // block)
     width = block + window - 1  # window keys of one block
     after = n_blocks * block + window - 1 - left - n
@@ -181,57 +184,67 @@ def fixed_part(qf, kf, vf, scale, buckets: Buckets, lowrank: LowRank | None, ele
         log_lr = _pad_rows(lowrank.log_lr, 0, n_blocks * block - n).view(
             b, h, n_blocks, block)
     sink_pos = torch.arange(sink, device=device)
+    k_sink = kf[:, :, None, :sink].transpose(-1, -2)  # [b, h, 1, d, sink]
     per_block = b * h * block * max(width + sink, d, vf.shape[-1])
-    group = max(1, elements // per_block)
+    group = max(1, min(elements, FIXED_ELEMENTS) // per_block)
     for t0 in range(0, n_blocks, group):
         t1 = min(n_blocks, t0 + group)
         q_pos = (torch.arange(t0 * block, t1 * block, device=device)
                  .view(t1 - t0, block))  # [g, M]
         qg = q_blocks[:, :, t0:t1]
-        # [b,h,g,M,d] @ [b,h,g,d,width] -> [b,h,g,M,width]
+        # [b,h,g,M,d] @ [b,h,g,d,width] -> [b,h,g,M,width]; in place from here on (no
+        # op before saved these temporaries for backward)
         logits = torch.matmul(qg, k_win[:, :, t0:t1]).mul_(scale)
         valid = band & ok_win[:, :, t0:t1, None, :]
-        k_pos = q_pos[..., None] - rows_in_block.view(1, block, 1) + cols - left  # window
+        logits.masked_fill_(~valid, float("-inf"))
+        with torch.no_grad():
+            lam = logits.amax(dim=-1)  # [b,h,g,M]
         if sink:
-            # [b,h,g,M,d] @ [b,h,d,sink] -> [b,h,g,M,sink]
-            k_sink = kf[:, :, :sink]
-            logits = torch.cat([torch.matmul(qg, k_sink.transpose(-1, -2)[:, :, None]
-                                             ).mul_(scale), logits], dim=-1)
+            # [b,h,g,M,d] @ [b,h,1,d,sink] -> [b,h,g,M,sink]
+            sink_logits = torch.matmul(qg, k_sink).mul_(scale)
             low = q_pos[..., None] - left
             in_window = (sink_pos >= low) & (sink_pos < low + window)
             sink_ok = key_ok[:, :, None, None, :sink] & ~in_window
             if causal:
                 sink_ok = sink_ok & (sink_pos <= q_pos[..., None])
-            valid = torch.cat([sink_ok.expand(b, h, -1, -1, -1),
-                               valid.expand(b, h, -1, -1, -1)], dim=-1)
-            k_pos = torch.cat([sink_pos.expand(t1 - t0, block, sink), k_pos], dim=-1)
-        logits = logits.masked_fill(~valid, float("-inf"))
+            sink_logits.masked_fill_(~sink_ok, float("-inf"))
+            with torch.no_grad():
+                lam = torch.maximum(lam, sink_logits.amax(dim=-1))
         with torch.no_grad():
-            lam = logits.amax(dim=-1)  # [b,h,g,M]
             if lowrank is not None:
                 lam = torch.maximum(lam, log_lr[:, :, t0:t1])
             lam = torch.where(torch.isfinite(lam), lam, torch.zeros_like(lam))
-        resid = torch.exp(logits - lam[..., None])
+        resid = logits.sub_(lam[..., None]).exp_()  # 0 where invalid
+        if sink:
+            resid_sink = sink_logits.sub_(lam[..., None]).exp_()
         if lowrank is not None:
             qh = qh_blocks[:, :, t0:t1]
-            est = torch.matmul(qh, kh_win[:, :, t0:t1])  # [b,h,g,M,width]
+            scale_lr = torch.exp(log_lr[:, :, t0:t1] - lam)[..., None]
+            est = torch.matmul(qh, kh_win[:, :, t0:t1]) * scale_lr  # [b,h,g,M,width]
+            resid = resid - est.masked_fill_(~valid, 0.0)
             if sink:
-                est = torch.cat([torch.matmul(qh, lowrank.kh[:, :, :sink].transpose(
-                    -1, -2)[:, :, None]), est], dim=-1)
-            est = est * torch.exp(log_lr[:, :, t0:t1] - lam)[..., None]
-            resid = resid - est.masked_fill(~valid, 0.0)
+                est = torch.matmul(qh, lowrank.kh[:, :, None, :sink].transpose(-1, -2))
+                resid_sink = resid_sink - (est * scale_lr).masked_fill_(~sink_ok, 0.0)
         # [b,h,g,M,width] @ [b,h,g,width,dv] (+ the sinks) -> [b,h,g,M,dv]
-        num = torch.matmul(resid[..., sink:], v_win[:, :, t0:t1].transpose(-1, -2))
+        num = torch.matmul(resid, v_win[:, :, t0:t1].transpose(-1, -2))
+        den = resid.sum(-1)
         if sink:
-            num = num + torch.matmul(resid[..., :sink], vf[:, :, None, :sink])
+            num = num + torch.matmul(resid_sink, vf[:, :, None, :sink])
+            den = den + resid_sink.sum(-1)
         keep = min((t1 - t0) * block, n - t0 * block)  # rows past n are padding
         m = (t1 - t0) * block
         positions = q_pos.reshape(m)[:keep].expand(b, h, keep)
+        resid_out = keys = None
+        if weights:
+            k_pos = q_pos[..., None] - rows_in_block.view(1, block, 1) + cols - left
+            if sink:
+                resid = torch.cat([resid_sink, resid], dim=-1)
+                k_pos = torch.cat([sink_pos.expand(t1 - t0, block, sink), k_pos], dim=-1)
+            resid_out = resid.reshape(b, h, m, -1)[:, :, :keep]
+            keys = k_pos.clamp(0, n - 1).reshape(m, -1)[:keep].expand(b, h, -1, -1)
         yield (positions, num.reshape(b, h, m, -1)[:, :, :keep].reshape(b * h * keep, -1),
-               resid.sum(-1).reshape(b, h, m)[:, :, :keep].reshape(-1),
-               lam.reshape(b, h, m)[:, :, :keep],
-               resid.reshape(b, h, m, -1)[:, :, :keep],
-               k_pos.clamp(0, n - 1).reshape(m, -1)[:keep].expand(b, h, -1, -1))
+               den.reshape(b, h, m)[:, :, :keep].reshape(-1),
+               lam.reshape(b, h, m)[:, :, :keep], resid_out, keys)
 
 
 def block_piece(q_pos, k_pos, resid, lam):

@@ -13,13 +13,14 @@ A *support* is the set of keys a query attends to exactly. Three kinds of parts 
   ``window`` previous ones, itself included; otherwise centred, clipped at the ends).
 
 Every key of the support counts exactly once, so the low-rank correction stays unbiased:
-a pair the sinks or the window hold is left out of the buckets (:func:`fixed_membership`),
+a pair the sinks or the window hold is left out of the buckets (:func:`in_fixed`),
 a sink key inside the window is counted in the window only, and a pair found in ``c``
 bucket rounds counts ``1 / c`` in each (:meth:`KeySets.contains` for k-means).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,11 @@ import torch
 from sbbench.attention.lsh import HashFunctions, lsh_order
 
 LLOYD_ITERATIONS = 3  # a few iterations: the clusters only need to group similar queries
+LLOYD_SAMPLES = 16  # queries per cluster (on average) that the Lloyd steps look at ..
+LLOYD_ALL_ROWS = 4096  # .. once there are more rows than this (else all of them)
+ASSIGN_ELEMENTS = 1 << 18  # cap on the [rows, clusters] scores of one assignment chunk
+TWO_LEVEL_CLUSTERS = 64  # from this many clusters on, groups of clusters first
+CANDIDATES = 2  # a group's candidate keys: this many times its queries
 
 
 @dataclass
@@ -67,48 +73,47 @@ def kmeans_order(q, k, hashes: HashFunctions, bucket_size: int, key_ok, causal: 
     q_order [b, h, R, seq_pad] (a permutation: chunk c holds cluster c's queries),
     k_order [b, h, R, seq_pad] (chunk c holds cluster c's keys, best first) and their
     :class:`KeySets`. Round r starts from the SMYRF buckets of hash r (so it is
-    deterministic given ``hashes``), runs :data:`LLOYD_ITERATIONS` spherical Lloyd steps,
-    then cuts the queries, sorted by (cluster, affinity), into chunks of ``bucket_size``.
-    Under ``causal`` a cluster only picks keys at or before its last query. Temporaries
-    are [rows, clusters] or [clusters, n] chunks of about ``elements``: memory is linear
-    in n and the cost O(n * clusters * d) per step.
+    deterministic given ``hashes``), runs :data:`LLOYD_ITERATIONS` spherical Lloyd steps
+    (beyond :data:`LLOYD_ALL_ROWS` queries on a strided subsample: mini-batch Lloyd,
+    about :data:`LLOYD_SAMPLES` per cluster), assigns every query once and cuts the queries,
+    sorted by (cluster, affinity), into chunks of ``bucket_size``; each cluster takes the
+    keys of largest ``mean(q) . k`` (under ``causal`` only keys at or before its last
+    query). From :data:`TWO_LEVEL_CLUSTERS` clusters on, two levels (:func:`_groups`):
+    balanced groups of clusters first, each group's clusters within it, and each cluster
+    chooses among its group's best :data:`CANDIDATES` x group-size keys, so the cost is
+    about O(n sqrt(clusters) d) instead of O(n clusters d). Temporaries are chunks of
+    about ``elements``: memory is linear in n.
     """
     b, h, n, d = q.shape
     seq_pad = key_ok.shape[-1]
     n_clusters = seq_pad // bucket_size
+    n_groups = _groups(n_clusters)
     # masked positions sort behind every real one, as padding does (and as in lsh_order),
     # so the real positions cluster as in a run on the truncated sequence
-    real = key_ok[..., :n]
+    real = torch.cat([key_ok[..., :n], key_ok.new_zeros(b, h, seq_pad - n)], dim=2)
     with torch.no_grad():
         q, k = q.detach(), k.detach()
-        init_order, _ = lsh_order(q, k, hashes, bucket_size, key_ok[:, 0, :n])
+        init_order, _ = lsh_order(q, k, hashes, bucket_size, key_ok[:, 0, :n],
+                                  queries_only=True)
         unit = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(1e-12)
-        unit = unit.masked_fill(~real[..., None], 0.0)
-        unit_pad = torch.cat([unit, unit.new_zeros(b, h, seq_pad - n, d)], dim=2)
+        if seq_pad > n or not bool(real.all()):
+            unit = torch.cat([unit.masked_fill(~real[..., :n, None], 0.0),
+                              unit.new_zeros(b, h, seq_pad - n, d)], dim=2)
+        k_pad = k if seq_pad == n else torch.cat([k, k.new_zeros(b, h, seq_pad - n, d)], 2)
+        positions = torch.arange(seq_pad, device=q.device).expand(b, h, seq_pad)
         q_orders, k_orders, sets, clusters = [], [], [], []
         for r in range(hashes.n_hashes):
-            centroids = _cluster_means(unit_pad, init_order[:, :, r], bucket_size, key_ok)
-            # a starting bucket of padded / masked positions only holds no centre: the
-            # clusters of the real positions do not depend on how many there are
-            alive = torch.gather(key_ok, 2, init_order[:, :, r]).view(
-                b, h, n_clusters, bucket_size).any(-1)
-            for _ in range(LLOYD_ITERATIONS):
-                assign, _ = _assign(unit, centroids, alive, elements)
-                assign = assign.masked_fill(~real, n_clusters)  # a bin that is dropped
-                centroids = _scatter_means(unit, assign, n_clusters, centroids)
-            assign, affinity = _assign(unit, centroids, alive, elements)
-            # balanced: sort by (cluster, -affinity), padding and masked last, cut in chunks
-            assign = torch.cat([assign.masked_fill(~real, n_clusters),
-                                assign.new_full((b, h, seq_pad - n), n_clusters)], dim=2)
-            affinity = torch.cat([affinity, affinity.new_zeros(b, h, seq_pad - n)], dim=2)
-            by_affinity = torch.sort(-affinity, dim=-1, stable=True).indices
-            by_cluster = torch.sort(torch.gather(assign, 2, by_affinity), dim=-1,
-                                    stable=True).indices
-            q_order = torch.gather(by_affinity, 2, by_cluster)  # [b, h, seq_pad]
-            keys = _top_keys(q, k, q_order, bucket_size, key_ok, causal, elements)
-            cluster_of = torch.empty_like(q_order).scatter_(
-                2, q_order, (torch.arange(seq_pad, device=q.device) // bucket_size
-                             ).expand_as(q_order).contiguous())
+            init = init_order[:, :, r]
+            if n_groups == 1:
+                q_order = _balanced_kmeans(unit, real, init, bucket_size, elements)
+                cluster_of = _bucket_of(q_order, bucket_size)
+                sums, counts, last = _centres(q, cluster_of, real, n_clusters, causal)
+                keys = _pick(sums / counts.clamp_min(1)[..., None], last, k_pad, positions,
+                             key_ok, bucket_size, causal, elements)
+            else:
+                q_order, keys = _two_levels(q, k_pad, unit, real, init, n_groups,
+                                            bucket_size, key_ok, causal, elements)
+                cluster_of = _bucket_of(q_order, bucket_size)
             q_orders.append(q_order)
             k_orders.append(keys.reshape(b, h, seq_pad))
             sets.append(torch.sort(keys, dim=-1).values)
@@ -117,29 +122,117 @@ def kmeans_order(q, k, hashes: HashFunctions, bucket_size: int, key_ok, causal: 
             KeySets(torch.stack(sets, 2), torch.stack(clusters, 2)))
 
 
-def _cluster_means(x_pad, order, bucket_size, key_ok):
-    """Means of consecutive chunks of ``order`` over real, unmasked rows:
-    [b, h, clusters, d]."""
-    b, h, seq_pad, d = x_pad.shape
-    blocks = torch.gather(x_pad, 2, order[..., None].expand(b, h, seq_pad, d))
-    real = torch.gather(key_ok, 2, order).to(x_pad.dtype).view(b, h, -1, bucket_size, 1)
-    sums = (blocks.view(b, h, -1, bucket_size, d) * real).sum(3)
-    return sums / real.sum(3).clamp_min(1)
+def _groups(n_clusters: int) -> int:
+    """Groups of the two-level clustering: the largest divisor of ``n_clusters`` up to
+    its square root, from :data:`TWO_LEVEL_CLUSTERS` clusters on (else 1: one level)."""
+    if n_clusters < TWO_LEVEL_CLUSTERS:
+        return 1
+    return max(g for g in range(1, math.isqrt(n_clusters) + 1) if n_clusters % g == 0)
+
+
+def _two_levels(q, k_pad, unit, real, init, n_groups, bucket_size, key_ok, causal,
+                elements):
+    """Balanced groups of ``seq_pad / n_groups`` queries, then balanced clusters inside
+    each group; keys: each group's best candidates, each cluster's best among them.
+    Returns q_order [b, h, seq_pad] and the keys [b, h, clusters, bucket]."""
+    b, h, seq_pad, d = unit.shape
+    size = seq_pad // n_groups  # queries per group
+    per_group = size // bucket_size  # clusters per group
+    order1 = _balanced_kmeans(unit, real, init, size, elements)
+    # inside each group ([b, h * groups, size]), start from the SMYRF order again
+    rank = _bucket_of(init, 1)  # position -> place in the hash order
+    local = torch.sort(torch.gather(rank, 2, order1).view(b, h * n_groups, size),
+                       dim=-1).indices
+    unit2 = _rows(unit, order1).view(b, h * n_groups, size, d)
+    real2 = torch.gather(real, 2, order1).view(b, h * n_groups, size)
+    order2 = _balanced_kmeans(unit2, real2, local, bucket_size, elements)
+    q_order = torch.gather(order1.view(b, h * n_groups, size), 2, order2).view(b, h, seq_pad)
+    # keys: the group's candidates first, then each cluster's among them
+    cluster_of = _bucket_of(q_order, bucket_size)
+    n_cand = min(seq_pad, CANDIDATES * size)
+    positions = torch.arange(seq_pad, device=q.device).expand(b, h, seq_pad)
+    sums, counts, last = _centres(q, cluster_of, real, n_groups * per_group, causal)
+    centres = sums / counts.clamp_min(1)[..., None]
+    # a group's sums, counts and last query are those of its clusters
+    group = (sums.view(b, h, n_groups, per_group, d).sum(3)
+             / counts.view(b, h, n_groups, per_group).sum(3).clamp_min(1)[..., None])
+    group_last = None if last is None else last.view(b, h, n_groups, per_group).amax(3)
+    cand = _pick(group, group_last, k_pad, positions, key_ok, n_cand, causal, elements,
+                 best_first=False).reshape(b, h, n_groups * n_cand)  # positions
+    view = (b, h * n_groups)
+    chosen = _pick(centres.view(*view, per_group, d),
+                   None if last is None else last.reshape(*view, per_group),
+                   _rows(k_pad, cand).view(*view, n_cand, d), cand.view(*view, n_cand),
+                   torch.gather(key_ok, 2, cand).view(*view, n_cand), bucket_size, causal,
+                   elements)
+    return q_order, chosen.view(b, h, n_groups * per_group, bucket_size)
+
+
+def _rows(x, order):
+    """x [b, h, n, d], order [b, h, m] -> x[b, h, order]: [b, h, m, d] (a row
+    index_select: gather with a broadcast index is several times slower on the CPU)."""
+    b, h, n, d = x.shape
+    offsets = torch.arange(0, b * h * n, n, device=x.device).view(b, h, 1)
+    return x.reshape(b * h * n, d).index_select(0, (order + offsets).reshape(-1)).view(
+        b, h, order.shape[-1], d)
+
+
+def _bucket_of(order, bucket_size):
+    """Inverse of a sorted order [b, h, seq_pad]: the chunk of every position."""
+    ids = torch.arange(order.shape[-1], device=order.device) // bucket_size
+    return torch.empty_like(order).scatter_(-1, order, ids.expand_as(order).contiguous())
+
+
+def _counts(assign, n_clusters, dtype):
+    """How many rows each cluster holds: [b, h, clusters] (bin ``n_clusters`` dropped)."""
+    b, h, n = assign.shape
+    return torch.zeros(b, h, n_clusters + 1, dtype=dtype, device=assign.device).scatter_add_(
+        2, assign, torch.ones(b, h, n, dtype=dtype, device=assign.device))[:, :, :n_clusters]
+
+
+def _balanced_kmeans(unit, real, init, bucket_size, elements):
+    """Balanced spherical k-means of the rows of unit [b, h, m, d] (real [b, h, m]: the
+    rows that count) started from the chunks of ``init`` [b, h, m] (an order): the order
+    [b, h, m] whose chunks of ``bucket_size`` are the clusters, non-real rows last."""
+    b, h, m, d = unit.shape
+    n_clusters = m // bucket_size
+    stride = max(1, bucket_size // LLOYD_SAMPLES) if m > LLOYD_ALL_ROWS else 1
+    sample, sample_real = unit[:, :, ::stride], real[..., ::stride]
+    # the starting centres: the means of the SMYRF buckets' sampled real rows; a bucket
+    # without any holds no centre (so the clusters of the real rows do not depend on how
+    # many padded or masked ones there are)
+    assign = _bucket_of(init, bucket_size)[..., ::stride].masked_fill(~sample_real,
+                                                                      n_clusters)
+    alive = _counts(assign, n_clusters, unit.dtype) > 0
+    centroids = _scatter_means(sample, assign, n_clusters, unit.new_zeros(b, h, n_clusters, d))
+    for _ in range(LLOYD_ITERATIONS):
+        assign, _ = _assign(sample, centroids, alive, elements)
+        assign = assign.masked_fill(~sample_real, n_clusters)  # a bin that is dropped
+        centroids = _scatter_means(sample, assign, n_clusters, centroids)
+    assign, affinity = _assign(unit, centroids, alive, elements)
+    # balanced: sort by (cluster, -affinity), non-real last, cut in chunks
+    # (affinity in [-5, 1]: cluster * 8 - affinity orders by cluster first, exactly in
+    # float64; ties keep the positions' order)
+    key = assign.masked_fill(~real, n_clusters).to(torch.float64).mul_(8).sub_(affinity)
+    return torch.sort(key, dim=-1, stable=True).indices
 
 
 def _assign(unit, centroids, alive, elements):
     """Nearest live centroid (largest cosine) of every row: ([b, h, n] long, [b, h, n])."""
     n, n_clusters = unit.shape[2], centroids.shape[2]
-    step = _chunk_rows(n, n_clusters, elements)
+    step = _chunk_rows(n, n_clusters, min(elements, ASSIGN_ELEMENTS))
     # cosines lie in [-1, 1]: a bias of -4 keeps a dead centre below every live one, added
-    # inside the matmul (no masked copy of the [rows, clusters] scores)
-    bias = torch.where(alive, 0.0, -4.0).to(unit.dtype)[:, :, None, :]
+    # in place to the [rows, clusters] scores (only when some centre is dead)
+    bias = None
+    if not bool(alive.all()):
+        bias = torch.where(alive, 0.0, -4.0).to(unit.dtype)[:, :, None, :]
     centres_t = centroids.transpose(-1, -2).contiguous()  # [b, h, d, C]
     ids, best = [], []
     for start in range(0, n, step):
-        rows = unit[:, :, start:start + step]
-        # [b,h,rows,d] @ [b,h,d,C] + bias -> [b,h,rows,C]
-        scores = torch.matmul(rows, centres_t).add_(bias)
+        # [b,h,rows,d] @ [b,h,d,C] -> [b,h,rows,C]
+        scores = torch.matmul(unit[:, :, start:start + step], centres_t)
+        if bias is not None:
+            scores.add_(bias)
         value, index = scores.max(dim=-1)
         ids.append(index)
         best.append(value)
@@ -151,44 +244,57 @@ def _scatter_means(unit, assign, n_clusters, previous):
     b, h, n, d = unit.shape
     sums = unit.new_zeros(b, h, n_clusters + 1, d).scatter_add_(
         2, assign[..., None].expand(b, h, n, d), unit)[:, :, :n_clusters]
-    counts = unit.new_zeros(b, h, n_clusters + 1).scatter_add_(
-        2, assign, unit.new_ones(b, h, n))[:, :, :n_clusters]
     norm = torch.linalg.vector_norm(sums, dim=-1, keepdim=True)
-    return torch.where(counts[..., None] > 0, sums / norm.clamp_min(1e-12), previous)
+    return torch.where(norm > 0, sums / norm.clamp_min(1e-12), previous)
 
 
-def _top_keys(q, k, q_order, bucket_size, key_ok, causal, elements):
-    """The ``bucket_size`` keys of largest ``mean(q) . k`` per cluster: [b, h, C, bucket]
-    padded positions (masked, padded or, under causal, later-than-every-query keys only
-    fill a set that has fewer candidates; they are masked per pair later)."""
+def _centres(q, member, real, n_sets, causal):
+    """The sum [b, h, sets, d] and count [b, h, sets] of each set's real queries
+    (``member`` [b, h, seq_pad]: the set of every position) and, under ``causal``, the
+    last one [b, h, sets] (else None)."""
     b, h, n, d = q.shape
-    seq_pad = q_order.shape[-1]
-    n_clusters = seq_pad // bucket_size
-    q_pad = torch.cat([q, q.new_zeros(b, h, seq_pad - n, d)], dim=2)
-    centroids = _cluster_means(q_pad, q_order, bucket_size, key_ok)  # [b, h, C, d]
-    k_pad = torch.cat([k, k.new_zeros(b, h, seq_pad - n, d)], dim=2)
-    real = torch.gather(key_ok, 2, q_order)  # real, unmasked queries set the horizon
-    last = torch.where(real, q_order, -1).view(b, h, n_clusters, bucket_size).amax(-1)
-    positions = torch.arange(seq_pad, device=q.device)
-    step = _chunk_rows(n_clusters, seq_pad, elements)
+    member = member[..., :n].masked_fill(~real[..., :n], n_sets)
+    sums = q.new_zeros(b, h, n_sets + 1, d).scatter_add_(
+        2, member[..., None].expand(b, h, n, d), q)[:, :, :n_sets]
+    counts = _counts(member, n_sets, q.dtype)
+    if not causal:
+        return sums, counts, None
+    last = torch.full((b, h, n_sets + 1), -1, dtype=torch.long, device=q.device)
+    positions = torch.arange(n, device=q.device).expand(b, h, n)
+    return sums, counts, last.scatter_reduce_(2, member, positions, "amax")[:, :, :n_sets]
+
+
+def _pick(centres, last, keys, key_pos, key_ok, n_keys, causal, elements,
+          best_first=True):
+    """The ``n_keys`` keys of largest ``centre . k`` per set: [b, h, sets, n_keys]
+    positions (best first, or unordered without ``best_first``). keys [b, h, K, d] at
+    positions key_pos [b, h, K], key_ok [b, h, K];
+    masked, padded or (under causal) later-than-``last`` keys only fill a set that has
+    fewer candidates (they are masked per pair later)."""
+    n_sets, width = centres.shape[2], keys.shape[2]
+    centres_t = centres.transpose(-1, -2)
+    masked = causal or not bool(key_ok.all())
+    step = _chunk_rows(n_sets, width, elements)
     chosen = []
-    for start in range(0, n_clusters, step):
-        # [b,h,c,d] @ [b,h,d,seq_pad] -> [b,h,c,seq_pad]
-        scores = torch.matmul(centroids[:, :, start:start + step], k_pad.transpose(-1, -2))
-        ok = key_ok[:, :, None, :]
-        if causal:
-            ok = ok & (positions <= last[:, :, start:start + step, None])
-        scores = scores.masked_fill(~ok, float("-inf"))
-        chosen.append(scores.topk(bucket_size, dim=-1).indices)
+    for start in range(0, n_sets, step):
+        # [b,h,K,d] @ [b,h,d,s] -> [b,h,K,s] (faster than [s,d] @ [d,K] for few sets)
+        scores = torch.matmul(keys, centres_t[..., start:start + step]).transpose(-1, -2)
+        if masked:
+            ok = key_ok[:, :, None, :]
+            if causal:
+                ok = ok & (key_pos[:, :, None, :] <= last[:, :, start:start + step, None])
+            scores.masked_fill_(~ok, float("-inf"))
+        top = scores.topk(n_keys, dim=-1, sorted=best_first).indices
+        chosen.append(torch.gather(key_pos, 2, top.flatten(2)).view(top.shape))
     return torch.cat(chosen, 2)
 
 
-def fixed_membership(q_pos, k_pos, sink: int, window: int, causal: bool) -> torch.Tensor:
-    """How many of the sink and window parts pick each pair: [b, h, M, K] int.
-    q_pos [b, h, M] or [b, h, M, 1]; k_pos [b, h, M, K]."""
-    q_pos = q_pos if q_pos.dim() == k_pos.dim() else q_pos[..., None]
-    count = (k_pos < sink).to(torch.int64)
+
+def in_fixed(q_pos, k_pos, sink: int, window: int, causal: bool) -> torch.Tensor:
+    """Whether the sink or window parts pick each pair: bool, q_pos and k_pos broadcast
+    (e.g. [b, h, M, 1] and [b, h, 1, K] -> [b, h, M, K])."""
+    found = k_pos < sink
     if window:
         low = q_pos - (window - 1) if causal else q_pos - (window - 1) // 2
-        count = count + ((k_pos >= low) & (k_pos < low + window)).to(torch.int64)
-    return count
+        found = found | ((k_pos >= low) & (k_pos < low + window))
+    return found

@@ -80,3 +80,18 @@ def test_recorder_sees_dense_weights(method):
     largest, _ = largest_allocation(method, seq, causal=False, masked=False,
                                     return_weights=True)
     assert largest >= seq * seq
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_two_level_kmeans_has_no_seq_by_seq_tensor(causal):
+    """From 64 clusters on k-means takes two levels (groups, then clusters with each
+    group's candidate keys): at seq 8192 (128 clusters of 64) still no seq^2 tensor, and
+    linear growth from 4096."""
+    from sbbench.attention.supports import TWO_LEVEL_CLUSTERS, _groups
+
+    seq = 8192
+    assert seq // 64 >= TWO_LEVEL_CLUSTERS and _groups(seq // 128) > 1
+    largest, op = largest_allocation("scatterbrain_kmeans", seq, causal=causal, masked=True)
+    assert largest < seq * seq, f"{op} allocated {largest} elements >= seq^2 = {seq * seq}"
+    half, _ = largest_allocation("scatterbrain_kmeans", seq // 2, causal=causal, masked=True)
+    assert largest <= 2.5 * half, f"largest tensor grew from {half} to {largest} ({op})"

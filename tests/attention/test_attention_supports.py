@@ -207,3 +207,54 @@ def test_sink_and_window_with_lsh_attention_match_scatterbrain_without_features(
     common = dict(bucket_size=8, n_hashes=2, hashes=hashes, sink=2, window=6, causal=True)
     torch.testing.assert_close(lsh_attention(q, k, v, **common),
                                scatterbrain_attention(q, k, v, n_features=0, **common), **F64)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_two_level_kmeans_is_balanced_causal_and_picks_the_top_keys(causal, monkeypatch):
+    """Two levels (forced from 4 clusters on: 9 clusters in 3 groups): the queries are a
+    permutation cut into clusters, every cluster's keys are distinct, at or before its
+    last query under causal, and with candidates covering every key they are exactly the
+    top keys of the cluster's mean query; the result does not depend on the chunk size
+    and is deterministic."""
+    from sbbench.attention import supports
+
+    monkeypatch.setattr(supports, "TWO_LEVEL_CLUSTERS", 4)
+    monkeypatch.setattr(supports, "CANDIDATES", 3)  # a group's candidates: every key
+    n, bucket_size, seq_pad = 70, 8, 72
+    assert supports._groups(seq_pad // bucket_size) == 3
+    q, k, _ = qkv(2, 2, n, 8, seed=57)
+    _, hashes = randomness(2, 1, 8, seed=57)
+    key_ok = torch.zeros(2, 2, seq_pad, dtype=torch.bool)
+    key_ok[..., :n] = True
+    q_order, k_order, sets = kmeans_order(q, k, hashes, bucket_size, key_ok, causal, 256)
+    assert torch.equal(q_order.sort(-1).values, torch.arange(seq_pad).expand_as(q_order))
+    q_chunks = q_order[:, :, 0].view(2, 2, -1, bucket_size)
+    k_chunks = k_order[:, :, 0].view_as(q_chunks)
+    assert (k_chunks.sort(-1).values.diff(dim=-1) > 0).all()
+    assert torch.equal(sets.sets[:, :, 0], k_chunks.sort(-1).values)
+    real = q_chunks < n
+    rows = torch.gather(q, 2, q_chunks.reshape(2, 2, -1, 1).clamp_max(n - 1).expand(
+        -1, -1, -1, 8)).view(*q_chunks.shape, 8)
+    means = (rows * real[..., None]).sum(-2) / real.sum(-1, keepdim=True).clamp_min(1)
+    scores = means @ k.transpose(-1, -2)  # [2, 2, clusters, n]
+    last = torch.where(real, q_chunks, -1).amax(-1)
+    if causal:
+        scores = scores.masked_fill(torch.arange(n) > last[..., None], float("-inf"))
+    enough = (last >= bucket_size - 1) if causal else torch.ones_like(last, dtype=torch.bool)
+    best = scores.topk(bucket_size, dim=-1).indices
+    assert torch.equal(best[enough], k_chunks[enough])  # best first, the exact top keys
+    assert enough.sum() >= 4
+    again = kmeans_order(q, k, hashes, bucket_size, key_ok, causal, 1 << 20)
+    assert torch.equal(again[0], q_order) and torch.equal(again[1], k_order)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_two_level_kmeans_estimate_is_exact_on_the_support(causal, masked, monkeypatch):
+    """The support test above with two-level k-means (4 clusters in 2 groups)."""
+    from sbbench.attention import supports
+
+    monkeypatch.setattr(supports, "TWO_LEVEL_CLUSTERS", 4)
+    assert supports._groups(32 // 8) == 2
+    test_estimate_is_exact_on_the_support_and_lowrank_elsewhere("kmeans", 2, 2, 4, causal,
+                                                                masked)
