@@ -3,7 +3,7 @@
 # tuning_configs/<device>.yaml, from a clean tree, so every committed number comes from a
 # run of committed code (the report records the code version and git revision).
 #
-#   scripts/regenerate_reports.sh            # the CPU reference: quick grid, select
+#   scripts/regenerate_reports.sh            # the CPU reference: quick + supports grids, select
 #   scripts/regenerate_reports.sh --gpu h200  # on a GPU machine: its profile instead
 #
 # The store goes to a temporary folder: a rerun measures everything again on purpose.
@@ -16,6 +16,8 @@ if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
   exit 2
 fi
 store="$(mktemp -d)/reference.sqlite"
-sbbench sweep --gpu "$gpu" --grid quick --store "$store" --report --report-out reports
+sbbench sweep --gpu "$gpu" --grid quick --store "$store"
+sbbench sweep --gpu "$gpu" --grid supports --store "$store"
+sbbench report --store "$store" --out reports
 sbbench select --gpu "$gpu" --store "$store" --report-out reports --tuning-dir tuning_configs
 echo "regenerate_reports: wrote reports/$gpu/ and tuning_configs/$gpu.yaml from $store" >&2

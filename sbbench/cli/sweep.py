@@ -41,7 +41,7 @@ _AXIS_TYPES = {
     "methods": name_list(), "backends": name_list(), "inputs": name_list(),
 }
 
-DEFAULT_TIME_PROCESSES = 0  # see sbbench.sweep.time_pool and reports/check/
+DEFAULT_TIME_PROCESSES = 2  # CPU; measured in reports/check/ (sbbench.sweep.time_pool)
 
 _DESCRIPTION = """\
 Sweep sequence length, head dimension, methods and approximation budgets (random
@@ -64,6 +64,9 @@ examples:
       predict every point from the cost model (rows marked source=modeled)
   sbbench sweep --gpu cpu --grid quick --dry-run
       list the points and their modeled cost; measure nothing
+  sbbench sweep --gpu cpu --grid quick --time-processes 0
+      time in this process only (faster; times carry this process's bias, see
+      reports/check/)
   sbbench sweep --gpu cpu --grid my_grid.yaml --redo failed
       a grid file of your own; run failed/oom points again
   sbbench sweep --executor ray --address auto --gpu a100-80gb,h100-sxm --grid full

@@ -71,7 +71,11 @@ def flop_terms(problem: Problem, budget: Budget) -> dict[str, float]:
     ``features._projected`` (x_s [n, d] @ [W; -W]^T [d, F]); low-rank sums =
     ``core.lowrank_sums`` (Performer, causal as chunked prefix sums); hash =
     ``lsh.lsh_order`` (R scalar projections of q and of k); bucket terms = the
-    [b, d] @ [d, b] and [b, b] @ [b, d] products per bucket and round of ``core.attend``.
+    [b, d] @ [d, b] and [b, b] @ [b, d] products per bucket and round of ``core.attend``;
+    fixed terms = the sink and window keys of every query (:func:`fixed_pairs`). Not
+    modeled: choosing k-means clusters and their keys for sparse="kmeans"
+    (``supports.kmeans_order``: a few [rows, clusters] products per round), so its
+    modeled time is a lower bound; the measured rows include it.
     """
     bh, n, d = problem.batch * problem.heads, problem.seq_len, problem.head_dim
     method = budget.method
@@ -109,7 +113,21 @@ def flop_terms(problem: Problem, budget: Budget) -> dict[str, float]:
             # phi(q) . phi(k) on the bucketed pairs, subtracted to form the residual
             terms["bucket_lowrank"] = 2.0 * bh * rounds * n_b * b * budget.n_features
         terms["bucket_values"] = 2.0 * bh * rounds * n_b * b * d  # per bucket [b,b]@[b,d]
+    fixed = fixed_pairs(problem, budget)
+    if fixed:  # sink and window keys: [1, d] @ [d, sink + window] per query, and back
+        terms["fixed_scores"] = 2.0 * bh * fixed * d
+        if method in LOWRANK_METHODS:
+            terms["fixed_lowrank"] = 2.0 * bh * fixed * budget.n_features
+        terms["fixed_values"] = 2.0 * bh * fixed * d
     return terms
+
+
+def fixed_pairs(problem: Problem, budget: Budget) -> int:
+    """(query, key) pairs the sink and window keys add, per batch and head: every query
+    attends to min(sink + window, n) of them (an efficient kernel computes the band, not
+    the blocks around it; a sink key inside the window is counted once)."""
+    keys = min(budget.sink + budget.window, problem.seq_len)
+    return problem.seq_len * keys
 
 
 def flops(problem: Problem, budget: Budget) -> float:
@@ -171,6 +189,8 @@ def byte_terms(problem: Problem, budget: Budget) -> dict[str, float]:
         terms["sorted_positions_write"] = i * bh * 2 * rounds * n_b
         terms["sorted_positions_read"] = i * bh * 2 * rounds * n_b
     terms["bucket_gather_qkv"] = s * bh * rounds * n * 3 * d
+    if budget.sink or budget.window:  # one more pass: q, the band of k and v (read once)
+        terms["fixed_read_qkv"] = s * bh * n * 3 * d
     if method in LOWRANK_METHODS:
         terms["state_read"] = state * rounds
     if rounds == 1:

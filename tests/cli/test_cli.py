@@ -28,7 +28,7 @@ def tiny_grid(tmp_path) -> str:
 
 @pytest.mark.parametrize("argv, message", [
     (["sweep", "--gpu", "cpu", "--grid", "nosuchgrid"],
-     "shipped grids: device_check, device_check_d256, full, quick, torch_path"),
+     "shipped grids: device_check, device_check_d256, full, quick, supports, torch_path"),
     (["sweep", "--gpu", "cpu", "--seq-len", "1k"], "--seq-len takes comma-separated"),
     (["sweep", "--gpu", "cpu", "--features", "31"], "features must be even"),
     (["sweep", "--gpu", "nosuchgpu", "--dry-run"], "nosuchgpu"),

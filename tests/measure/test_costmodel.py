@@ -225,3 +225,21 @@ def test_uncalibrated_families_and_devices_model_the_roofline_and_say_so():
     assert [costmodel.method_family(m) for m in ("exact", "performer", "lsh", "scatterbrain",
                                                  "scatterbrain_local")] == [
         "exact", "lowrank", "sparse", "scatterbrain", "scatterbrain"]
+
+
+@pytest.mark.parametrize("method", ["lsh", "scatterbrain", "scatterbrain_local"])
+def test_sink_and_window_add_their_pairs(method):
+    problem = Problem(seq_len=1000, head_dim=64, batch=2, heads=3)
+    features = 0 if method == "lsh" else 32
+    plain = Budget(method, n_features=features, bucket_size=32, n_hashes=1)
+    fixed = replace(plain, sink=4, window=60)
+    added = costmodel.flops(problem, fixed) - costmodel.flops(problem, plain)
+    pairs = 1000 * 64  # every query: 4 sinks + 60 window keys
+    assert costmodel.fixed_pairs(problem, plain) == 0
+    assert costmodel.fixed_pairs(problem, fixed) == pairs
+    assert added == pytest.approx(2.0 * 6 * pairs * (2 * 64 + features))
+    extra_bytes = costmodel.bytes_moved(problem, fixed) - costmodel.bytes_moved(problem, plain)
+    assert extra_bytes == 4 * 6 * 1000 * 3 * 64  # one more pass over q, k, v (float32)
+    # a window as long as the sequence is every key: never more pairs than exact
+    whole = replace(plain, window=5000)
+    assert costmodel.fixed_pairs(problem, whole) == 1000 * 1000
