@@ -9,9 +9,10 @@ reports/kernels/default_search.md), checked row by row by ``scripts/static_compi
 The rule (a rule, not a timing: no GPU timed these): candidates in order of work per
 program, most first -- the tile that sets the number of programs (rows of feature_stats
 and lowrank_apply, projections of lowrank_state and lowrank_causal, queries of the sparse
-kernel), then the tile of the loop inside the program -- and, for equal tiles, the most
-warps, then num_stages nearest the kernel's static default; the first that compiles with
-0 spill bytes within the limits on the architecture (for 2-byte inputs: as float16 and as
+and sink / window kernels), then the tiles of the loops inside the program (the sink /
+window kernel: keys, then projections) -- and, for equal tiles, the most warps, then
+num_stages nearest the kernel's static default; the first that compiles with 0 spill
+bytes within the limits on the architecture (for 2-byte inputs: as float16 and as
 bfloat16) is the default. The sparse kernel's query block may go down to 16 queries
 (below ``sparse_setup.QUERY_BLOCKS``, which only sets the largest block a config fits
 with). Where no candidate compiles without spills, the entry is the compiled candidate
@@ -42,6 +43,7 @@ FIELDS = {
     "lowrank_apply": ("BLOCK_M", "BLOCK_P", "num_warps", "num_stages"),
     "lowrank_causal": ("BLOCK_N", "BLOCK_P", "num_warps", "num_stages"),
     "sparse": ("BLOCK_P", "num_warps", "num_stages", "queries"),
+    "fixed": ("BLOCK_M", "BLOCK_N", "BLOCK_P", "num_warps", "num_stages"),
 }
 
 # (arch, dtype bytes, head_dim tile) -> {kernel: entry}; the sparse kernel's entries by
@@ -59,6 +61,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             128: (16, 8, 2, 64),
             256: (16, 8, 2, 64),
         },
+        'fixed': (64, 32, 16, 8, 1),
     },
     (80, 4, 64): {
         'feature_stats': (128, 32, 8, 1),
@@ -72,6 +75,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             128: (16, 8, 3, 64),
             256: None,
         },
+        'fixed': (16, 16, 16, 8, 1),
     },
     (80, 4, 128): {
         'feature_stats': (64, 32, 8, 2),
@@ -85,6 +89,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             128: None,
             256: None,
         },
+        'fixed': (16, 16, 16, 8, 1),
     },
     (80, 2, 32): {
         'feature_stats': (128, 64, 8, 1),
@@ -98,6 +103,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             128: (16, 8, 2, 16),
             256: (16, 8, 1, 16),
         },
+        'fixed': (64, 32, 16, 8, 1),
     },
     (80, 2, 64): {
         'feature_stats': (128, 64, 8, 1),
@@ -111,6 +117,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             128: (16, 8, 2, 16),
             256: (16, 8, 2, 16),
         },
+        'fixed': (64, 32, 16, 8, 1),
     },
     (80, 2, 128): {
         'feature_stats': (128, 64, 8, 1),
@@ -124,6 +131,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             128: (16, 8, 2, 16),
             256: None,
         },
+        'fixed': (64, 16, 16, 8, 1),
     },
     (80, 2, 256): {
         'feature_stats': (128, 32, 8, 1),
@@ -137,6 +145,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             128: None,
             256: None,
         },
+        'fixed': (16, 16, 16, 8, 1),
     },
     (90, 4, 32): {
         'feature_stats': (128, 64, 8, 1),
@@ -150,6 +159,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             128: (16, 8, 2, 16),
             256: (16, 8, 2, 16),
         },
+        'fixed': (64, 16, 16, 8, 1),
     },
     (90, 4, 64): {
         'feature_stats': (128, 64, 8, 1),
@@ -163,6 +173,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             128: (16, 8, 1, 16),
             256: (16, 8, 3, 16),
         },
+        'fixed': (16, 16, 16, 8, 1),
     },
     (90, 4, 128): {
         'feature_stats': (128, 64, 8, 1),
@@ -176,6 +187,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             128: (16, 8, 3, 16),
             256: None,
         },
+        'fixed': (16, 16, 16, 8, 1),
     },
     (90, 2, 32): {
         'feature_stats': (128, 64, 8, 1),
@@ -189,6 +201,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             128: (32, 8, 2, 16),
             256: (16, 8, 2, 16),
         },
+        'fixed': (64, 32, 16, 8, 1),
     },
     (90, 2, 64): {
         'feature_stats': (128, 64, 8, 1),
@@ -202,6 +215,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             128: (16, 8, 2, 32),
             256: (16, 8, 2, 16),
         },
+        'fixed': (64, 32, 16, 8, 1),
     },
     (90, 2, 128): {
         'feature_stats': (128, 64, 8, 1),
@@ -215,6 +229,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             128: (32, 8, 1, 16),
             256: None,
         },
+        'fixed': (32, 64, 16, 8, 1),
     },
     (90, 2, 256): {
         'feature_stats': (128, 32, 8, 1),
@@ -228,6 +243,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             128: None,
             256: None,
         },
+        'fixed': (16, 16, 16, 8, 1),
     },
 }
 
@@ -245,6 +261,10 @@ _FLOAT32_PROJECTION = ("the tf32x3 projection of [rows, 128] float32 rows: on sm
                        "same config without spills")
 _WIDE_HEAD = ("[rows, 256] input tiles with their tf32x3 feature products: the smallest "
               "tiles keep() leaves still spill")
+_FIXED_TILES = ("the sink / window kernel's [queries, head_dim] and [keys, head_dim] tiles "
+                "with the low-rank estimate's projections of both (float32: tf32x3 hi / lo "
+                "copies) at float32 head_dim 128 and half head_dim 256: the smallest tiles "
+                "keep() leaves (16 queries, 16 keys, 16 projections, 8 warps) still spill")
 SPILLING: dict[tuple[str, int, int, int, int], str] = {
     **{("sparse", 80, 4, d, b): _ESTIMATE for d, b in (
         (32, 64), (32, 128), (32, 256), (64, 32), (64, 64), (64, 128), (128, 16),
@@ -259,6 +279,8 @@ SPILLING: dict[tuple[str, int, int, int, int], str] = {
     ("feature_stats", 80, 4, 128, 0): _FLOAT32_PROJECTION,
     **{(name, arch, 2, 256, 0): _WIDE_HEAD for name in ("lowrank_apply", "lowrank_causal")
        for arch in (80, 90)},
+    **{("fixed", arch, size, d, 0): _FIXED_TILES for arch in (80, 90)
+       for size, d in ((4, 128), (2, 256))},
 }
 
 

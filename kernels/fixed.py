@@ -174,6 +174,9 @@ SPACE = {
     "num_warps": (2, 4, 8),
     "num_stages": (1, 2),
 }
+# the fallback default: launches take the per-shape default of kernels/default_table.py
+# where it has a row (spill-free where a config is, reports/kernels/static_resources.md);
+# elsewhere this one, or the nearest config keep() leaves
 DEFAULT = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_P": 16, "num_warps": 4, "num_stages": 1}
 
 

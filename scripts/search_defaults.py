@@ -5,6 +5,7 @@ TABLE of kernels/default_table.py.
 
     python scripts/search_defaults.py --arch 80 90 --jobs 2 \\
         --markdown reports/kernels/default_search.md --table /tmp/table.py
+    python scripts/search_defaults.py --kernels fixed --append --markdown FILE.md  # a section
 
 Per row (arch x float32 / 2-byte x head_dim 32..256, x bucket 16..256 for the sparse
 kernel): the configs keep() leaves (for the sparse kernel: each config with each query
@@ -15,7 +16,7 @@ default), compiled one after the other until one compiles with 0 spill bytes wit
 limits; 2-byte rows compile as bfloat16 and then as float16, and a candidate must pass
 both. To keep the compiles affordable, spills are taken to be monotone in the loop tile and
 the warps: a candidate is not compiled (counted "skipped") when a config with the same
-grid tile (query block, rows or projections per program), no larger loop tile, as many
+grid tile (query block, rows or projections per program), no larger loop tiles, as many
 warps or more and the same num_stages spilled; after a few spilling compiles a row probes
 the smallest loop tile of each grid tile and num_stages first. Across grid tiles nothing is
 assumed (a 16-query block can spill more than a 128-query one: the warps then all lie
@@ -45,6 +46,7 @@ WORK = {
     "lowrank_apply": ("BLOCK_M", "BLOCK_P"),
     "lowrank_causal": ("BLOCK_P", "BLOCK_N"),
     "sparse": ("BLOCK_Q", "BLOCK_P"),
+    "fixed": ("BLOCK_M", "BLOCK_N", "BLOCK_P"),
 }
 
 
@@ -327,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         os.path.expanduser("~"), ".cache", "sbbench-default-search.json"))
     parser.add_argument("--table", help="write the TABLE literal here (else: stdout)")
     parser.add_argument("--markdown", help="write the search log (with a header) here")
+    parser.add_argument("--append", action="store_true",
+                        help="add the log to --markdown as a section (the --kernels searched)")
     args = parser.parse_args(argv)
     import triton
     from sbbench.kernels import SEARCH_SPACES, static
@@ -364,11 +368,16 @@ def main(argv: list[str] | None = None) -> int:
     print(summary, file=sys.stderr)
     if args.markdown:
         command = "python scripts/search_defaults.py " + " ".join(argv or sys.argv[1:])
+        run = (f"- date: {now_utc()[:10]}; code revision {revision_text()}\n"
+               f"- triton {triton.__version__}; ptxas / cuobjdump from the triton wheel; no "
+               f"GPU (ahead-of-time compile)\n- command: `{command.strip()}`\n- {summary}\n\n")
+        if args.append:  # a later search of some kernels, after the file's full search
+            with open(args.markdown, "a") as f:
+                f.write(f"\n## Searched later: {', '.join(names)}\n\n{run}"
+                        f"Same rule and plans as above.\n\n{log_text(rows)}\n")
+            return 0
         header = (
-            f"# The search for spill-free defaults\n\n"
-            f"- date: {now_utc()[:10]}; code revision {revision_text()}\n"
-            f"- triton {triton.__version__}; ptxas / cuobjdump from the triton wheel; no GPU "
-            f"(ahead-of-time compile)\n- command: `{command.strip()}`\n- {summary}\n\n"
+            f"# The search for spill-free defaults\n\n{run}"
             f"Per row, the configs keep() leaves (\"kept\"; the sparse kernel's: config x "
             f"query block), compiled in the order of `kernels/default_table.py` (most "
             f"work per program first, then most warps, then num_stages nearest the static "
@@ -376,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             f"register limits; for 2-byte inputs as bfloat16 and as float16 (regs / "
             f"shared: per dtype). The first such is the row's default in "
             f"`kernels/default_table.py`. \"skipped\": candidates not compiled because a "
-            f"config with the same grid tile, no larger loop tile, as many warps or more and "
+            f"config with the same grid tile, no larger loop tiles, as many warps or more and "
             f"the same num_stages spilled (spills taken as monotone in those; the script's "
             f"docstring). Where no candidate compiles without spills, the default is the "
             f"compiled one with the fewest spill bytes. Plans: head_dim "

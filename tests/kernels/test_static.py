@@ -50,7 +50,9 @@ SHAPES = {
 #   hi and lo copies); without the low-rank part the kernel needs 54 registers;
 # - feature_stats, sm_80 float32 head_dim 128: tf32x3 operands of the [rows, 128]
 #   projection in registers (sm_90 keeps them in shared memory: no spills there);
-# - lowrank_apply / lowrank_causal at head_dim 256: [rows, 256] tiles, smallest kept.
+# - lowrank_apply / lowrank_causal at head_dim 256: [rows, 256] tiles, smallest kept;
+# - fixed (sink / window) at float32 head_dim 128 and half head_dim 256: q and k tiles with
+#   the low-rank estimate's projections of both, smallest tiles kept (16 x 16 x 16, 8 warps).
 NO_SPILL_FREE: dict[tuple[str, int, int, int, int], int] = {
     **{("sparse", 80, 4, d, b): spills for d, b, spills in (
         (32, 64, 112), (32, 128, 1112), (32, 256, 3872), (64, 32, 200), (64, 64, 872),
@@ -65,15 +67,9 @@ NO_SPILL_FREE: dict[tuple[str, int, int, int, int], int] = {
     ("feature_stats", 80, 4, 128, 0): 224,
     ("lowrank_apply", 80, 2, 256, 0): 80, ("lowrank_apply", 90, 2, 256, 0): 112,
     ("lowrank_causal", 80, 2, 256, 0): 104, ("lowrank_causal", 90, 2, 256, 0): 176,
+    ("fixed", 80, 4, 128, 0): 840, ("fixed", 90, 4, 128, 0): 928,
+    ("fixed", 80, 2, 256, 0): 32, ("fixed", 90, 2, 256, 0): 16,
 }
-
-# The sink / window kernel (kernels/fixed.py) has no table rows yet: its static default
-# spills where the low-rank estimate's tf32x3 / half-split products hold whole [BLOCK_N,
-# head_dim] key tiles per warp (as the sparse kernel's); bytes measured by
-# static.compile_many of the default (32 queries, 32 keys, BLOCK_P 16, 4 warps, 1 stage)
-# at n_features 256: 0 at half precision head_dim <= 64, 16-48 at 128, 408-440 at 256.
-FIXED_SPILLS: dict[tuple[int, int, int], int] = {(80, 2, 256): 416, (90, 2, 256): 408,
-                                                  (80, 2, 64): 0, (90, 2, 64): 0}
 
 ARCHS = (80, 90)
 HEAD_DIMS = (32, 64, 128, 256)
@@ -113,9 +109,6 @@ def test_the_table_has_a_kept_default_for_every_row():
     for name, arch, size, d, bucket, shape in matrix_rows():
         spec, limits = kernels.SEARCH_SPACES[name], limits_for(arch)
         entry = table_default(name, arch, shape)
-        if name not in FIELDS:  # no table rows (the sink / window kernel): static default
-            assert entry is None and spec.keep(spec.default_for(limits, shape), limits, shape)
-            continue
         row = (name, arch, size, d, bucket)
         assert (spilling_reason(name, arch, shape) is not None) == (row in NO_SPILL_FREE), row
         if not spec.configs(limits, shape):
@@ -129,7 +122,9 @@ def test_the_table_has_a_kept_default_for_every_row():
             block_q = sparse_setup.pick_query_block(entry, limits, shape)
             assert sparse_setup.fits_block(entry, block_q, limits, shape), row
             assert block_q <= max(16, 1 << (bucket - 1).bit_length()), row
-    assert {len(fields) for fields in FIELDS.values()} == {4}
+    assert set(FIELDS) == set(kernels.SEARCH_SPACES)
+    assert all(set(FIELDS[name]) - {"queries"} == set(spec.space)
+               for name, spec in kernels.SEARCH_SPACES.items())
     assert all(key[0] in ARCHS and key[2] in HEAD_DIMS for key in TABLE)
     assert set(SPILLING) == set(NO_SPILL_FREE)
 
@@ -161,8 +156,6 @@ def test_the_defaults_compile_without_spills_for_sm80_and_sm90(shape):
         bucket = shape.bucket_size if r.kernel == "sparse" else 0
         allowed = NO_SPILL_FREE.get((r.kernel, r.arch, shape.dtype_bytes, shape.head_dim,
                                      bucket), 0)
-        if r.kernel == "fixed":
-            allowed = FIXED_SPILLS[(r.arch, shape.dtype_bytes, shape.head_dim)]
         assert r.ok, (r.kernel, r.arch, r.reason)
         assert 0 < r.registers <= 255, r
         assert r.spills <= allowed, r
@@ -185,10 +178,7 @@ def test_the_report_shows_the_defaults_of_the_code():
             rows[(name, int(arch), size, int(d), int(bucket or 0), dtype)] = (
                 config, int(spills), ok)
     expected = 0
-    in_report = {key[0] for key in rows}
     for name, arch, size, d, bucket, shape in matrix_rows():
-        if name == "fixed" and name not in in_report:
-            continue  # the report predates the sink / window kernel (regenerate: --matrix)
         spec, limits = kernels.SEARCH_SPACES[name], limits_for(arch)
         for dtype in (("float32",) if size == 4 else ("float16", "bfloat16")):
             expected += 1
