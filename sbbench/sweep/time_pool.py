@@ -148,8 +148,12 @@ class TimingPool:
     def time(self, points: list[Point], settings) -> list[list[dict]]:
         """Each worker's :func:`sample_points` result for ``points``, one worker after
         the other; a worker that fails gives {"error": ...} for every point."""
+        options = settings_json(settings)
+        # at least min_samples over all processes, at least 2 in each: a slow point (one
+        # call > rep_ms) costs each worker a few calls, not min_samples
+        options["min_samples"] = max(2, -(-settings.min_samples // (self.processes + 1)))
         job = json.dumps({"points": [point_json(p) for p in points],
-                          "settings": settings_json(settings)}) + "\n"
+                          "settings": options}) + "\n"
         return [self._ask(i, job, len(points)) for i in range(self.processes)]
 
     def _ask(self, index: int, job: str, n_points: int) -> list[dict]:

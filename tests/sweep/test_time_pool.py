@@ -35,7 +35,7 @@ def test_a_sweep_pools_the_samples_of_its_timing_processes(tmp_path):
         pooled = record.device_state["timing_processes"]
         assert pooled["errors"] == [] and len(pooled["samples"]) == 2
         own, worker = pooled["samples"]
-        assert own >= 3 and worker >= 3  # min_samples in each process
+        assert own >= 3 and worker >= 2  # min_samples here, a share of it in a worker
         assert len(record.time_samples_ms) == own + worker
         assert len(record.reference_samples_ms) == len(record.time_samples_ms)
         assert record.time_p20_ms <= record.time_median_ms <= record.time_p80_ms
