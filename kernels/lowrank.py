@@ -50,6 +50,7 @@ from sbbench.kernels.lowrank_setup import (  # noqa: F401 - re-exported
     lowrank_shape,
     shared_estimate,
 )
+from sbbench.kernels.sparse_setup import keep_mask
 
 # ---------------------------------------------------------------- kernels
 
@@ -186,14 +187,11 @@ def _lowrank_apply_kernel(
 
 
 def mask_arg(key_padding_mask: torch.Tensor | None, fallback: torch.Tensor, batch: int,
-              seq: int) -> torch.Tensor:
-    """[batch, seq] bool -> contiguous int8 (the kernels read bytes); a dummy pointer if None."""
-    if key_padding_mask is None:
-        return fallback
-    if key_padding_mask.shape != (batch, seq) or key_padding_mask.dtype != torch.bool:
-        raise ValueError(f"key_padding_mask must be bool [batch, seq] = [{batch}, {seq}], got "
-                         f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
-    return key_padding_mask.to(torch.int8).contiguous()
+             seq: int) -> torch.Tensor:
+    """[batch, seq] bool -> contiguous int8 (the kernels read bytes); ``fallback`` (a dummy
+    pointer) if None."""
+    mask = keep_mask(key_padding_mask, batch, seq)
+    return fallback if mask is None else mask
 
 
 def check_rows(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
