@@ -241,7 +241,8 @@ def run_method(q, k, v, *, backend, return_weights, impl=None, sink=0, window=0,
         if kwargs.get("sparse") == "kmeans":
             orders = kmeans_buckets(q, k, kwargs["hashes"], kwargs["bucket_size"],
                                     kwargs["causal"], kwargs["key_padding_mask"],
-                                    impl.get("chunk_elements"))
+                                    impl.get("chunk_elements"), scale=kwargs["scale"],
+                                    sink=sink, window=window)
         return scatterbrain_forward(q, k, v, configs=impl.get("kernels") or None,
                                     orders=orders, sink=sink, window=window, **kwargs)
     with intra_op_threads(impl.get("num_threads")):
