@@ -169,7 +169,10 @@ def _two_levels(q, k_pad, unit, real, init, n_groups, bucket_size, key_ok, fixed
     group = (sums.view(b, h, n_groups, per_group, d).sum(3)
              / counts.view(b, h, n_groups, per_group).sum(3).clamp_min(1)[..., None])
     cand = _pick(group, fixed and _members(q_order, real, size), k_pad, positions, key_ok,
-                 n_cand, fixed, elements, best_first=False).reshape(b, h, n_groups * n_cand)
+                 n_cand, fixed, elements, best_first=False)
+    if fixed is not None:  # ascending, for _usable
+        cand = torch.sort(cand, dim=-1).values
+    cand = cand.reshape(b, h, n_groups * n_cand)
     view = (b, h * n_groups)
     members = fixed and _members(q_order, real, bucket_size).view(*view, per_group,
                                                                    bucket_size)
@@ -289,25 +292,33 @@ def _members(order, real, size):
     return torch.sort(chunks.view(b, h, seq_pad // size, size), dim=-1).values
 
 
-def _usable(members, key_pos, fixed: _Fixed):
+def _usable(members, key_pos, fixed: _Fixed, dtype):
     """How many queries of every set may see each key and do not hold it in their sinks
     or window: members [b, h, s, size] (sorted, non-real ones past every key), key_pos
-    [b, h, K] -> [b, h, s, K] counts (long)."""
-    b, h, s, _ = members.shape
-    members = members.contiguous()
-    pos = key_pos[:, :, None, :].expand(b, h, s, key_pos.shape[-1]).contiguous()
-    real = (members != _FAR).sum(-1, keepdim=True)
+    [b, h, K] ascending -> [b, h, s, K] counts (``dtype``). Each member is placed among
+    the keys once (a search over K, not over the members for every key), the counts are
+    a running sum over the keys."""
+    b, h, s, size = members.shape
+    width = key_pos.shape[-1]
+    flat = members.reshape(b, h, s * size).contiguous()
+    ones = torch.ones(b, h, s, size, dtype=dtype, device=members.device)
+
+    def below(shift):  # [b, h, s, K]: the set's real queries i < key + shift
+        at = torch.searchsorted(key_pos + shift, flat, right=True).view(b, h, s, size)
+        hist = torch.zeros(b, h, s, width + 1, dtype=dtype, device=members.device)
+        return hist.scatter_add_(3, at, ones)[..., :width].cumsum_(3)
+
+    real = (members != _FAR).sum(-1, keepdim=True).to(dtype)
     window = fixed.window
     if fixed.causal:  # query i sees key j when j <= i, holds it in its window when
-        count = real - torch.searchsorted(members, pos + window)  # i < j + window
-    else:  # query i holds key j in its window when j + left - window < i <= j + left
-        count = real.expand_as(pos).clone()
-        if window:
-            left = (window - 1) // 2
-            count -= (torch.searchsorted(members, pos + left + 1)
-                      - torch.searchsorted(members, pos + left + 1 - window))
+        count = real - below(window)  # i < j + window
+    elif window:  # query i holds key j in its window when j + left - window < i <= j + left
+        left = (window - 1) // 2
+        count = real - below(left + 1) + below(left + 1 - window)
+    else:
+        count = real.expand(b, h, s, width)
     if fixed.sink:
-        count = count.masked_fill(pos < fixed.sink, 0)
+        count = count.masked_fill(key_pos[:, :, None, :] < fixed.sink, 0)
     return count
 
 
@@ -317,8 +328,8 @@ def _pick(centres, members, keys, key_pos, key_ok, n_keys, fixed: _Fixed | None,
     ``scale * centre . k + log(usable)``, see :func:`_usable`, ``members`` [b, h, sets,
     size] each set's sorted real query positions): [b, h, sets, n_keys] positions (best
     first, or unordered without ``best_first``). keys [b, h, K, d] at positions key_pos
-    [b, h, K], key_ok [b, h, K]; masked, padded or unusable keys only fill a set that has
-    fewer candidates (they are masked per pair later)."""
+    [b, h, K] (ascending with ``fixed``), key_ok [b, h, K]; masked, padded or unusable
+    keys only fill a set that has fewer candidates (they are masked per pair later)."""
     n_sets, width = centres.shape[2], keys.shape[2]
     centres_t = centres.transpose(-1, -2)
     masked = not bool(key_ok.all())
@@ -328,8 +339,8 @@ def _pick(centres, members, keys, key_pos, key_ok, n_keys, fixed: _Fixed | None,
         # [b,h,K,d] @ [b,h,d,s] -> [b,h,K,s] (faster than [s,d] @ [d,K] for few sets)
         scores = torch.matmul(keys, centres_t[..., start:start + step]).transpose(-1, -2)
         if fixed is not None:
-            usable = _usable(members[:, :, start:start + step], key_pos, fixed)
-            scores = scores.mul_(fixed.scale).add_(usable.to(scores.dtype).log_())
+            usable = _usable(members[:, :, start:start + step], key_pos, fixed, scores.dtype)
+            scores = scores.mul_(fixed.scale).add_(usable.log_())
         if masked:
             scores.masked_fill_(~key_ok[:, :, None, :], float("-inf"))
         top = scores.topk(n_keys, dim=-1, sorted=best_first).indices
