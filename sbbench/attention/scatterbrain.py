@@ -104,8 +104,10 @@ def scatterbrain_attention(
     ``bucket_size`` keys of its bucket in each of ``n_hashes`` rounds. ``sparse="local"``
     uses fixed consecutive blocks of ``bucket_size`` instead (one round);
     ``sparse="kmeans"`` balanced k-means clusters of the queries, each attending to the
-    ``bucket_size`` keys of largest centroid score (``n_hashes`` independent clusterings,
-    started from the hash buckets, so deterministic given ``generator`` / ``hashes``);
+    ``bucket_size`` keys of largest centroid score (under causal or with ``sink`` /
+    ``window`` weighed by how many of the cluster's queries may use the key,
+    :mod:`sbbench.attention.supports`; ``n_hashes`` independent clusterings, started
+    from the hash buckets, so deterministic given ``generator`` / ``hashes``);
     ``sparse=None`` no buckets (``bucket_size`` 0). ``sink``: every query also attends to
     the first ``sink`` keys; ``window``: to its ``window`` nearest keys (causal: the
     previous ones, itself included; else centred). A key picked by several parts counts

@@ -7,8 +7,10 @@ n_features=0 and sparse=None; and the defaults reproducing the stored outputs.
 - The unnormalised estimate equals exp(tau q.k) exactly on the support (every key once,
   however many parts pick it) and phi(q).phi(k) elsewhere; with n_features=0 the output
   is the exact softmax over the support.
-- k-means clusters are balanced, each picks bucket_size distinct keys, and under causal a
-  cluster's keys come from at or before its last query.
+- k-means clusters are balanced, each picks bucket_size distinct keys, and under causal or
+  with sinks / a window a key's score adds the log of how many of the cluster's queries
+  may see it and do not hold it already (so under causal a cluster's keys come from at
+  or before its last query).
 """
 
 from __future__ import annotations
