@@ -149,7 +149,7 @@ def attend(
     width = max(d, dv, lowrank.qh.shape[-1] if lowrank is not None else 0)
     elements = chunk_elements or CHUNK_ELEMENTS
     buckets = _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
-                            max(1, elements // (b * h)), sink, window)
+                            max(1, elements // (b * h)), sink, window, scale)
     accs = _start_accumulators(qf, dv, buckets.seq_pad, lowrank)
     row_offsets = torch.arange(0, b * h * buckets.seq_pad, buckets.seq_pad,
                                device=q.device).view(b, h, 1)
@@ -196,7 +196,7 @@ def _lowrank_part(qf, kf, vf, projections, scale, key_padding_mask, causal) -> L
 
 
 def _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
-                  elements, sink, window) -> Buckets:
+                  elements, sink, window, scale) -> Buckets:
     """Buckets of the padded sequence: LSH (sorted hash order), k-means clusters, local
     blocks or none (sparse None)."""
     b, h, n, _ = qf.shape
@@ -209,7 +209,8 @@ def _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
         q_order, k_order = local_order(b, h, n, bucket_size, qf.device)
     elif sparse == "kmeans":
         q_order, k_order, key_sets = kmeans_order(qf, kf, hashes.to(qf.device), bucket_size,
-                                                  key_ok, causal, elements)
+                                                  key_ok, causal, elements, scale, sink,
+                                                  window)
     else:
         q_order, k_order = lsh_order(qf, kf, hashes.to(qf.device), bucket_size,
                                      key_padding_mask)
@@ -234,15 +235,18 @@ def _key_ok(qf, seq_pad, key_padding_mask) -> torch.Tensor:
 
 
 def kmeans_buckets(q, k, hashes: HashFunctions, bucket_size: int, causal: bool,
-                   key_padding_mask, chunk_elements: int | None = None):
+                   key_padding_mask, chunk_elements: int | None = None, *,
+                   scale: float = 1.0, sink: int = 0, window: int = 0):
     """The k-means clusters :func:`attend` computes for these inputs (on the float32,
-    or float64, working copies): (q_order, k_order, KeySets), for the Triton kernels."""
+    or float64, working copies) with this softmax ``scale``, ``sink`` and ``window``:
+    (q_order, k_order, KeySets), for the Triton kernels."""
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     qf, kf = q.to(acc), k.to(acc)
     b, h, n, _ = qf.shape
     key_ok = _key_ok(qf, padded_length(n, bucket_size), key_padding_mask)
     elements = max(1, (chunk_elements or CHUNK_ELEMENTS) // (b * h))
-    return kmeans_order(qf, kf, hashes.to(qf.device), bucket_size, key_ok, causal, elements)
+    return kmeans_order(qf, kf, hashes.to(qf.device), bucket_size, key_ok, causal, elements,
+                        scale, sink, window)
 
 
 def _start_accumulators(qf, dv, seq_pad, lowrank: LowRank | None) -> _Accumulators:

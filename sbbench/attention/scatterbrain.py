@@ -104,8 +104,10 @@ def scatterbrain_attention(
     ``bucket_size`` keys of its bucket in each of ``n_hashes`` rounds. ``sparse="local"``
     uses fixed consecutive blocks of ``bucket_size`` instead (one round);
     ``sparse="kmeans"`` balanced k-means clusters of the queries, each attending to the
-    ``bucket_size`` keys of largest centroid score (``n_hashes`` independent clusterings,
-    started from the hash buckets, so deterministic given ``generator`` / ``hashes``);
+    ``bucket_size`` keys of largest centroid score (under causal or with ``sink`` /
+    ``window`` weighed by how many of the cluster's queries may use the key,
+    :mod:`sbbench.attention.supports`; ``n_hashes`` independent clusterings, started
+    from the hash buckets, so deterministic given ``generator`` / ``hashes``);
     ``sparse=None`` no buckets (``bucket_size`` 0). ``sink``: every query also attends to
     the first ``sink`` keys; ``window``: to its ``window`` nearest keys (causal: the
     previous ones, itself included; else centred). A key picked by several parts counts
@@ -241,7 +243,8 @@ def run_method(q, k, v, *, backend, return_weights, impl=None, sink=0, window=0,
         if kwargs.get("sparse") == "kmeans":
             orders = kmeans_buckets(q, k, kwargs["hashes"], kwargs["bucket_size"],
                                     kwargs["causal"], kwargs["key_padding_mask"],
-                                    impl.get("chunk_elements"))
+                                    impl.get("chunk_elements"), scale=kwargs["scale"],
+                                    sink=sink, window=window)
         return scatterbrain_forward(q, k, v, configs=impl.get("kernels") or None,
                                     orders=orders, sink=sink, window=window, **kwargs)
     with intra_op_threads(impl.get("num_threads")):

@@ -7,7 +7,10 @@ A *support* is the set of keys a query attends to exactly. Three kinds of parts 
   k-means clusters (:func:`kmeans_order`): queries are split into balanced clusters of
   ``bucket_size``; each cluster attends to the ``bucket_size`` keys with the largest
   ``centroid . k``. Since ``centroid . k`` is the mean of ``q . k`` over the cluster, these
-  are the keys with the largest mean logit over the cluster's queries.
+  are the keys with the largest mean logit over the cluster's queries. Under causal or
+  with sinks / a window, a key only serves the cluster's queries that may see it and do
+  not hold it already (sinks, window): the score adds the log of how many those are
+  (:func:`_usable`), so a cluster spends no keys on pairs that would be masked.
 - sinks: every query also attends to keys ``0 .. sink - 1``;
 - a window: every query also attends to its ``window`` nearest positions (causal: the
   ``window`` previous ones, itself included; otherwise centred, clipped at the ends).
@@ -33,6 +36,7 @@ LLOYD_ALL_ROWS = 4096  # .. once there are more rows than this (else all of them
 ASSIGN_ELEMENTS = 1 << 18  # cap on the [rows, clusters] scores of one assignment chunk
 TWO_LEVEL_CLUSTERS = 64  # from this many clusters on, groups of clusters first
 CANDIDATES = 2  # a group's candidate keys: this many times its queries
+_FAR = torch.iinfo(torch.long).max  # the position of a non-real query in _members
 
 
 @dataclass
@@ -66,7 +70,8 @@ def _chunk_rows(total: int, width: int, elements: int) -> int:
 
 
 def kmeans_order(q, k, hashes: HashFunctions, bucket_size: int, key_ok, causal: bool,
-                 elements: int) -> tuple[torch.Tensor, torch.Tensor, KeySets]:
+                 elements: int, scale: float = 1.0, sink: int = 0, window: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor, KeySets]:
     """Balanced k-means clusters of the queries and their top keys, per round.
 
     q, k: [b, h, n, d]; key_ok: [b, h, seq_pad] bool (real, unmasked keys). Returns
@@ -77,17 +82,23 @@ def kmeans_order(q, k, hashes: HashFunctions, bucket_size: int, key_ok, causal: 
     (beyond :data:`LLOYD_ALL_ROWS` queries on a strided subsample: mini-batch Lloyd,
     about :data:`LLOYD_SAMPLES` per cluster), assigns every query once and cuts the queries,
     sorted by (cluster, affinity), into chunks of ``bucket_size``; each cluster takes the
-    keys of largest ``mean(q) . k`` (under ``causal`` only keys at or before its last
-    query). From :data:`TWO_LEVEL_CLUSTERS` clusters on, two levels (:func:`_groups`):
-    balanced groups of clusters first, each group's clusters within it, and each cluster
-    chooses among its group's best :data:`CANDIDATES` x group-size keys, so the cost is
-    about O(n sqrt(clusters) d) instead of O(n clusters d). Temporaries are chunks of
-    about ``elements``: memory is linear in n.
+    keys of largest ``mean(q) . k``, or under ``causal`` or with ``sink`` / ``window``
+    (the fixed part of the same call) of largest ``scale * mean(q) . k + log(u)``, u the
+    number of the cluster's queries that may see the key and do not hold it in their
+    sinks or window (:func:`_usable`; keys with u = 0 only fill a cluster that has too few
+    others): ``exp`` of it estimates the softmax mass the key adds over the cluster, with
+    ``scale`` the softmax scale. From :data:`TWO_LEVEL_CLUSTERS` clusters on, two levels
+    (:func:`_groups`): balanced groups of clusters first, each group's clusters within
+    it, and each cluster chooses among its group's best :data:`CANDIDATES` x group-size
+    keys (weighed the same way), so the cost is about O(n sqrt(clusters) d) instead of
+    O(n clusters d). Temporaries are chunks of about ``elements``: memory is linear in n.
     """
     b, h, n, d = q.shape
     seq_pad = key_ok.shape[-1]
     n_clusters = seq_pad // bucket_size
     n_groups = _groups(n_clusters)
+    # under causal or with a fixed part, keys are weighed by the queries they serve
+    fixed = _Fixed(scale, sink, window, causal) if causal or sink or window else None
     # masked positions sort behind every real one, as padding does (and as in lsh_order),
     # so the real positions cluster as in a run on the truncated sequence
     real = torch.cat([key_ok[..., :n], key_ok.new_zeros(b, h, seq_pad - n)], dim=2)
@@ -107,12 +118,13 @@ def kmeans_order(q, k, hashes: HashFunctions, bucket_size: int, key_ok, causal: 
             if n_groups == 1:
                 q_order = _balanced_kmeans(unit, real, init, bucket_size, elements)
                 cluster_of = _bucket_of(q_order, bucket_size)
-                sums, counts, last = _centres(q, cluster_of, real, n_clusters, causal)
-                keys = _pick(sums / counts.clamp_min(1)[..., None], last, k_pad, positions,
-                             key_ok, bucket_size, causal, elements)
+                sums, counts = _centres(q, cluster_of, real, n_clusters)
+                keys = _pick(sums / counts.clamp_min(1)[..., None],
+                             fixed and _members(q_order, real, bucket_size), k_pad,
+                             positions, key_ok, bucket_size, fixed, elements)
             else:
                 q_order, keys = _two_levels(q, k_pad, unit, real, init, n_groups,
-                                            bucket_size, key_ok, causal, elements)
+                                            bucket_size, key_ok, fixed, elements)
                 cluster_of = _bucket_of(q_order, bucket_size)
             q_orders.append(q_order)
             k_orders.append(keys.reshape(b, h, seq_pad))
@@ -130,7 +142,7 @@ def _groups(n_clusters: int) -> int:
     return max(g for g in range(1, math.isqrt(n_clusters) + 1) if n_clusters % g == 0)
 
 
-def _two_levels(q, k_pad, unit, real, init, n_groups, bucket_size, key_ok, causal,
+def _two_levels(q, k_pad, unit, real, init, n_groups, bucket_size, key_ok, fixed,
                 elements):
     """Balanced groups of ``seq_pad / n_groups`` queries, then balanced clusters inside
     each group; keys: each group's best candidates, each cluster's best among them.
@@ -151,19 +163,22 @@ def _two_levels(q, k_pad, unit, real, init, n_groups, bucket_size, key_ok, causa
     cluster_of = _bucket_of(q_order, bucket_size)
     n_cand = min(seq_pad, CANDIDATES * size)
     positions = torch.arange(seq_pad, device=q.device).expand(b, h, seq_pad)
-    sums, counts, last = _centres(q, cluster_of, real, n_groups * per_group, causal)
+    sums, counts = _centres(q, cluster_of, real, n_groups * per_group)
     centres = sums / counts.clamp_min(1)[..., None]
-    # a group's sums, counts and last query are those of its clusters
+    # a group's sums and counts are those of its clusters
     group = (sums.view(b, h, n_groups, per_group, d).sum(3)
              / counts.view(b, h, n_groups, per_group).sum(3).clamp_min(1)[..., None])
-    group_last = None if last is None else last.view(b, h, n_groups, per_group).amax(3)
-    cand = _pick(group, group_last, k_pad, positions, key_ok, n_cand, causal, elements,
-                 best_first=False).reshape(b, h, n_groups * n_cand)  # positions
+    cand = _pick(group, fixed and _members(q_order, real, size), k_pad, positions, key_ok,
+                 n_cand, fixed, elements, best_first=False)
+    if fixed is not None:  # ascending, for _usable
+        cand = torch.sort(cand, dim=-1).values
+    cand = cand.reshape(b, h, n_groups * n_cand)
     view = (b, h * n_groups)
-    chosen = _pick(centres.view(*view, per_group, d),
-                   None if last is None else last.reshape(*view, per_group),
+    members = fixed and _members(q_order, real, bucket_size).view(*view, per_group,
+                                                                   bucket_size)
+    chosen = _pick(centres.view(*view, per_group, d), members,
                    _rows(k_pad, cand).view(*view, n_cand, d), cand.view(*view, n_cand),
-                   torch.gather(key_ok, 2, cand).view(*view, n_cand), bucket_size, causal,
+                   torch.gather(key_ok, 2, cand).view(*view, n_cand), bucket_size, fixed,
                    elements)
     return q_order, chosen.view(b, h, n_groups * per_group, bucket_size)
 
@@ -248,46 +263,89 @@ def _scatter_means(unit, assign, n_clusters, previous):
     return torch.where(norm > 0, sums / norm.clamp_min(1e-12), previous)
 
 
-def _centres(q, member, real, n_sets, causal):
+def _centres(q, member, real, n_sets):
     """The sum [b, h, sets, d] and count [b, h, sets] of each set's real queries
-    (``member`` [b, h, seq_pad]: the set of every position) and, under ``causal``, the
-    last one [b, h, sets] (else None)."""
+    (``member`` [b, h, seq_pad]: the set of every position)."""
     b, h, n, d = q.shape
     member = member[..., :n].masked_fill(~real[..., :n], n_sets)
     sums = q.new_zeros(b, h, n_sets + 1, d).scatter_add_(
         2, member[..., None].expand(b, h, n, d), q)[:, :, :n_sets]
-    counts = _counts(member, n_sets, q.dtype)
-    if not causal:
-        return sums, counts, None
-    last = torch.full((b, h, n_sets + 1), -1, dtype=torch.long, device=q.device)
-    positions = torch.arange(n, device=q.device).expand(b, h, n)
-    return sums, counts, last.scatter_reduce_(2, member, positions, "amax")[:, :, :n_sets]
+    return sums, _counts(member, n_sets, q.dtype)
 
 
-def _pick(centres, last, keys, key_pos, key_ok, n_keys, causal, elements,
+@dataclass
+class _Fixed:
+    """What decides which queries a key serves: the softmax scale, the sinks and window of
+    the fixed part, causality."""
+
+    scale: float
+    sink: int
+    window: int
+    causal: bool
+
+
+def _members(order, real, size):
+    """The real positions of every chunk of ``size`` of ``order`` [b, h, seq_pad], sorted:
+    [b, h, chunks, size], the non-real ones replaced by a position past every key."""
+    b, h, seq_pad = order.shape
+    chunks = torch.where(torch.gather(real, 2, order), order, _FAR)
+    return torch.sort(chunks.view(b, h, seq_pad // size, size), dim=-1).values
+
+
+def _usable(members, key_pos, fixed: _Fixed, dtype):
+    """How many queries of every set may see each key and do not hold it in their sinks
+    or window: members [b, h, s, size] (sorted, non-real ones past every key), key_pos
+    [b, h, K] ascending -> [b, h, s, K] counts (``dtype``). Each member is placed among
+    the keys once (a search over K, not over the members for every key), the counts are
+    a running sum over the keys."""
+    b, h, s, size = members.shape
+    width = key_pos.shape[-1]
+    flat = members.reshape(b, h, s * size).contiguous()
+    ones = torch.ones(b, h, s, size, dtype=dtype, device=members.device)
+
+    def below(shift):  # [b, h, s, K]: the set's real queries i < key + shift
+        at = torch.searchsorted(key_pos + shift, flat, right=True).view(b, h, s, size)
+        hist = torch.zeros(b, h, s, width + 1, dtype=dtype, device=members.device)
+        return hist.scatter_add_(3, at, ones)[..., :width].cumsum_(3)
+
+    real = (members != _FAR).sum(-1, keepdim=True).to(dtype)
+    window = fixed.window
+    if fixed.causal:  # query i sees key j when j <= i, holds it in its window when
+        count = real - below(window)  # i < j + window
+    elif window:  # query i holds key j in its window when j + left - window < i <= j + left
+        left = (window - 1) // 2
+        count = real - below(left + 1) + below(left + 1 - window)
+    else:
+        count = real.expand(b, h, s, width)
+    if fixed.sink:
+        count = count.masked_fill(key_pos[:, :, None, :] < fixed.sink, 0)
+    return count
+
+
+def _pick(centres, members, keys, key_pos, key_ok, n_keys, fixed: _Fixed | None, elements,
           best_first=True):
-    """The ``n_keys`` keys of largest ``centre . k`` per set: [b, h, sets, n_keys]
-    positions (best first, or unordered without ``best_first``). keys [b, h, K, d] at
-    positions key_pos [b, h, K], key_ok [b, h, K];
-    masked, padded or (under causal) later-than-``last`` keys only fill a set that has
-    fewer candidates (they are masked per pair later)."""
+    """The ``n_keys`` keys of largest ``centre . k`` per set (with ``fixed``:
+    ``scale * centre . k + log(usable)``, see :func:`_usable`, ``members`` [b, h, sets,
+    size] each set's sorted real query positions): [b, h, sets, n_keys] positions (best
+    first, or unordered without ``best_first``). keys [b, h, K, d] at positions key_pos
+    [b, h, K] (ascending with ``fixed``), key_ok [b, h, K]; masked, padded or unusable
+    keys only fill a set that has fewer candidates (they are masked per pair later)."""
     n_sets, width = centres.shape[2], keys.shape[2]
     centres_t = centres.transpose(-1, -2)
-    masked = causal or not bool(key_ok.all())
+    masked = not bool(key_ok.all())
     step = _chunk_rows(n_sets, width, elements)
     chosen = []
     for start in range(0, n_sets, step):
         # [b,h,K,d] @ [b,h,d,s] -> [b,h,K,s] (faster than [s,d] @ [d,K] for few sets)
         scores = torch.matmul(keys, centres_t[..., start:start + step]).transpose(-1, -2)
+        if fixed is not None:
+            usable = _usable(members[:, :, start:start + step], key_pos, fixed, scores.dtype)
+            scores = scores.mul_(fixed.scale).add_(usable.log_())
         if masked:
-            ok = key_ok[:, :, None, :]
-            if causal:
-                ok = ok & (key_pos[:, :, None, :] <= last[:, :, start:start + step, None])
-            scores.masked_fill_(~ok, float("-inf"))
+            scores.masked_fill_(~key_ok[:, :, None, :], float("-inf"))
         top = scores.topk(n_keys, dim=-1, sorted=best_first).indices
         chosen.append(torch.gather(key_pos, 2, top.flatten(2)).view(top.shape))
     return torch.cat(chosen, 2)
-
 
 
 def in_fixed(q_pos, k_pos, sink: int, window: int, causal: bool) -> torch.Tensor:

@@ -7,8 +7,10 @@ n_features=0 and sparse=None; and the defaults reproducing the stored outputs.
 - The unnormalised estimate equals exp(tau q.k) exactly on the support (every key once,
   however many parts pick it) and phi(q).phi(k) elsewhere; with n_features=0 the output
   is the exact softmax over the support.
-- k-means clusters are balanced, each picks bucket_size distinct keys, and under causal a
-  cluster's keys come from at or before its last query.
+- k-means clusters are balanced, each picks bucket_size distinct keys, and under causal or
+  with sinks / a window a key's score adds the log of how many of the cluster's queries
+  may see it and do not hold it already (so under causal a cluster's keys come from at
+  or before its last query).
 """
 
 from __future__ import annotations
@@ -63,14 +65,16 @@ def fixed_pairs(n: int, sink: int, window: int, causal: bool) -> torch.Tensor:
     return (j < sink) | ((j >= low) & (j < low + window))
 
 
-def kmeans_pairs(q, k, hashes, bucket_size, mask, causal) -> torch.Tensor:
-    """Bool [b, h, n, n]: key j is in the key set of query i's cluster in some round."""
+def kmeans_pairs(q, k, hashes, bucket_size, mask, causal, sink=0, window=0) -> torch.Tensor:
+    """Bool [b, h, n, n]: key j is in the key set of query i's cluster in some round
+    (clusters as scatterbrain_attention makes them: default softmax scale, these sinks
+    and window)."""
     b, h, n, _ = q.shape
     seq_pad = -(-n // bucket_size) * bucket_size
     key_ok = torch.zeros(b, seq_pad, dtype=torch.bool)
     key_ok[:, :n] = True if mask is None else mask
     _, _, sets = kmeans_order(q, k, hashes, bucket_size, key_ok[:, None].expand(b, h, -1),
-                              causal, 1 << 20)
+                              causal, 1 << 20, 1.0 / math.sqrt(q.shape[-1]), sink, window)
     selected = torch.zeros(b, h, n, n, dtype=torch.bool)
     for r in range(sets.sets.shape[2]):
         rows = torch.gather(sets.sets[:, :, r], 2, sets.q_cluster[:, :, r, :n, None].expand(
@@ -108,7 +112,8 @@ def test_estimate_is_exact_on_the_support_and_lowrank_elsewhere(sparse, n_hashes
         allowed = allowed & mask[:, None, None, :]
     support = fixed_pairs(n, sink, window, causal).expand(2, 2, n, n)
     if sparse == "kmeans":
-        support = support | kmeans_pairs(q, k, hashes, bucket_size, mask, causal)
+        support = support | kmeans_pairs(q, k, hashes, bucket_size, mask, causal, sink,
+                                         window)
     elif sparse == "local" or (sparse == "lsh" and mask is None):  # no key mask there
         support = support | selected_pairs(q, k, hashes if sparse == "lsh" else None,
                                            bucket_size)
@@ -214,7 +219,8 @@ def test_two_level_kmeans_is_balanced_causal_and_picks_the_top_keys(causal, monk
     """Two levels (forced from 4 clusters on: 9 clusters in 3 groups): the queries are a
     permutation cut into clusters, every cluster's keys are distinct, at or before its
     last query under causal, and with candidates covering every key they are exactly the
-    top keys of the cluster's mean query; the result does not depend on the chunk size
+    top keys of the cluster's mean query (causal: plus the log of how many of its queries
+    see the key); the result does not depend on the chunk size
     and is deterministic."""
     from sbbench.attention import supports
 
@@ -238,8 +244,9 @@ def test_two_level_kmeans_is_balanced_causal_and_picks_the_top_keys(causal, monk
     means = (rows * real[..., None]).sum(-2) / real.sum(-1, keepdim=True).clamp_min(1)
     scores = means @ k.transpose(-1, -2)  # [2, 2, clusters, n]
     last = torch.where(real, q_chunks, -1).amax(-1)
-    if causal:
-        scores = scores.masked_fill(torch.arange(n) > last[..., None], float("-inf"))
+    if causal:  # each key weighed by the cluster's queries that see it (scale 1: default)
+        sees = real[..., None] & (torch.arange(n) <= q_chunks[..., None])
+        scores = scores + sees.sum(-2).double().log()
     enough = (last >= bucket_size - 1) if causal else torch.ones_like(last, dtype=torch.bool)
     best = scores.topk(bucket_size, dim=-1).indices
     assert torch.equal(best[enough], k_chunks[enough])  # best first, the exact top keys
@@ -258,3 +265,37 @@ def test_two_level_kmeans_estimate_is_exact_on_the_support(causal, masked, monke
     assert supports._groups(32 // 8) == 2
     test_estimate_is_exact_on_the_support_and_lowrank_elsewhere("kmeans", 2, 2, 4, causal,
                                                                 masked)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_kmeans_keys_are_weighed_by_the_queries_they_serve(causal):
+    """With sinks and a window (and under causal), a cluster takes the keys of largest
+    scale * mean(q) . k + log(u), u = how many of its queries may see the key and do not
+    hold it in their sinks or window (checked by brute force); unusable keys (u = 0) are
+    taken only when too few others exist, and the choice differs from the plain mean."""
+    n, bucket_size, sink, window, scale = 60, 8, 2, 9, 0.4
+    q, k, _ = qkv(2, 2, n, 8, seed=58)
+    _, hashes = randomness(2, 1, 8, seed=58)
+    seq_pad = 64
+    key_ok = torch.zeros(2, 2, seq_pad, dtype=torch.bool)
+    key_ok[..., :n] = True
+    q_order, k_order, _ = kmeans_order(q, k, hashes, bucket_size, key_ok, causal, 256,
+                                       scale, sink, window)
+    q_chunks = q_order[:, :, 0].view(2, 2, -1, bucket_size)
+    k_chunks = k_order[:, :, 0].view_as(q_chunks)
+    real = q_chunks < n
+    rows = torch.gather(q, 2, q_chunks.reshape(2, 2, -1, 1).clamp_max(n - 1).expand(
+        -1, -1, -1, 8)).view(*q_chunks.shape, 8)
+    means = (rows * real[..., None]).sum(-2) / real.sum(-1, keepdim=True).clamp_min(1)
+    plain = means @ k.transpose(-1, -2)  # [2, 2, clusters, n]
+    # serves[b, h, c, i, j]: query i of cluster c may see key j and does not hold it
+    serves = ~fixed_pairs(n, sink, window, causal)[q_chunks.clamp_max(n - 1)] & real[..., None]
+    if causal:
+        serves = serves & (torch.arange(n) <= q_chunks[..., None])
+    usable = serves.sum(-2)  # [2, 2, clusters, n]
+    scores = scale * plain + usable.double().log()
+    enough = (usable > 0).sum(-1) >= bucket_size
+    assert enough.sum() >= 8
+    best = scores.topk(bucket_size, dim=-1).indices
+    assert torch.equal(best[enough], k_chunks[enough])  # best first, the exact top keys
+    assert not torch.equal(plain.topk(bucket_size, dim=-1).indices[enough], best[enough])
