@@ -16,8 +16,12 @@ if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
   exit 2
 fi
 store="$(mktemp -d)/reference.sqlite"
-sbbench sweep --gpu "$gpu" --grid quick --store "$store"
-sbbench sweep --gpu "$gpu" --grid supports --store "$store"
+# on the CPU one torch thread: samples are the computing thread's CPU time, which other
+# jobs on a shared machine barely move (several threads on busy cores wait on each other)
+threads=()
+if [ "$gpu" = "cpu" ]; then threads=(--threads 1); fi
+sbbench sweep --gpu "$gpu" --grid quick --store "$store" "${threads[@]}"
+sbbench sweep --gpu "$gpu" --grid supports --store "$store" "${threads[@]}"
 sbbench report --store "$store" --out reports
 sbbench select --gpu "$gpu" --store "$store" --report-out reports --tuning-dir tuning_configs
 echo "regenerate_reports: wrote reports/$gpu/ and tuning_configs/$gpu.yaml from $store" >&2
