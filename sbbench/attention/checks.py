@@ -71,12 +71,17 @@ def check_mask(key_padding_mask: torch.Tensor | None, q: torch.Tensor) -> None:
         )
 
 
-def check_positive_int(name: str, value: object) -> int:
+def check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` if it is an int (not a bool) >= ``minimum``: TypeError / ValueError."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_positive_int(name: str, value: object) -> int:
+    return check_int(name, value, 1)
 
 
 def check_n_features(n_features: object) -> int:
@@ -109,11 +114,7 @@ SPARSE_KINDS = ("lsh", "kmeans", "local")  # or None: no buckets
 
 
 def check_nonnegative_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 0, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
+    return check_int(name, value, 0)
 
 
 def check_support(n_features: object, bucket_size: object, n_hashes: object, sparse: object,
