@@ -200,9 +200,19 @@ def _bucket_of(order, bucket_size):
 
 def _counts(assign, n_clusters, dtype):
     """How many rows each cluster holds: [b, h, clusters] (bin ``n_clusters`` dropped)."""
-    b, h, n = assign.shape
-    return torch.zeros(b, h, n_clusters + 1, dtype=dtype, device=assign.device).scatter_add_(
-        2, assign, torch.ones(b, h, n, dtype=dtype, device=assign.device))[:, :, :n_clusters]
+    ones = torch.ones(assign.shape, dtype=dtype, device=assign.device)
+    return _bin_sums(ones, assign, n_clusters + 1)[:, :, :n_clusters]
+
+
+def _bin_sums(x, index, bins):
+    """Sums of x [b, h, n, ...] over the rows of each bin, index [b, h, n] in 0 .. bins - 1:
+    [b, h, bins, ...] (one flat index_add_: several times faster on the CPU than a
+    scatter_add_ with a broadcast index, and the same sums in the same order)."""
+    b, h, n = index.shape
+    offsets = torch.arange(0, b * h * bins, bins, device=index.device).view(b, h, 1)
+    tail = x.shape[3:]
+    return x.new_zeros(b * h * bins, *tail).index_add_(
+        0, (index + offsets).reshape(-1), x.reshape(b * h * n, *tail)).view(b, h, bins, *tail)
 
 
 def _balanced_kmeans(unit, real, init, bucket_size, elements):
@@ -256,9 +266,7 @@ def _assign(unit, centroids, alive, elements):
 
 def _scatter_means(unit, assign, n_clusters, previous):
     """Normalised means of the rows of each cluster (an empty cluster keeps its centre)."""
-    b, h, n, d = unit.shape
-    sums = unit.new_zeros(b, h, n_clusters + 1, d).scatter_add_(
-        2, assign[..., None].expand(b, h, n, d), unit)[:, :, :n_clusters]
+    sums = _bin_sums(unit, assign, n_clusters + 1)[:, :, :n_clusters]
     norm = torch.linalg.vector_norm(sums, dim=-1, keepdim=True)
     return torch.where(norm > 0, sums / norm.clamp_min(1e-12), previous)
 
@@ -266,10 +274,9 @@ def _scatter_means(unit, assign, n_clusters, previous):
 def _centres(q, member, real, n_sets):
     """The sum [b, h, sets, d] and count [b, h, sets] of each set's real queries
     (``member`` [b, h, seq_pad]: the set of every position)."""
-    b, h, n, d = q.shape
+    n = q.shape[2]
     member = member[..., :n].masked_fill(~real[..., :n], n_sets)
-    sums = q.new_zeros(b, h, n_sets + 1, d).scatter_add_(
-        2, member[..., None].expand(b, h, n, d), q)[:, :, :n_sets]
+    sums = _bin_sums(q, member, n_sets + 1)[:, :, :n_sets]
     return sums, _counts(member, n_sets, q.dtype)
 
 
@@ -301,12 +308,15 @@ def _usable(members, key_pos, fixed: _Fixed, dtype):
     b, h, s, size = members.shape
     width = key_pos.shape[-1]
     flat = members.reshape(b, h, s * size).contiguous()
-    ones = torch.ones(b, h, s, size, dtype=dtype, device=members.device)
 
-    def below(shift):  # [b, h, s, K]: the set's real queries i < key + shift
-        at = torch.searchsorted(key_pos + shift, flat, right=True).view(b, h, s, size)
-        hist = torch.zeros(b, h, s, width + 1, dtype=dtype, device=members.device)
-        return hist.scatter_add_(3, at, ones)[..., :width].cumsum_(3)
+    def below(*shifts):  # [b, h, s, K]: the set's real queries i < key + shifts[0], less
+        # those i < key + shifts[1] (one histogram and one running sum)
+        at = [torch.searchsorted(key_pos + shift, flat, right=True).view(b, h * s, size)
+              for shift in shifts]
+        ones = torch.ones(b, h * s, size, dtype=dtype, device=members.device)
+        values = ones if len(at) == 1 else torch.cat([ones, -ones], 2)
+        hist = _bin_sums(values, torch.cat(at, 2), width + 1)
+        return hist.view(b, h, s, width + 1)[..., :width].cumsum_(3)
 
     real = (members != _FAR).sum(-1, keepdim=True).to(dtype)
     window = fixed.window
@@ -314,7 +324,7 @@ def _usable(members, key_pos, fixed: _Fixed, dtype):
         count = real - below(window)  # i < j + window
     elif window:  # query i holds key j in its window when j + left - window < i <= j + left
         left = (window - 1) // 2
-        count = real - below(left + 1) + below(left + 1 - window)
+        count = real - below(left + 1, left + 1 - window)
     else:
         count = real.expand(b, h, s, width)
     if fixed.sink:
