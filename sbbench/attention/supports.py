@@ -121,7 +121,8 @@ def kmeans_order(q, k, hashes: HashFunctions, bucket_size: int, key_ok, causal: 
                 sums, counts = _centres(q, cluster_of, real, n_clusters)
                 keys = _pick(sums / counts.clamp_min(1)[..., None],
                              fixed and _members(q_order, real, bucket_size), k_pad,
-                             positions, key_ok, bucket_size, fixed, elements)
+                             positions, key_ok, bucket_size, fixed, elements,
+                             every_key=True)
             else:
                 q_order, keys = _two_levels(q, k_pad, unit, real, init, n_groups,
                                             bucket_size, key_ok, fixed, elements)
@@ -169,7 +170,7 @@ def _two_levels(q, k_pad, unit, real, init, n_groups, bucket_size, key_ok, fixed
     group = (sums.view(b, h, n_groups, per_group, d).sum(3)
              / counts.view(b, h, n_groups, per_group).sum(3).clamp_min(1)[..., None])
     cand = _pick(group, fixed and _members(q_order, real, size), k_pad, positions, key_ok,
-                 n_cand, fixed, elements, best_first=False)
+                 n_cand, fixed, elements, best_first=False, every_key=True)
     if fixed is not None:  # ascending, for _usable
         cand = torch.sort(cand, dim=-1).values
     cand = cand.reshape(b, h, n_groups * n_cand)
@@ -299,20 +300,25 @@ def _members(order, real, size):
     return torch.sort(chunks.view(b, h, seq_pad // size, size), dim=-1).values
 
 
-def _usable(members, key_pos, fixed: _Fixed, dtype):
+def _usable(members, key_pos, fixed: _Fixed, dtype, every_key=False):
     """How many queries of every set may see each key and do not hold it in their sinks
     or window: members [b, h, s, size] (sorted, non-real ones past every key), key_pos
-    [b, h, K] ascending -> [b, h, s, K] counts (``dtype``). Each member is placed among
-    the keys once (a search over K, not over the members for every key), the counts are
-    a running sum over the keys."""
+    [b, h, K] ascending (``every_key``: 0 .. K - 1) -> [b, h, s, K] counts (``dtype``).
+    Each member is placed among the keys once (a search over K, or with ``every_key``
+    arithmetic, not over the members for every key), the counts are a running sum over
+    the keys."""
     b, h, s, size = members.shape
     width = key_pos.shape[-1]
     flat = members.reshape(b, h, s * size).contiguous()
 
+    def place(shift):  # how many keys j have j + shift <= i, for every member i
+        if every_key:  # clamped first: the non-real members' position does not overflow
+            return (flat.clamp_max(width + abs(shift)) - (shift - 1)).clamp_(0, width)
+        return torch.searchsorted(key_pos + shift, flat, right=True)
+
     def below(*shifts):  # [b, h, s, K]: the set's real queries i < key + shifts[0], less
         # those i < key + shifts[1] (one histogram and one running sum)
-        at = [torch.searchsorted(key_pos + shift, flat, right=True).view(b, h * s, size)
-              for shift in shifts]
+        at = [place(shift).view(b, h * s, size) for shift in shifts]
         ones = torch.ones(b, h * s, size, dtype=dtype, device=members.device)
         values = ones if len(at) == 1 else torch.cat([ones, -ones], 2)
         hist = _bin_sums(values, torch.cat(at, 2), width + 1)
@@ -333,13 +339,14 @@ def _usable(members, key_pos, fixed: _Fixed, dtype):
 
 
 def _pick(centres, members, keys, key_pos, key_ok, n_keys, fixed: _Fixed | None, elements,
-          best_first=True):
+          best_first=True, every_key=False):
     """The ``n_keys`` keys of largest ``centre . k`` per set (with ``fixed``:
     ``scale * centre . k + log(usable)``, see :func:`_usable`, ``members`` [b, h, sets,
     size] each set's sorted real query positions): [b, h, sets, n_keys] positions (best
     first, or unordered without ``best_first``). keys [b, h, K, d] at positions key_pos
-    [b, h, K] (ascending with ``fixed``), key_ok [b, h, K]; masked, padded or unusable
-    keys only fill a set that has fewer candidates (they are masked per pair later)."""
+    [b, h, K] (ascending with ``fixed``; ``every_key``: they are 0 .. K - 1), key_ok
+    [b, h, K]; masked, padded or unusable keys only fill a set that has fewer candidates
+    (they are masked per pair later)."""
     n_sets, width = centres.shape[2], keys.shape[2]
     centres_t = centres.transpose(-1, -2)
     masked = not bool(key_ok.all())
@@ -349,7 +356,8 @@ def _pick(centres, members, keys, key_pos, key_ok, n_keys, fixed: _Fixed | None,
         # [b,h,K,d] @ [b,h,d,s] -> [b,h,K,s] (faster than [s,d] @ [d,K] for few sets)
         scores = torch.matmul(keys, centres_t[..., start:start + step]).transpose(-1, -2)
         if fixed is not None:
-            usable = _usable(members[:, :, start:start + step], key_pos, fixed, scores.dtype)
+            usable = _usable(members[:, :, start:start + step], key_pos, fixed, scores.dtype,
+                             every_key)
             scores = scores.mul_(fixed.scale).add_(usable.log_())
         if masked:
             scores.masked_fill_(~key_ok[:, :, None, :], float("-inf"))
