@@ -273,10 +273,11 @@ def _merge(accs: _Accumulators, rows, num_c, den_c, lam_c) -> None:
     new_lam = torch.maximum(old_lam, lam_c)
     keep_old, take_new = torch.exp(old_lam - new_lam), torch.exp(lam_c - new_lam)
     # in place (autograd-safe: no earlier op saved the accumulators for backward)
-    accs.num.index_copy_(0, rows, accs.num.index_select(0, rows) * keep_old[:, None]
-                         + num_c * take_new[:, None])
-    accs.den.index_copy_(0, rows, accs.den.index_select(0, rows) * keep_old
-                         + den_c * take_new)
+    # (the same products and sums as old * keep + new * take, with fewer temporaries)
+    accs.num.index_copy_(0, rows, accs.num.index_select(0, rows).mul_(keep_old[:, None])
+                         .add_(num_c * take_new[:, None]))
+    accs.den.index_copy_(0, rows, accs.den.index_select(0, rows).mul_(keep_old)
+                         .add_(den_c * take_new))
     accs.lam.index_copy_(0, rows, new_lam)
 
 

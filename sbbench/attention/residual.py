@@ -99,7 +99,7 @@ def sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: Buckets,
         if buckets.has_fixed:  # pairs the sinks or the window hold are counted there only
             valid = valid & ~in_fixed(qb_pos[..., None], kb_pos[..., None, :], buckets.sink,
                                       buckets.window, buckets.causal)
-        logits = logits.masked_fill(~valid, float("-inf"))
+        logits.masked_fill_(~valid, float("-inf"))  # in place: no op saved it for backward
     count = None
     if buckets.key_sets is not None and n_rounds > 1:  # a pair in c rounds counts 1/c each
         k_flat = kb_pos[..., None, :].expand(b, h, g, bucket_size, bucket_size).reshape(
