@@ -161,7 +161,7 @@ def attend(
         for q_pos, num_c, den_c, lam, resid, keys in fixed_part(
                 qf, kf, vf, scale, buckets, lowrank, elements, weights=bool(return_weights)):
             _merge_run(accs, b * h, buckets.seq_pad, int(q_pos[0, 0, 0]), num_c, den_c,
-                       lam.reshape(-1))
+                       lam.reshape(-1), first=lowrank is None)
             if return_weights:
                 pieces.append((q_pos, keys, resid, lam))
     for r in range(buckets.n_rounds):
@@ -273,20 +273,28 @@ def _merge(accs: _Accumulators, rows, num_c, den_c, lam_c) -> None:
     new_lam = torch.maximum(old_lam, lam_c)
     keep_old, take_new = torch.exp(old_lam - new_lam), torch.exp(lam_c - new_lam)
     # in place (autograd-safe: no earlier op saved the accumulators for backward)
-    accs.num.index_copy_(0, rows, accs.num.index_select(0, rows) * keep_old[:, None]
-                         + num_c * take_new[:, None])
-    accs.den.index_copy_(0, rows, accs.den.index_select(0, rows) * keep_old
-                         + den_c * take_new)
+    # (the same products and sums as old * keep + new * take, with fewer temporaries)
+    accs.num.index_copy_(0, rows, accs.num.index_select(0, rows).mul_(keep_old[:, None])
+                         .add_(num_c * take_new[:, None]))
+    accs.den.index_copy_(0, rows, accs.den.index_select(0, rows).mul_(keep_old)
+                         .add_(den_c * take_new))
     accs.lam.index_copy_(0, rows, new_lam)
 
 
-def _merge_run(accs: _Accumulators, batch_heads, seq_pad, start, num_c, den_c, lam_c):
-    """:func:`_merge` for the rows ``start ..`` of every (batch, head), in that order."""
+def _merge_run(accs: _Accumulators, batch_heads, seq_pad, start, num_c, den_c, lam_c,
+               first=False):
+    """:func:`_merge` for the rows ``start ..`` of every (batch, head), in that order
+    (``first``: the rows are still empty, no low-rank part: a copy, the same values)."""
     m = lam_c.shape[0] // batch_heads
     num = accs.num.view(batch_heads, seq_pad, -1)[:, start:start + m]
     den = accs.den.view(batch_heads, seq_pad)[:, start:start + m]
     old_lam = accs.lam.view(batch_heads, seq_pad)[:, start:start + m]
     lam_c = lam_c.view(batch_heads, m)
+    if first:  # keep_old = exp(-inf) = 0, take_new = exp(0) = 1
+        num.copy_(num_c.view(batch_heads, m, -1))
+        den.copy_(den_c.view(batch_heads, m))
+        old_lam.copy_(lam_c)
+        return
     new_lam = torch.maximum(old_lam, lam_c)
     keep_old, take_new = torch.exp(old_lam - new_lam), torch.exp(lam_c - new_lam)
     num.copy_(num * keep_old[..., None] + num_c.view(batch_heads, m, -1) * take_new[..., None])
