@@ -66,6 +66,31 @@ NO_LOWRANK, LOWRANK_FROM_STATE, LOWRANK_FROM_SUMS = 0, 1, 2
 
 
 @triton.jit
+def project_t(x, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D: tl.constexpr,
+              BLOCK_P: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
+              UPCAST: tl.constexpr):
+    """feature_map.project transposed: x [ROWS, BLOCK_D] -> W_s[p0 : p0 + BLOCK_P] @ x^T:
+    [BLOCK_P, ROWS] fp32 (the same products, the rows on the columns)."""
+    offs_p = p0 + tl.arange(0, BLOCK_P)
+    offs_d = tl.arange(0, BLOCK_D)
+    w_offs = offs_p[:, None] * head_dim + offs_d[None, :]  # [BLOCK_P, BLOCK_D]
+    w_mask = (offs_p[:, None] < n_proj) & (offs_d[None, :] < head_dim)
+    w = tl.load(w_ptr + w_offs, mask=w_mask, other=0.0)
+    xt = tl.trans(x)
+    if SPLIT:
+        w_lo = tl.load(w_lo_ptr + w_offs, mask=w_mask, other=0.0)
+        if UPCAST:
+            xt = xt.to(tl.float32)
+            w = w.to(tl.float32)
+            w_lo = w_lo.to(tl.float32)
+        acc = tl.dot(w, xt, input_precision=PREC)
+        acc = tl.dot(w_lo, xt, acc, input_precision=PREC)
+    else:
+        acc = tl.dot(w, xt.to(tl.float32), input_precision=PREC)
+    return acc
+
+
+@triton.jit
 def _bucket_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr,
     q_order_ptr, k_order_ptr, q_bucket_ptr, k_bucket_ptr, count_ptr, keep_ptr,
@@ -142,15 +167,17 @@ def _bucket_kernel(
                              PREC_F, SPLIT, UPCAST)  # [Q, P]
             qp = tl.where(p_ok[None, :], tl.exp(proj_q - qshift[:, None]), 0.0)
             qm = tl.where(p_ok[None, :], tl.exp(-proj_q - qshift[:, None]), 0.0)
-            proj_k = project(kb, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D, BLOCK_P,
-                             PREC_F, SPLIT, UPCAST)
-            base = kbias[:, None] + lk
-            use = key_ok[:, None] & p_ok[None, :]
+            # the key projection transposed, W_s[p0 : p0 + P] @ k^T: [P, B], so that its
+            # key operand splits over the warps along the bucket as in est and the logits
+            proj_k = project_t(kb, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D, BLOCK_P,
+                               PREC_F, SPLIT, UPCAST)
+            base = kbias[None, :] + lk
+            use = p_ok[:, None] & key_ok[None, :]
             kp = tl.where(use, tl.exp(proj_k - base), 0.0)
             km = tl.where(use, tl.exp(-proj_k - base), 0.0)
             # [Q, P] @ [P, B] -> [Q, B]
-            est += tl.dot(qp, tl.trans(kp), input_precision=PREC_F)
-            est += tl.dot(qm, tl.trans(km), input_precision=PREC_F)
+            est += tl.dot(qp, kp, input_precision=PREC_F)
+            est += tl.dot(qm, km, input_precision=PREC_F)
             if LOWRANK == 1 and FIRST:
                 rows = kv_ptr + pid_bh * n_feat * head_dim_v + offs_dv[None, :]
                 tile_ok = p_ok[:, None] & dv_ok[None, :]
