@@ -82,8 +82,8 @@ def _bucket_kernel(
     FIXED: tl.constexpr,
     HAS_MASK: tl.constexpr, LOWRANK: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_DK: tl.constexpr, PREC: tl.constexpr,
-    PREC_F: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr,
+    BLOCK_P: tl.constexpr, PREC: tl.constexpr, PREC_F: tl.constexpr, SPLIT: tl.constexpr,
+    UPCAST: tl.constexpr, INT64: tl.constexpr,
 ):
     pid_bh = wide(tl.program_id(0), INT64)
     # tile = (bucket, block of BLOCK_Q of its queries); tiles beyond 65,535 continue on
@@ -95,7 +95,6 @@ def _bucket_kernel(
     offs = tl.arange(0, BLOCK_B)
     offs_q = (tile % q_blocks) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     offs_d = wide(tl.arange(0, BLOCK_D), INT64)
-    offs_dk = wide(tl.arange(0, BLOCK_DK), INT64)
     offs_dv = wide(tl.arange(0, BLOCK_DV), INT64)
     d_ok = offs_d < head_dim
     dv_ok = offs_dv < head_dim_v
@@ -119,16 +118,10 @@ def _bucket_kernel(
     key_ok = slot_ok & (k_pos < seq)
     if HAS_MASK:
         key_ok = key_ok & (tl.load(keep_ptr + b * seq + k_pos, mask=key_ok, other=0) != 0)
-    q_row = q_ptr + b * stride_qb + h * stride_qh + q_pos * stride_qn
-    k_row = k_ptr + b * stride_kb + h * stride_kh + k_pos * stride_kn
-    # q [Q, d] and k [B, d] stay loaded with one head_dim chunk; with several (BLOCK_DK <
-    # BLOCK_D) each product re-reads its [rows, BLOCK_DK] chunks (from cache), so no
-    # whole-width tile (nor its tf32x3 hi / lo copies) lives through the loop
-    if BLOCK_DK == BLOCK_D:
-        qb = tl.load(q_row[:, None] + offs_d[None, :] * stride_qd,
-                     mask=q_ok[:, None] & d_ok[None, :], other=0.0)
-        kb = tl.load(k_row[:, None] + offs_d[None, :] * stride_kd,
-                     mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+    qb = tl.load(q_ptr + b * stride_qb + h * stride_qh + q_pos[:, None] * stride_qn
+                 + offs_d[None, :] * stride_qd, mask=q_ok[:, None] & d_ok[None, :], other=0.0)
+    kb = tl.load(k_ptr + b * stride_kb + h * stride_kh + k_pos[:, None] * stride_kn
+                 + offs_d[None, :] * stride_kd, mask=key_ok[:, None] & d_ok[None, :], other=0.0)
     # ---- low-rank estimate on the bucket's pairs, est_ij = qh_i . kh_j, and in the first
     # round of a non-causal call the row's low-rank numerator / denominator from the kv
     # state. First, so that only q, k (input dtype) and the accumulators live through the
@@ -145,27 +138,13 @@ def _bucket_kernel(
         for p0 in range(0, n_proj, BLOCK_P):
             offs_p = p0 + tl.arange(0, BLOCK_P)
             p_ok = offs_p < n_proj
-            # q's projection [Q, P] and k's transposed, W_s[p0 : p0 + P] @ k^T [P, B]: the
-            # key operand splits over the warps along the bucket as in est and the logits
-            if BLOCK_DK == BLOCK_D:
-                proj_q = project_part(qb, w_ptr, w_lo_ptr, p0, 0, n_proj, head_dim,
-                                      BLOCK_DK, BLOCK_P, PREC_F, SPLIT, UPCAST, False)
-                proj_k = project_part(kb, w_ptr, w_lo_ptr, p0, 0, n_proj, head_dim,
-                                      BLOCK_DK, BLOCK_P, PREC_F, SPLIT, UPCAST, True)
-            else:
-                proj_q = tl.full([BLOCK_Q, BLOCK_P], 0.0, tl.float32)
-                proj_k = tl.full([BLOCK_P, BLOCK_B], 0.0, tl.float32)
-                for d0 in tl.static_range(0, BLOCK_D, BLOCK_DK):
-                    offs_c = d0 + offs_dk
-                    c_ok = offs_c < head_dim
-                    qc = tl.load(q_row[:, None] + offs_c[None, :] * stride_qd,
-                                 mask=q_ok[:, None] & c_ok[None, :], other=0.0)
-                    proj_q += project_part(qc, w_ptr, w_lo_ptr, p0, d0, n_proj, head_dim,
-                                           BLOCK_DK, BLOCK_P, PREC_F, SPLIT, UPCAST, False)
-                    kc = tl.load(k_row[:, None] + offs_c[None, :] * stride_kd,
-                                 mask=key_ok[:, None] & c_ok[None, :], other=0.0)
-                    proj_k += project_part(kc, w_ptr, w_lo_ptr, p0, d0, n_proj, head_dim,
-                                           BLOCK_DK, BLOCK_P, PREC_F, SPLIT, UPCAST, True)
+            # q's projection [Q, P] and k's transposed, W_s[p0 : p0 + P] @ k^T [P, B]: so
+            # the key operand splits over the warps along the bucket, as in est and the
+            # logits (projected as [B, P], every warp held the whole [B, d] key tile)
+            proj_q = project_part(qb, w_ptr, w_lo_ptr, p0, 0, n_proj, head_dim, BLOCK_D,
+                                  BLOCK_P, PREC_F, SPLIT, UPCAST, False)
+            proj_k = project_part(kb, w_ptr, w_lo_ptr, p0, 0, n_proj, head_dim, BLOCK_D,
+                                  BLOCK_P, PREC_F, SPLIT, UPCAST, True)
             qp = tl.where(p_ok[None, :], tl.exp(proj_q - qshift[:, None]), 0.0)
             qm = tl.where(p_ok[None, :], tl.exp(-proj_q - qshift[:, None]), 0.0)
             base = kbias[None, :] + lk
@@ -190,19 +169,7 @@ def _bucket_kernel(
                 lr_den += tl.reduce(qp * ks_plus[None, :], 1, SUM_COMBINE) \
                     + tl.reduce(qm * ks_minus[None, :], 1, SUM_COMBINE)
     # ---- logits: [Q, D] @ [D, B] -> [Q, B]
-    if BLOCK_DK == BLOCK_D:
-        logits = mma(qb, tl.trans(kb), PREC, UPCAST)
-    else:
-        logits = tl.full([BLOCK_Q, BLOCK_B], 0.0, tl.float32)
-        for d0 in tl.static_range(0, BLOCK_D, BLOCK_DK):
-            offs_c = d0 + offs_dk
-            c_ok = offs_c < head_dim
-            qc = tl.load(q_row[:, None] + offs_c[None, :] * stride_qd,
-                         mask=q_ok[:, None] & c_ok[None, :], other=0.0)
-            kc = tl.load(k_row[:, None] + offs_c[None, :] * stride_kd,
-                         mask=key_ok[:, None] & c_ok[None, :], other=0.0)
-            logits += mma(qc, tl.trans(kc), PREC, UPCAST)
-    logits = logits * scale
+    logits = mma(qb, tl.trans(kb), PREC, UPCAST) * scale
     valid = key_ok[None, :] & q_ok[:, None]
     if CAUSAL:
         valid = valid & (k_pos[None, :] <= q_pos[:, None])
@@ -336,7 +303,6 @@ def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_
         BLOCK_B=next_pow2(bucket_size), BLOCK_Q=block_q,
         BLOCK_D=next_pow2(head_dim),
         BLOCK_DV=next_pow2(head_dim_v), BLOCK_P=config["BLOCK_P"],
-        BLOCK_DK=min(next_pow2(head_dim), config.get("BLOCK_DK") or next_pow2(head_dim)),
         # every float32 product here (estimate, fused low-rank numerator, residual x v)
         # feeds the residual's cancellation: tf32x3 for every input dtype
         PREC=feature_precision(q.dtype), PREC_F=feature_precision(q.dtype, residual=True),
