@@ -87,10 +87,11 @@ def project_part(x, w_ptr, w_lo_ptr, p0, d0, n_proj, head_dim, BLOCK_DK: tl.cons
                  UPCAST: tl.constexpr, TRANS: tl.constexpr):
     """:func:`project` of columns d0 : d0 + BLOCK_DK of the rows, x: [ROWS, BLOCK_DK] ->
     x @ W_s[p0 : p0 + BLOCK_P, d0 : d0 + BLOCK_DK]^T [ROWS, BLOCK_P], or with TRANS its
-    transpose W_s[...] @ x^T [BLOCK_P, ROWS] (the rows on the columns of the product)."""
+    transpose W_s[...] @ x^T [BLOCK_P, ROWS] (TRANS=1: the rows on the columns of the
+    product; TRANS=2: the row product, transposed after it)."""
     offs_p = p0 + tl.arange(0, BLOCK_P)
     offs_d = d0 + tl.arange(0, BLOCK_DK)
-    if TRANS:
+    if TRANS == 1:
         w_offs = offs_p[:, None] * head_dim + offs_d[None, :]  # [BLOCK_P, BLOCK_DK]
         w_mask = (offs_p[:, None] < n_proj) & (offs_d[None, :] < head_dim)
         x = tl.trans(x)
@@ -104,16 +105,18 @@ def project_part(x, w_ptr, w_lo_ptr, p0, d0, n_proj, head_dim, BLOCK_DK: tl.cons
             x = x.to(tl.float32)
             w = w.to(tl.float32)
             w_lo = w_lo.to(tl.float32)
-        if TRANS:
+        if TRANS == 1:
             acc = tl.dot(w, x, input_precision=PREC)
             acc = tl.dot(w_lo, x, acc, input_precision=PREC)
         else:
             acc = tl.dot(x, w, input_precision=PREC)
             acc = tl.dot(x, w_lo, acc, input_precision=PREC)
-    elif TRANS:
+    elif TRANS == 1:
         acc = tl.dot(w, x.to(tl.float32), input_precision=PREC)
     else:
         acc = tl.dot(x.to(tl.float32), w, input_precision=PREC)
+    if TRANS == 2:
+        acc = tl.trans(acc)
     return acc
 
 
