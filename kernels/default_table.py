@@ -29,6 +29,11 @@ rows that are spill-free with one spill 8-64 B on sm_90 (head_dim 64 at buckets 
 sparse --n-hashes 2``, 2026-11-30). Shapes outside the table
 (head_dim <= 16, head_dim_v in another power-of-two class than head_dim) and rows whose
 entry keep() drops for the shape at hand take the fallback of ``_common.default_for``.
+The sparse entries of sm_80 float32 head_dim 32 (buckets 128, 256), 64 (64, 128), 128 (32),
+sm_80 2-byte head_dim 256 (64) and sm_90 float32 head_dim 128 (32) were set to 16 queries by
+hand when the key projection was transposed (static compiles in
+reports/kernels/sparse_key_projection.md, 2026-11-30), not by a rerun of the search: the
+search may find larger spill-free blocks, or other entries, for that kernel.
 Nothing here imports triton.
 """
 
@@ -58,8 +63,8 @@ TABLE: dict[tuple[int, int, int], dict] = {
             16: (32, 8, 2, 16),
             32: (32, 8, 3, 16),
             64: (16, 8, 2, 16),
-            128: (16, 8, 2, 64),
-            256: (16, 8, 2, 64),
+            128: (16, 8, 2, 16),
+            256: (16, 8, 2, 16),
         },
         'fixed': (64, 32, 16, 8, 1),
     },
@@ -71,8 +76,8 @@ TABLE: dict[tuple[int, int, int], dict] = {
         'sparse': {
             16: (16, 8, 2, 16),
             32: (16, 8, 2, 16),
-            64: (16, 8, 3, 64),
-            128: (16, 8, 3, 64),
+            64: (16, 8, 3, 16),
+            128: (16, 8, 3, 16),
             256: None,
         },
         'fixed': (16, 16, 16, 8, 1),
@@ -84,7 +89,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
         'lowrank_causal': (16, 32, 8, 1),
         'sparse': {
             16: (16, 8, 1, 16),
-            32: (16, 8, 1, 32),
+            32: (16, 8, 1, 16),
             64: (16, 8, 2, 16),
             128: None,
             256: None,
@@ -141,7 +146,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
         'sparse': {
             16: (16, 8, 2, 16),
             32: (16, 8, 3, 32),
-            64: (16, 8, 1, 64),
+            64: (16, 8, 1, 16),
             128: None,
             256: None,
         },
@@ -182,7 +187,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
         'lowrank_causal': (16, 16, 4, 2),
         'sparse': {
             16: (16, 8, 2, 16),
-            32: (16, 8, 2, 32),
+            32: (16, 8, 2, 16),
             64: (16, 8, 2, 16),
             128: (16, 8, 3, 16),
             256: None,
@@ -251,11 +256,13 @@ TABLE: dict[tuple[int, int, int], dict] = {
 # Rows where no candidate compiles without spills, (kernel, arch, dtype bytes, head_dim
 # tile, bucket tile or 0) -> why (measured with the search's compiles; more in
 # reports/kernels/default_search.md). Their entries above have the fewest spill bytes.
-_ESTIMATE = ("the sparse kernel's low-rank estimate (q and k projections and est in "
-             "tf32x3 products, float32 hi / lo operand copies): all its products share one "
-             "MMA layout with the warps along the columns, so every warp holds the whole "
-             "[bucket, head_dim] key tile of the key projection; the same launch without "
-             "the low-rank part needs 54 registers (sm_80, bfloat16, head_dim 64, bucket 64)")
+_ESTIMATE = ("the sparse kernel's low-rank estimate: q and k tiles with their tf32x3 feature "
+             "products (float32: hi / lo operand copies); float32 head_dim 128 spills even "
+             "at 16 queries x 16 keys, so not the bucket; the key projection runs transposed "
+             "(sparse_setup.key_layout: its key tile splits over the warps along the bucket), "
+             "which made 16 of these 28 rows spill-free (reports/kernels/"
+             "sparse_key_projection.md); the same launch without the low-rank part needs 54 "
+             "registers (sm_80, bfloat16, head_dim 64, bucket 64)")
 _FLOAT32_PROJECTION = ("the tf32x3 projection of [rows, 128] float32 rows: on sm_80 the MMA "
                        "operands (hi and lo copies) live in registers; sm_90 compiles the "
                        "same config without spills")
@@ -267,14 +274,10 @@ _FIXED_TILES = ("the sink / window kernel's [queries, head_dim] and [keys, head_
                 "keep() leaves (16 queries, 16 keys, 16 projections, 8 warps) still spill")
 SPILLING: dict[tuple[str, int, int, int, int], str] = {
     **{("sparse", 80, 4, d, b): _ESTIMATE for d, b in (
-        (32, 64), (32, 128), (32, 256), (64, 32), (64, 64), (64, 128), (128, 16),
-        (128, 32), (128, 64))},
-    **{("sparse", 80, 2, d, b): _ESTIMATE for d, b in (
-        (32, 128), (32, 256), (64, 128), (64, 256), (128, 64), (128, 128), (256, 32),
-        (256, 64))},
+        (64, 128), (128, 16), (128, 32), (128, 64))},
+    **{("sparse", 80, 2, 256, 32): _ESTIMATE},
     **{("sparse", 90, 4, d, b): _ESTIMATE for d, b in (
-        (32, 256), (64, 32), (64, 64), (64, 128), (64, 256), (128, 16), (128, 32),
-        (128, 64), (128, 128))},
+        (32, 256), (64, 128), (64, 256), (128, 16), (128, 32), (128, 64), (128, 128))},
     **{("sparse", 90, 2, 256, b): _ESTIMATE for b in (16, 32)},
     ("feature_stats", 80, 4, 128, 0): _FLOAT32_PROJECTION,
     **{(name, arch, 2, 256, 0): _WIDE_HEAD for name in ("lowrank_apply", "lowrank_causal")

@@ -82,6 +82,45 @@ def project(x, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D: tl.constexpr,
 
 
 @triton.jit
+def project_part(x, w_ptr, w_lo_ptr, p0, d0, n_proj, head_dim, BLOCK_DK: tl.constexpr,
+                 BLOCK_P: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
+                 UPCAST: tl.constexpr, TRANS: tl.constexpr):
+    """:func:`project` of columns d0 : d0 + BLOCK_DK of the rows, x: [ROWS, BLOCK_DK] ->
+    x @ W_s[p0 : p0 + BLOCK_P, d0 : d0 + BLOCK_DK]^T [ROWS, BLOCK_P], or with TRANS its
+    transpose W_s[...] @ x^T [BLOCK_P, ROWS] (TRANS=1: the rows on the columns of the
+    product; TRANS=2: the row product, transposed after it)."""
+    offs_p = p0 + tl.arange(0, BLOCK_P)
+    offs_d = d0 + tl.arange(0, BLOCK_DK)
+    if TRANS == 1:
+        w_offs = offs_p[:, None] * head_dim + offs_d[None, :]  # [BLOCK_P, BLOCK_DK]
+        w_mask = (offs_p[:, None] < n_proj) & (offs_d[None, :] < head_dim)
+        x = tl.trans(x)
+    else:
+        w_offs = offs_p[None, :] * head_dim + offs_d[:, None]  # [BLOCK_DK, BLOCK_P]
+        w_mask = (offs_p[None, :] < n_proj) & (offs_d[:, None] < head_dim)
+    w = tl.load(w_ptr + w_offs, mask=w_mask, other=0.0)
+    if SPLIT:
+        w_lo = tl.load(w_lo_ptr + w_offs, mask=w_mask, other=0.0)
+        if UPCAST:
+            x = x.to(tl.float32)
+            w = w.to(tl.float32)
+            w_lo = w_lo.to(tl.float32)
+        if TRANS == 1:
+            acc = tl.dot(w, x, input_precision=PREC)
+            acc = tl.dot(w_lo, x, acc, input_precision=PREC)
+        else:
+            acc = tl.dot(x, w, input_precision=PREC)
+            acc = tl.dot(x, w_lo, acc, input_precision=PREC)
+    elif TRANS == 1:
+        acc = tl.dot(w, x.to(tl.float32), input_precision=PREC)
+    else:
+        acc = tl.dot(x.to(tl.float32), w, input_precision=PREC)
+    if TRANS == 2:
+        acc = tl.trans(acc)
+    return acc
+
+
+@triton.jit
 def wide(x, INT64: tl.constexpr):
     """x as int64 when the launch needs 64-bit offsets (_common.needs_int64): program ids
     and positions go through here, so every offset computed from them is int64."""

@@ -42,7 +42,7 @@ from sbbench.kernels.feature_map import (
     interpreted,
     meta_weights,
     mma,
-    project,
+    project_part,
     weight_args,
     wide,
 )
@@ -57,6 +57,7 @@ from sbbench.kernels.sparse_setup import (  # noqa: F401 - re-exported
     fuse_by_default,
     keep,
     kernel_shape,
+    key_layout,
     pick_query_block,
     query_block,
     sparse_grid,
@@ -83,7 +84,7 @@ def _bucket_kernel(
     HAS_MASK: tl.constexpr, LOWRANK: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_P: tl.constexpr, PREC: tl.constexpr, PREC_F: tl.constexpr, SPLIT: tl.constexpr,
-    UPCAST: tl.constexpr, INT64: tl.constexpr,
+    UPCAST: tl.constexpr, INT64: tl.constexpr, KEY_T: tl.constexpr,
 ):
     pid_bh = wide(tl.program_id(0), INT64)
     # tile = (bucket, block of BLOCK_Q of its queries); tiles beyond 65,535 continue on
@@ -138,19 +139,20 @@ def _bucket_kernel(
         for p0 in range(0, n_proj, BLOCK_P):
             offs_p = p0 + tl.arange(0, BLOCK_P)
             p_ok = offs_p < n_proj
-            proj_q = project(qb, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D, BLOCK_P,
-                             PREC_F, SPLIT, UPCAST)  # [Q, P]
+            # q's projection [Q, P] and k's as [P, B] (sparse_setup.key_layout)
+            proj_q = project_part(qb, w_ptr, w_lo_ptr, p0, 0, n_proj, head_dim, BLOCK_D,
+                                  BLOCK_P, PREC_F, SPLIT, UPCAST, False)
+            proj_k = project_part(kb, w_ptr, w_lo_ptr, p0, 0, n_proj, head_dim, BLOCK_D,
+                                  BLOCK_P, PREC_F, SPLIT, UPCAST, KEY_T)
             qp = tl.where(p_ok[None, :], tl.exp(proj_q - qshift[:, None]), 0.0)
             qm = tl.where(p_ok[None, :], tl.exp(-proj_q - qshift[:, None]), 0.0)
-            proj_k = project(kb, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D, BLOCK_P,
-                             PREC_F, SPLIT, UPCAST)
-            base = kbias[:, None] + lk
-            use = key_ok[:, None] & p_ok[None, :]
+            base = kbias[None, :] + lk
+            use = p_ok[:, None] & key_ok[None, :]
             kp = tl.where(use, tl.exp(proj_k - base), 0.0)
             km = tl.where(use, tl.exp(-proj_k - base), 0.0)
             # [Q, P] @ [P, B] -> [Q, B]
-            est += tl.dot(qp, tl.trans(kp), input_precision=PREC_F)
-            est += tl.dot(qm, tl.trans(km), input_precision=PREC_F)
+            est += tl.dot(qp, kp, input_precision=PREC_F)
+            est += tl.dot(qm, km, input_precision=PREC_F)
             if LOWRANK == 1 and FIRST:
                 rows = kv_ptr + pid_bh * n_feat * head_dim_v + offs_dv[None, :]
                 tile_ok = p_ok[:, None] & dv_ok[None, :]
@@ -300,6 +302,7 @@ def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_
         BLOCK_B=next_pow2(bucket_size), BLOCK_Q=block_q,
         BLOCK_D=next_pow2(head_dim),
         BLOCK_DV=next_pow2(head_dim_v), BLOCK_P=config["BLOCK_P"],
+        KEY_T=key_layout(q.dtype, bucket_size),
         # every float32 product here (estimate, fused low-rank numerator, residual x v)
         # feeds the residual's cancellation: tf32x3 for every input dtype
         PREC=feature_precision(q.dtype), PREC_F=feature_precision(q.dtype, residual=True),

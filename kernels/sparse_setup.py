@@ -170,6 +170,16 @@ SPACE = {
 DEFAULT = {"BLOCK_P": 16, "num_warps": 8, "num_stages": 2}
 
 
+def key_layout(dtype: torch.dtype, bucket_size: int) -> int:
+    """How the sparse kernel projects the bucket's keys (feature_map.project_part's TRANS):
+    1, transposed, W_s @ k^T [P, B], so the key operand splits over the warps along the
+    bucket as in the estimate and the logits (projected as [B, P], every warp holds the
+    whole [B, d] key tile); 2, as [B, P] then transposed, for half-precision buckets of at
+    most 32 keys, where the transposed product spilled 24-56 B per thread at head_dim
+    128-256 and the other did not (reports/kernels/sparse_key_projection.md)."""
+    return 2 if dtype != torch.float32 and next_pow2(bucket_size) <= 32 else 1
+
+
 def fuse_by_default(head_dim_v: int) -> bool:
     """Whether the first round computes the low-rank numerator phi(Q) kv itself (non-causal).
 

@@ -45,9 +45,9 @@ SHAPES = {
 # keep() leaves compiles without spills (reports/kernels/default_search.md): their
 # default is the candidate with the fewest spill bytes, at most these (float16 and
 # bfloat16 alike). Why: kernels/default_table.SPILLING, in short
-# - sparse: the low-rank estimate's tf32x3 products share one MMA layout with the warps
-#   along the columns, so every warp holds the whole [bucket, head_dim] key tile (float32:
-#   hi and lo copies); without the low-rank part the kernel needs 54 registers;
+# - sparse: q and k tiles with the low-rank estimate's tf32x3 products (float32: hi and lo
+#   copies; float32 head_dim 128 spills even at 16 x 16); without the low-rank part the
+#   kernel needs 54 registers;
 # - feature_stats, sm_80 float32 head_dim 128: tf32x3 operands of the [rows, 128]
 #   projection in registers (sm_90 keeps them in shared memory: no spills there);
 # - lowrank_apply / lowrank_causal at head_dim 256: [rows, 256] tiles, smallest kept;
@@ -55,14 +55,11 @@ SHAPES = {
 #   the low-rank estimate's projections of both, smallest tiles kept (16 x 16 x 16, 8 warps).
 NO_SPILL_FREE: dict[tuple[str, int, int, int, int], int] = {
     **{("sparse", 80, 4, d, b): spills for d, b, spills in (
-        (32, 64, 112), (32, 128, 1112), (32, 256, 3872), (64, 32, 200), (64, 64, 872),
-        (64, 128, 2600), (128, 16, 1296), (128, 32, 1904), (128, 64, 4320))},
-    **{("sparse", 80, 2, d, b): spills for d, b, spills in (
-        (32, 128, 8), (32, 256, 600), (64, 128, 264), (64, 256, 1376), (128, 64, 32),
-        (128, 128, 1848), (256, 32, 24), (256, 64, 472))},
+        (64, 128, 32), (128, 16, 976), (128, 32, 680), (128, 64, 688))},
+    ("sparse", 80, 2, 256, 32): 24,
     **{("sparse", 90, 4, d, b): spills for d, b, spills in (
-        (32, 256, 80), (64, 32, 248), (64, 64, 224), (64, 128, 152), (64, 256, 760),
-        (128, 16, 1240), (128, 32, 1984), (128, 64, 1696), (128, 128, 1248))},
+        (32, 256, 56), (64, 128, 104), (64, 256, 392), (128, 16, 1080), (128, 32, 712),
+        (128, 64, 736), (128, 128, 840))},
     ("sparse", 90, 2, 256, 16): 16, ("sparse", 90, 2, 256, 32): 32,
     ("feature_stats", 80, 4, 128, 0): 224,
     ("lowrank_apply", 80, 2, 256, 0): 80, ("lowrank_apply", 90, 2, 256, 0): 112,
