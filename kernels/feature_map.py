@@ -62,23 +62,9 @@ def project(x, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D: tl.constexpr,
     this is x @ W_s to ~2^-16 relative (tf32 would give 2^-11) with 16-bit operands (half
     the registers of fp32 operands, and twice the tensor-core rate of tf32). Otherwise
     (float32 inputs) one fp32 product with input precision PREC. UPCAST: see mma()."""
-    offs_p = p0 + tl.arange(0, BLOCK_P)
-    offs_d = tl.arange(0, BLOCK_D)
-    w_offs = offs_p[None, :] * head_dim + offs_d[:, None]  # [BLOCK_D, BLOCK_P]
-    w_mask = (offs_p[None, :] < n_proj) & (offs_d[:, None] < head_dim)
-    w = tl.load(w_ptr + w_offs, mask=w_mask, other=0.0)
-    if SPLIT:
-        w_lo = tl.load(w_lo_ptr + w_offs, mask=w_mask, other=0.0)
-        if UPCAST:
-            x = x.to(tl.float32)
-            w = w.to(tl.float32)
-            w_lo = w_lo.to(tl.float32)
-        # [ROWS, BLOCK_D] @ [BLOCK_D, BLOCK_P], twice
-        acc = tl.dot(x, w, input_precision=PREC)
-        acc = tl.dot(x, w_lo, acc, input_precision=PREC)
-    else:
-        acc = tl.dot(x.to(tl.float32), w, input_precision=PREC)
-    return acc
+    # [ROWS, BLOCK_D] @ [BLOCK_D, BLOCK_P] (twice with SPLIT): project_part of every column
+    return project_part(x, w_ptr, w_lo_ptr, p0, 0, n_proj, head_dim, BLOCK_D, BLOCK_P,
+                        PREC, SPLIT, UPCAST, 0)
 
 
 @triton.jit
