@@ -266,19 +266,24 @@ def _start_accumulators(qf, dv, seq_pad, lowrank: LowRank | None) -> _Accumulato
                          _pad_seq(den0[..., None], seq_pad).reshape(rows_total), lam)
 
 
+def _online_merge(old_num, old_den, old_lam, num_c, den_c, lam_c):
+    """Two partial sums, each in the scale exp(its lam), as one in the scale exp(max lam)
+    (online softmax): (num, den, lam). ``old_num`` and ``old_den`` are rescaled in place
+    (autograd-safe on copies: no earlier op saved them), so pass copies."""
+    new_lam = torch.maximum(old_lam, lam_c)
+    keep_old, take_new = torch.exp(old_lam - new_lam), torch.exp(lam_c - new_lam)
+    num = old_num.mul_(keep_old[..., None]).add_(num_c * take_new[..., None])
+    den = old_den.mul_(keep_old).add_(den_c * take_new)
+    return num, den, new_lam
+
+
 def _merge(accs: _Accumulators, rows, num_c, den_c, lam_c) -> None:
     """Fold one chunk into the accumulators at ``rows``, rescaling both to the larger
     log-scale (online softmax)."""
-    old_lam = accs.lam.index_select(0, rows)
-    new_lam = torch.maximum(old_lam, lam_c)
-    keep_old, take_new = torch.exp(old_lam - new_lam), torch.exp(lam_c - new_lam)
-    # in place (autograd-safe: no earlier op saved the accumulators for backward)
-    # (the same products and sums as old * keep + new * take, with fewer temporaries)
-    accs.num.index_copy_(0, rows, accs.num.index_select(0, rows).mul_(keep_old[:, None])
-                         .add_(num_c * take_new[:, None]))
-    accs.den.index_copy_(0, rows, accs.den.index_select(0, rows).mul_(keep_old)
-                         .add_(den_c * take_new))
-    accs.lam.index_copy_(0, rows, new_lam)
+    merged = _online_merge(accs.num.index_select(0, rows), accs.den.index_select(0, rows),
+                           accs.lam.index_select(0, rows), num_c, den_c, lam_c)
+    for acc, value in zip((accs.num, accs.den, accs.lam), merged, strict=True):
+        acc.index_copy_(0, rows, value)
 
 
 def _merge_run(accs: _Accumulators, batch_heads, seq_pad, start, num_c, den_c, lam_c,
@@ -289,17 +294,14 @@ def _merge_run(accs: _Accumulators, batch_heads, seq_pad, start, num_c, den_c, l
     num = accs.num.view(batch_heads, seq_pad, -1)[:, start:start + m]
     den = accs.den.view(batch_heads, seq_pad)[:, start:start + m]
     old_lam = accs.lam.view(batch_heads, seq_pad)[:, start:start + m]
+    num_c, den_c = num_c.view(batch_heads, m, -1), den_c.view(batch_heads, m)
     lam_c = lam_c.view(batch_heads, m)
     if first:  # keep_old = exp(-inf) = 0, take_new = exp(0) = 1
-        num.copy_(num_c.view(batch_heads, m, -1))
-        den.copy_(den_c.view(batch_heads, m))
-        old_lam.copy_(lam_c)
-        return
-    new_lam = torch.maximum(old_lam, lam_c)
-    keep_old, take_new = torch.exp(old_lam - new_lam), torch.exp(lam_c - new_lam)
-    num.copy_(num * keep_old[..., None] + num_c.view(batch_heads, m, -1) * take_new[..., None])
-    den.copy_(den * keep_old + den_c.view(batch_heads, m) * take_new)
-    old_lam.copy_(new_lam)
+        merged = (num_c, den_c, lam_c)
+    else:
+        merged = _online_merge(num.clone(), den.clone(), old_lam, num_c, den_c, lam_c)
+    for acc, value in zip((num, den, old_lam), merged, strict=True):
+        acc.copy_(value)
 
 
 def _dense_estimate(qf, lowrank: LowRank | None, pieces, common, buckets: Buckets):

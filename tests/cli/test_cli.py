@@ -34,8 +34,10 @@ def tiny_grid(tmp_path) -> str:
     (["sweep", "--gpu", "nosuchgpu", "--dry-run"], "nosuchgpu"),
     (["sweep", "--gpu", "h100-sxm", "--seq-len", "256"], "--model-only"),
     (["report", "--store", "does-not-exist.sqlite"], "does not exist"),
+    (["sweep", "--gpu", "cpu", "--time-processes", "-1", "--dry-run"],
+     "--time-processes must be an integer >= 0"),
 ], ids=["unknown-grid", "bad-int", "odd-features", "unknown-gpu", "gpu-not-here",
-        "missing-store"])
+        "missing-store", "negative-time-processes"])
 def test_user_errors_exit_2_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
