@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sbbench.analyze.regress import NOISE_Z  # noqa: E402
 from sbbench.core.format import markdown_table  # noqa: E402
 from sbbench.core.provenance import cpu_model_name, now_utc, revision_text  # noqa: E402
 from sbbench.measure.inject import INJECT_ENV, INJECT_METHODS_ENV  # noqa: E402
@@ -127,7 +128,8 @@ def write_readme(path: Path, result: dict, *, command: str, rep_ms: float,
         "purpose; each pair is compared with `sbbench check --baseline A --current B` "
         "(default settings: ratio mode on CPU stores, each time sample divided by the "
         "calibration kernel's sample taken right after it; time factor 1.10, a one-sided "
-        "Mann-Whitney U test at alpha 0.01, and the pair's run-to-run noise gate at z = 3). "
+        "Mann-Whitney U test at alpha 0.01, and the pair's run-to-run noise gate at "
+        f"z = {NOISE_Z:g}, against the other methods' points). "
         "With --threads 1 the samples are the computing thread's CPU time.", "",
         f"- command: `{command}`",
         f"- date: {now_utc()}; git {revision_text()}; {seconds / 60:.0f} min",

@@ -63,7 +63,7 @@ ERROR_ATOL = 1e-4  # relative output error; below this a change is float noise
 MEMORY_ATOL_BYTES = 1 << 20
 ENERGY_ATOL_J = 1e-6
 # Run-to-run noise gate of time changes (see gate_by_noise).
-NOISE_Z = 3.0
+NOISE_Z = 3.5  # chosen on the kept stores of reports/check (see there)
 NOISE_FLOOR = 0.05  # log scale: 5% (a handful of points can look unusually calm)
 NOISE_MIN_POINTS = 4
 
@@ -89,6 +89,7 @@ class Finding:
     p_value: float | None
     verdict: str  # one of VERDICTS
     note: str = ""
+    group: str = ""  # the point's method: the noise gate measures a point against the others
 
     @property
     def failing(self) -> bool:
@@ -236,29 +237,41 @@ def compare(baseline: ResultSet, current: ResultSet, *, factors: dict[str, float
 
 def gate_by_noise(findings: list[Finding], z: float) -> tuple[list[Finding], float | None]:
     """Keep a time regression (or improvement) only if its change is larger than ``z``
-    times the run-to-run scatter of every time point of this pair.
+    times the run-to-run scatter of the pair's other methods.
 
     Mann-Whitney sees the samples of one point within one run; on a shared machine the
     load moves between the runs and between the points of a run (seconds apart), which
     no within-point test can see. The other points of the same pair measure that: the
-    scatter is 1.4826 x the median absolute deviation of their log time changes (robust
-    while fewer than half of the points really changed), at least NOISE_FLOOR. Needs
-    NOISE_MIN_POINTS points; ``z`` <= 0 turns the gate off."""
-    changes = [math.log(f.ratio) for f in findings if f.metric == "time" and f.ratio
-               and math.isfinite(f.ratio) and f.ratio > 0]
-    if z <= 0 or len(changes) < NOISE_MIN_POINTS:
+    scatter is 1.4826 x the median absolute deviation of their log time changes, at least
+    NOISE_FLOOR. A point is measured against the points of the *other* methods
+    (``Finding.group``): a change of the code usually moves every shape of one method,
+    and those points must not widen their own yardstick (with one method slowed on 2 of
+    8 points, counting them doubled the scatter in some pairs of reports/check). Where
+    the other methods have fewer than NOISE_MIN_POINTS points, all points are used.
+    Needs NOISE_MIN_POINTS points; ``z`` <= 0 turns the gate off. Returns the gated
+    findings and the scatter over all points (the summary's figure)."""
+    timed = [f for f in findings if f.metric == "time" and f.ratio
+             and math.isfinite(f.ratio) and f.ratio > 0]
+    if z <= 0 or len(timed) < NOISE_MIN_POINTS:
         return findings, None
-    center = statistics.median(changes)
-    noise = max(1.4826 * statistics.median(abs(c - center) for c in changes), NOISE_FLOOR)
-    bound = math.exp(z * noise)
+    overall = _scatter([math.log(f.ratio) for f in timed])
     out = []
     for f in findings:
-        if f.metric == "time" and f.verdict in ("regression", "improved") and (
-                1 / bound < f.ratio < bound):
-            f = replace(f, verdict="ok", note=_join(
-                f.note, f"within this pair's run-to-run noise (x{bound:.2f})"))
+        if f.metric == "time" and f.verdict in ("regression", "improved"):
+            others = [math.log(g.ratio) for g in timed if g.group != f.group] if f.group else []
+            noise = _scatter(others) if len(others) >= NOISE_MIN_POINTS else overall
+            bound = math.exp(z * noise)
+            if 1 / bound < f.ratio < bound:
+                f = replace(f, verdict="ok", note=_join(
+                    f.note, f"within this pair's run-to-run noise (x{bound:.2f})"))
         out.append(f)
-    return out, noise
+    return out, overall
+
+
+def _scatter(changes: list[float]) -> float:
+    """1.4826 x the median absolute deviation of log changes, at least NOISE_FLOOR."""
+    center = statistics.median(changes)
+    return max(1.4826 * statistics.median(abs(c - center) for c in changes), NOISE_FLOOR)
 
 
 def _point_findings(key, base: Record, cur: Record, label: str, mode: str,
@@ -269,8 +282,8 @@ def _point_findings(key, base: Record, cur: Record, label: str, mode: str,
     if mode == "ratio":
         if key in base_ratio and key in cur_ratio:
             (b, how), (c, _) = base_ratio[key], cur_ratio[key]
-            findings.append(_time_finding(label, b, c, factors["time"], alpha,
-                                          f"time {how}"))
+            findings.append(replace(_time_finding(label, b, c, factors["time"], alpha,
+                                                  f"time {how}"), group=base.method))
         elif _ok_samples(base) and _ok_samples(cur):
             is_reference = base.method == (reference or "") or (
                 reference == "exact" and base.method == CALIBRATION)
@@ -278,8 +291,9 @@ def _point_findings(key, base: Record, cur: Record, label: str, mode: str,
                                     "the reference of ratio mode" if is_reference else
                                     f"no {reference} row in the same run to divide by"))
     else:
-        findings.append(_time_finding(label, _ok_samples(base), _ok_samples(cur),
-                                      factors["time"], alpha, "absolute time (ms)"))
+        findings.append(replace(_time_finding(label, _ok_samples(base), _ok_samples(cur),
+                                              factors["time"], alpha, "absolute time (ms)"),
+                                group=base.method))
     scalars = [
         ("error", base.error_mean, cur.error_mean, error_atol, True),
         ("memory", base.peak_memory_delta_bytes, cur.peak_memory_delta_bytes,

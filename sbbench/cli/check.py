@@ -27,8 +27,9 @@ sample divided by the calibration kernel's sample taken right after it (CPU swee
 record one per sample), or by the calibration kernel's paired round by round (the CI
 benchmark), or by exact attention's at the same shape; so a uniformly slower or busier
 machine is not a regression. A time change must also exceed the pair's own run-to-run
-noise, the scatter of all its points' changes (--noise-z). For sweeps on a shared CPU,
-sweep with --threads 1: samples are then the computing thread's CPU time. Result sets:
+noise, the scatter of the changes of the other methods' points (--noise-z). For sweeps
+on a shared CPU, sweep with --threads 1: samples are then the computing thread's CPU
+time. Result sets:
 an SQLite results store or a JSON file written by `sbbench ci-bench`.
 
 exit status: 0 no regression, 1 regression, 2 usage error."""
@@ -97,8 +98,8 @@ def register(subparsers) -> None:
                              "at the same shape")
     parser.add_argument("--noise-z", type=nonnegative_float, default=None, metavar="Z",
                         help="a time change must exceed Z times the pair's run-to-run noise "
-                             "(robust scatter of all points' changes); 0 turns this off "
-                             "(default 3)")
+                             "(robust scatter of the other methods' changes); 0 turns "
+                             "this off (default 3.5)")
     parser.add_argument("--error-atol", type=nonnegative_float, default=None, metavar="E",
                         help="changes of the relative output error below this are noise "
                              "(default 1e-4)")
