@@ -14,7 +14,7 @@ comparison) and checks each metric:
   in the same run (``analyze.results``), so a uniformly slower machine is no regression.
   On a shared machine the load also moves between the points of a run, which a test
   within one point cannot see: a change must further exceed the pair's own run-to-run
-  noise, measured on all its points (:func:`gate_by_noise`).
+  noise, measured on its other methods' points (``analyze.noise_gate``).
 - ``error`` (relative output error against exact attention): seeds are fixed, so the
   error is a deterministic function of the code; it drifts when it changed by more than
   the factor and by more than ``error_atol`` (so exact attention's ~1e-7 float noise is
@@ -32,6 +32,13 @@ import math
 import statistics
 from dataclasses import dataclass, replace
 
+from sbbench.analyze.noise_gate import (  # noqa: F401 - re-exported
+    NOISE_FLOOR,
+    NOISE_MIN_POINTS,
+    NOISE_Z,
+    _join,
+    gate_by_noise,
+)
 from sbbench.analyze.results import (  # noqa: F401 - re-exported: the old import path
     CALIBRATION,
     MATCH_FIELDS,
@@ -62,10 +69,6 @@ DEFAULT_ALPHA = 0.01
 ERROR_ATOL = 1e-4  # relative output error; below this a change is float noise
 MEMORY_ATOL_BYTES = 1 << 20
 ENERGY_ATOL_J = 1e-6
-# Run-to-run noise gate of time changes (see gate_by_noise).
-NOISE_Z = 3.5  # chosen on the kept stores of reports/check (see there)
-NOISE_FLOOR = 0.05  # log scale: 5% (a handful of points can look unusually calm)
-NOISE_MIN_POINTS = 4
 
 
 # ---------------------------------------------------------------------------------------
@@ -235,45 +238,6 @@ def compare(baseline: ResultSet, current: ResultSet, *, factors: dict[str, float
     return Comparison(findings, mode, ref, factors, alpha, len(matched), noise=noise)
 
 
-def gate_by_noise(findings: list[Finding], z: float) -> tuple[list[Finding], float | None]:
-    """Keep a time regression (or improvement) only if its change is larger than ``z``
-    times the run-to-run scatter of the pair's other methods.
-
-    Mann-Whitney sees the samples of one point within one run; on a shared machine the
-    load moves between the runs and between the points of a run (seconds apart), which
-    no within-point test can see. The other points of the same pair measure that: the
-    scatter is 1.4826 x the median absolute deviation of their log time changes, at least
-    NOISE_FLOOR. A point is measured against the points of the *other* methods
-    (``Finding.group``): a change of the code usually moves every shape of one method,
-    and those points must not widen their own yardstick (with one method slowed on 2 of
-    8 points, counting them doubled the scatter in some pairs of reports/check). Where
-    the other methods have fewer than NOISE_MIN_POINTS points, all points are used.
-    Needs NOISE_MIN_POINTS points; ``z`` <= 0 turns the gate off. Returns the gated
-    findings and the scatter over all points (the summary's figure)."""
-    timed = [f for f in findings if f.metric == "time" and f.ratio
-             and math.isfinite(f.ratio) and f.ratio > 0]
-    if z <= 0 or len(timed) < NOISE_MIN_POINTS:
-        return findings, None
-    overall = _scatter([math.log(f.ratio) for f in timed])
-    out = []
-    for f in findings:
-        if f.metric == "time" and f.verdict in ("regression", "improved"):
-            others = [math.log(g.ratio) for g in timed if g.group != f.group] if f.group else []
-            noise = _scatter(others) if len(others) >= NOISE_MIN_POINTS else overall
-            bound = math.exp(z * noise)
-            if 1 / bound < f.ratio < bound:
-                f = replace(f, verdict="ok", note=_join(
-                    f.note, f"within this pair's run-to-run noise (x{bound:.2f})"))
-        out.append(f)
-    return out, overall
-
-
-def _scatter(changes: list[float]) -> float:
-    """1.4826 x the median absolute deviation of log changes, at least NOISE_FLOOR."""
-    center = statistics.median(changes)
-    return max(1.4826 * statistics.median(abs(c - center) for c in changes), NOISE_FLOOR)
-
-
 def _point_findings(key, base: Record, cur: Record, label: str, mode: str,
                     reference: str | None, base_ratio: dict, cur_ratio: dict,
                     factors: dict[str, float], alpha: float,
@@ -346,10 +310,6 @@ def confirm(comparisons: list[Comparison]) -> Comparison:
     first = comparisons[0]
     return Comparison(merged, first.mode, first.reference, first.factors, first.alpha,
                       min(c.n_matched for c in comparisons), runs=n, noise=first.noise)
-
-
-def _join(note: str, extra: str) -> str:
-    return f"{note}; {extra}" if note else extra
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,12 +5,13 @@ slowdown above it is."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import sqlite3
 
 import pytest
 
-from sbbench.analyze.regress import Finding, ResultSet, compare, gate_by_noise
+from sbbench.analyze.regress import NOISE_Z, Finding, ResultSet, compare, gate_by_noise
 from sbbench.cli.main import main
 from sbbench.core.record import Record
 from sbbench.sweep.store import Store
@@ -158,3 +159,30 @@ def test_the_help_states_the_default_noise_z(capsys):
     with pytest.raises(SystemExit):
         main(["check", "--help"])
     assert f"(default {NOISE_Z:g})" in " ".join(capsys.readouterr().out.split())
+
+
+def _time(method, seq, ratio, verdict):
+    return Finding(f"{method} L={seq}", "time", 1.0, ratio, ratio, 0.001, verdict,
+                   group=method)
+
+
+def test_a_method_slowed_on_every_shape_fails_as_a_whole():
+    # Other methods scatter by about 8% (log): the per-point bound is x1.32 at z 3.5.
+    # performer is x1.25 on all 4 shapes: each point is inside the bound, their mean
+    # (bound / sqrt(4) = x1.15) is not.
+    rng = random.Random(3)
+    others = [_time(m, s, math.exp(rng.choice((-1, 1)) * rng.uniform(0.0, 0.11)), "ok")
+              for m in ("exact", "lsh", "scatterbrain") for s in (256, 512, 1024, 2048)]
+    slowed = [_time("performer", s, 1.25, "regression") for s in (256, 512, 1024, 2048)]
+    gated, noise = gate_by_noise(others + slowed, NOISE_Z)
+    assert 1.25 < math.exp(NOISE_Z * noise)  # the single-point bound would let it pass
+    assert [f.verdict for f in gated[-4:]] == ["regression"] * 4
+    assert "all 4 points of performer moved" in gated[-1].note
+    # one shape not significant (or not slowed): no method-wide failure, the points are
+    # judged one by one again
+    mixed = slowed[:3] + [_time("performer", 2048, 1.25, "ok")]
+    gated, _ = gate_by_noise(others + mixed, NOISE_Z)
+    assert [f.verdict for f in gated[-4:]] == ["ok"] * 4
+    # a single point of a method is never judged "as a whole"
+    gated, _ = gate_by_noise(others + slowed[:1], NOISE_Z)
+    assert gated[-1].verdict == "ok"
