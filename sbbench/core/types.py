@@ -13,6 +13,8 @@ DTYPES = ("float32", "float16", "bfloat16", "float64")
 LOWRANK_METHODS = ("performer", "scatterbrain", "scatterbrain_local")
 SPARSE_METHODS = ("lsh", "scatterbrain", "scatterbrain_local")
 HASHING_METHODS = ("lsh", "scatterbrain")
+# low-rank methods whose budget may leave the low-rank part out (n_features=0)
+SPARSE_ONLY_METHODS = ("scatterbrain",)
 # the bucket kinds each sparse method may use; the first is its default
 SPARSE_KINDS_OF = {"lsh": ("lsh",), "scatterbrain": ("lsh", "kmeans"),
                    "scatterbrain_local": ("local",)}
@@ -46,7 +48,8 @@ class Problem:
 class Budget:
     """A method and its approximation budget.
 
-    n_features: feature length of the low-rank part (0 if none); bucket_size, n_hashes:
+    n_features: feature length of the low-rank part (0 if none; scatterbrain may take 0:
+    its sparse support alone, exact softmax over it); bucket_size, n_hashes:
     the sparse part (0 if none); sparse: the bucket kind ("lsh" hash buckets, "kmeans"
     query clusters, "local" blocks; None for methods without buckets; defaults to the
     method's own); sink, window: keys every query also attends to (the first ``sink``,
@@ -78,16 +81,19 @@ class Budget:
                 raise ValueError(f"Budget.{name} must be an int >= 0, got {value!r}")
             if value and not kinds:
                 raise ValueError(f"{self.method} has no sparse part: {name} must be 0")
-        uses_lowrank, uses_sparse = self.has_lowrank, self.has_sparse
-        if uses_lowrank and (self.n_features < 2 or self.n_features % 2):
-            raise ValueError(f"{self.method} needs an even n_features >= 2, "
+        uses_sparse = self.has_sparse
+        if self.method in LOWRANK_METHODS and not (self.n_features == 0 and self.method in
+                                                   SPARSE_ONLY_METHODS) and (
+                self.n_features < 2 or self.n_features % 2):
+            zero = " (or 0: no low-rank part)" if self.method in SPARSE_ONLY_METHODS else ""
+            raise ValueError(f"{self.method} needs an even n_features >= 2{zero}, "
                              f"got {self.n_features}")
         if uses_sparse and (self.bucket_size < 1 or self.n_hashes < 1):
             raise ValueError(f"{self.method} needs bucket_size >= 1 and n_hashes >= 1, got "
                              f"bucket_size={self.bucket_size}, n_hashes={self.n_hashes}")
         if self.method == "scatterbrain_local" and self.n_hashes != 1:
             raise ValueError("scatterbrain_local uses fixed blocks: n_hashes must be 1")
-        if not uses_lowrank and self.n_features:
+        if self.method not in LOWRANK_METHODS and self.n_features:
             raise ValueError(f"{self.method} has no low-rank part: n_features must be 0")
         if not uses_sparse and (self.bucket_size or self.n_hashes):
             raise ValueError(f"{self.method} has no sparse part: bucket_size and n_hashes "
@@ -95,8 +101,10 @@ class Budget:
 
     @property
     def has_lowrank(self) -> bool:
-        """Whether the method has a low-rank (random-feature) part."""
-        return self.method in LOWRANK_METHODS
+        """Whether the budget has a low-rank (random-feature) part (scatterbrain with
+        n_features=0 has none: exact softmax over its sparse support)."""
+        return self.method in LOWRANK_METHODS and (self.n_features > 0
+                                                   or self.method == "performer")
 
     @property
     def has_sparse(self) -> bool:
@@ -130,6 +138,8 @@ def budget_label(budget) -> str:
     parts = []
     if get("n_features"):
         parts.append(f"f={int(get('n_features'))}")
+    elif get("method") in SPARSE_ONLY_METHODS:
+        parts.append("f=0")  # no low-rank part: say so, scatterbrain's usually has one
     if get("bucket_size"):
         parts.append(f"bucket={int(get('bucket_size'))}")
     if get("n_hashes") and get("method") != "scatterbrain_local":

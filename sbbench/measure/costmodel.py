@@ -86,7 +86,7 @@ def flop_terms(problem: Problem, budget: Budget) -> dict[str, float]:
         terms["values"] = 2.0 * bh * pairs * d  # softmax(.) V
         return terms
 
-    if method in LOWRANK_METHODS:
+    if budget.has_lowrank:
         f = budget.n_features
         terms["query_features"] = 2.0 * bh * n * d * f  # [n, d] @ [d, F]
         terms["key_features"] = 2.0 * bh * n * d * f
@@ -109,14 +109,14 @@ def flop_terms(problem: Problem, budget: Budget) -> dict[str, float]:
         if method != "scatterbrain_local":
             terms["hash"] = 2.0 * 2 * bh * n * d * rounds  # q and k: [n, d] @ [d, R]
         terms["bucket_scores"] = 2.0 * bh * rounds * n_b * b * d  # per bucket [b,d]@[d,b]
-        if method in LOWRANK_METHODS:
+        if budget.has_lowrank:
             # phi(q) . phi(k) on the bucketed pairs, subtracted to form the residual
             terms["bucket_lowrank"] = 2.0 * bh * rounds * n_b * b * budget.n_features
         terms["bucket_values"] = 2.0 * bh * rounds * n_b * b * d  # per bucket [b,b]@[b,d]
     fixed = fixed_pairs(problem, budget)
     if fixed:  # sink and window keys: [1, d] @ [d, sink + window] per query, and back
         terms["fixed_scores"] = 2.0 * bh * fixed * d
-        if method in LOWRANK_METHODS:
+        if budget.has_lowrank:
             terms["fixed_lowrank"] = 2.0 * bh * fixed * budget.n_features
         terms["fixed_values"] = 2.0 * bh * fixed * d
     return terms
@@ -179,7 +179,7 @@ def byte_terms(problem: Problem, budget: Budget) -> dict[str, float]:
 
     rounds = _rounds(budget)
     n_b = _pad(n, budget.bucket_size)
-    if method in LOWRANK_METHODS:
+    if budget.has_lowrank:
         terms["projections"] = 2.0 * s * (f // 2) * d
         terms["state_pass_read_kv"] = s * bh * n * 2 * d
         terms["state_write"] = state
@@ -191,14 +191,14 @@ def byte_terms(problem: Problem, budget: Budget) -> dict[str, float]:
     terms["bucket_gather_qkv"] = s * bh * rounds * n * 3 * d
     if budget.sink or budget.window:  # one more pass: q, the band of k and v (read once)
         terms["fixed_read_qkv"] = s * bh * n * 3 * d
-    if method in LOWRANK_METHODS:
+    if budget.has_lowrank:
         terms["state_read"] = state * rounds
     if rounds == 1:
         terms["write_out"] = s * bh * n * d
     else:
         partials = a * bh * rounds * n * (d + 2)  # numerator [d], denominator, scale
         terms["partials_write_read"] = 2.0 * partials
-        if method in LOWRANK_METHODS:  # the combine adds phi(Q) (S, z): reads Q, state
+        if budget.has_lowrank:  # the combine adds phi(Q) (S, z): reads Q, state
             terms["combine_read_q"] = s * bh * n * d
             terms["state_read"] += state
         terms["write_out"] = s * bh * n * d
@@ -223,7 +223,7 @@ def working_set_bytes(problem: Problem, budget: Budget) -> float:
     if method == "exact":
         return total
     f = budget.n_features
-    if method in LOWRANK_METHODS and not (method == "performer" and problem.causal):
+    if budget.has_lowrank and not (method == "performer" and problem.causal):
         total += ACC_BYTES * bh * f * (d + 1) + s * (f // 2) * d
     if method in SPARSE_METHODS:
         rounds = _rounds(budget)

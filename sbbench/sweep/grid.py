@@ -13,6 +13,8 @@ each method only with the budget axes it uses:
     performer           x n_features
     lsh                 x bucket_size x n_hashes x sink x window
     scatterbrain        x n_features x bucket_size x n_hashes x sparse x sink x window
+                        (n_features 0: the sparse support alone, no low-rank part; the
+                        other methods skip 0)
     scatterbrain_local  x n_features x bucket_size x sink x window (fixed blocks: one
                         round, sparse "local")
 
@@ -35,7 +37,7 @@ import yaml
 from sbbench.core.errors import UserError
 from sbbench.core.types import DTYPES, METHODS, SPARSE_KINDS_OF, Budget, Problem, budget_label
 from sbbench.measure.inputs import capture_shape, is_capture_kind
-from sbbench.sweep.grid_budgets import budgets_for, check_sparse
+from sbbench.sweep.grid_budgets import budgets_for, check_features, check_sparse
 
 __all__ = ["budgets_for"]  # re-exported: its home is grid_budgets
 GRID_DIR = Path(__file__).resolve().parent.parent / "data" / "grids"
@@ -216,9 +218,10 @@ def _check_value(key: str, value, where: str):
         return tuple(dict.fromkeys(items))
     items = _as_list(key, value, where)
     if key in _INT_AXES:
+        low = 0 if key == "n_features" else 1  # n_features 0: scatterbrain without low rank
         for item in items:
-            if isinstance(item, bool) or not isinstance(item, int) or item < 1:
-                raise UserError(f"{where}: {key} must hold ints >= 1, got {item!r}")
+            if isinstance(item, bool) or not isinstance(item, int) or item < low:
+                raise UserError(f"{where}: {key} must hold ints >= {low}, got {item!r}")
         if key == "n_features":
             odd = [f for f in items if f % 2]
             if odd:
@@ -338,6 +341,7 @@ def expand(grid: Grid) -> Expansion:
     result = Expansion()
     too_large = 0
     check_sparse(grid)
+    check_features(grid)
     grid = _fit_to_capture(grid, result)
     for dtype in grid.dtype:
         for causal in grid.causal:

@@ -4,7 +4,7 @@ expansion table in ``sbbench.sweep.grid``)."""
 from __future__ import annotations
 
 from sbbench.core.errors import UserError
-from sbbench.core.types import SPARSE_KINDS_OF, Budget
+from sbbench.core.types import LOWRANK_METHODS, SPARSE_KINDS_OF, SPARSE_ONLY_METHODS, Budget
 
 
 def sparse_kinds(method: str, grid) -> tuple[str, ...]:
@@ -34,13 +34,26 @@ def check_sparse(grid) -> None:
                             f"{' or '.join(SPARSE_KINDS_OF[method])}")
 
 
+def check_features(grid) -> None:
+    """UserError (one line) if a low-rank method of the grid gets no n_features >= 2
+    (n_features 0 is scatterbrain's sparse-only budget; the others skip it)."""
+    if any(grid.n_features):
+        return
+    needs = [m for m in grid.methods if m in LOWRANK_METHODS and m not in SPARSE_ONLY_METHODS]
+    if needs:
+        raise UserError(f"n_features {', '.join(map(str, grid.n_features))}: {', '.join(needs)} "
+                        f"need an n_features >= 2 (0 is scatterbrain without its low-rank "
+                        f"part)")
+
+
 def budgets_for(method: str, grid) -> list[Budget]:
     """The budgets of ``method`` the grid's axes give (see module doc)."""
     if method == "exact":
         return [Budget("exact")]
     if method == "performer":
-        return [Budget("performer", n_features=f) for f in grid.n_features]
-    features = (0,) if method == "lsh" else grid.n_features
+        return [Budget("performer", n_features=f) for f in grid.n_features if f]
+    features = ((0,) if method == "lsh" else grid.n_features if method in SPARSE_ONLY_METHODS
+                else tuple(f for f in grid.n_features if f))
     hashes = (1,) if method == "scatterbrain_local" else grid.n_hashes
     return [Budget(method, n_features=f, bucket_size=b, n_hashes=h, sparse=kind, sink=sink,
                    window=window)

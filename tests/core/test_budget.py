@@ -49,3 +49,34 @@ def test_label_shows_new_fields_only_when_set():
     row = {"method": "lsh", "n_features": 0, "bucket_size": 8, "n_hashes": 1,
            "sink": float("nan")}  # a table without the value
     assert budget_label(row) == "bucket=8 hashes=1"
+
+
+def test_scatterbrain_may_leave_out_its_low_rank_part():
+    sparse_only = Budget("scatterbrain", 0, 64, 1, sparse="kmeans", sink=4, window=60)
+    assert not sparse_only.has_lowrank and sparse_only.has_sparse
+    assert sparse_only.memory_per_query == 128
+    assert budget_label(sparse_only) == "f=0 bucket=64 hashes=1 kmeans sink=4 window=60"
+    assert Budget("scatterbrain", 64, 64, 1).has_lowrank
+    assert Budget("performer", 64).has_lowrank
+    for method, extra in (("performer", {}), ("scatterbrain_local", dict(bucket_size=8,
+                                                                        n_hashes=1))):
+        with pytest.raises(ValueError, match=f"{method} needs an even n_features >= 2, "):
+            Budget(method, 0, **extra)
+    with pytest.raises(ValueError, match=r"n_features >= 2 \(or 0: no low-rank part\)"):
+        Budget("scatterbrain", 3, 8, 1)
+
+
+def test_costmodel_counts_no_low_rank_work_without_features():
+    from sbbench.core.types import Problem
+    from sbbench.measure import costmodel
+
+    problem = Problem(seq_len=1024, head_dim=64, batch=1, heads=2)
+    sparse_only = Budget("scatterbrain", 0, 64, 1, sparse="kmeans", sink=4, window=60)
+    with_lowrank = Budget("scatterbrain", 32, 64, 1, sparse="kmeans", sink=4, window=60)
+    flops = costmodel.flop_terms(problem, sparse_only)
+    assert not [t for t in flops if "lowrank" in t or "features" in t]
+    assert "bucket_lowrank" in costmodel.flop_terms(problem, with_lowrank)
+    moved = costmodel.byte_terms(problem, sparse_only)
+    assert "state_write" not in moved and "projections" not in moved
+    assert costmodel.bytes_moved(problem, sparse_only) < costmodel.bytes_moved(problem,
+                                                                                with_lowrank)

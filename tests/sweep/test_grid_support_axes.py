@@ -63,7 +63,11 @@ def test_support_as_long_as_the_sequence_is_dropped_and_reported():
     ({"sparse": "hash"}, "sparse has 'hash'; valid: lsh, kmeans, local"),
     ({"sink": -1}, "sink must hold ints >= 0"),
     ({"window": True}, "window must hold ints >= 0"),
-], ids=["kmeans-without-scatterbrain", "local-kind", "unknown-kind", "negative", "bool"])
+    ({"n_features": 0, "methods": ["performer", "scatterbrain"]},
+     r"n_features 0: performer need an n_features >= 2"),
+    ({"n_features": -2}, "n_features must hold ints >= 0"),
+], ids=["kmeans-without-scatterbrain", "local-kind", "unknown-kind", "negative", "bool",
+        "features-0-only", "features-negative"])
 def test_invalid_combinations_are_one_line_errors(axes, message):
     with pytest.raises(UserError, match=message) as info:
         expand(grid_from_dict("t", axes))
@@ -120,3 +124,29 @@ def test_a_sweep_stores_kmeans_and_lsh_points_side_by_side(tmp_path):
     assert all(r.status == "ok" and r.error_mean > 0 for r in rows.values())
     # the supports differ, so do the estimates
     assert len({round(r.error_mean, 12) for r in rows.values()}) == 4
+
+
+def test_n_features_0_is_scatterbrain_without_low_rank_and_skipped_elsewhere():
+    grid = grid_from_dict("t", {"seq_len": 512, "n_features": [0, 32], "bucket_size": 32,
+                                "methods": ["performer", "scatterbrain", "scatterbrain_local"],
+                                "sparse": "kmeans", "sink": 4, "window": 28})
+    budgets = by_method(grid)
+    assert [b.n_features for b in budgets["performer"]] == [32]
+    assert [b.n_features for b in budgets["scatterbrain_local"]] == [32]
+    assert sorted(b.n_features for b in budgets["scatterbrain"]) == [0, 32]
+
+
+def test_a_sweep_measures_a_sparse_only_scatterbrain(tmp_path):
+    from sbbench.sweep.runner import Settings, run_sweep
+    from sbbench.sweep.store import Store
+
+    grid = Grid(name="tiny", seq_len=(64,), head_dim=(16,), heads=(2,), n_features=(0, 8),
+                bucket_size=(16,), n_hashes=(1,), seeds=(0,), methods=("exact", "scatterbrain"),
+                sparse=("kmeans",), sink=(2,), window=(8,))
+    settings = Settings(device="cpu", seeds=(0,), warmup_ms=1.0, rep_ms=2.0, min_samples=3,
+                        measure_memory=False, git_revision="test")
+    with Store(tmp_path / "r.sqlite") as store:
+        run_sweep(expand(grid).points, settings, store, progress=False)
+        rows = {r.n_features: r for r in store.records() if r.method == "scatterbrain"}
+    assert set(rows) == {0, 8} and all(r.status == "ok" for r in rows.values())
+    assert 0 < rows[0].error_mean < 1 and rows[0].error_mean != rows[8].error_mean
