@@ -22,14 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from sbbench.attention.features import key_features, query_features
+from sbbench.attention.fixed import fixed_part
 from sbbench.attention.lsh import HashFunctions, bucket_ids, local_order, lsh_order, padded_length
-from sbbench.attention.residual import (
-    Buckets,
-    LowRank,
-    block_piece,
-    fixed_part,
-    sparse_chunk,
-)
+from sbbench.attention.residual import Buckets, LowRank, block_piece, sparse_chunk
 from sbbench.attention.supports import kmeans_order
 
 CAUSAL_CHUNK = 64  # chunk of the prefix-sum form of causal low-rank attention
@@ -219,6 +214,7 @@ def _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
         any_invalid=causal or seq_pad > n or key_padding_mask is not None, causal=causal,
         key_sets=key_sets)
     buckets.sink, buckets.window = sink, window
+    buckets.keys_all_ok = seq_pad == n and key_padding_mask is None
     buckets.any_invalid = buckets.any_invalid or buckets.has_fixed
     if buckets.n_rounds > 1 and key_sets is None:
         buckets.q_bucket = bucket_ids(q_order, bucket_size)  # [b,h,R,n_pad]
