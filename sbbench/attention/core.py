@@ -145,7 +145,10 @@ def attend(
     elements = chunk_elements or CHUNK_ELEMENTS
     buckets = _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
                             max(1, elements // (b * h)), sink, window, scale)
-    accs = _start_accumulators(qf, dv, buckets.seq_pad, lowrank)
+    # with no low-rank part the first bucket round fills every row (a copy, see below):
+    # no need to set them first
+    rounds_first = lowrank is None and buckets.n_rounds > 0
+    accs = _start_accumulators(qf, dv, buckets.seq_pad, lowrank, filled=rounds_first)
     row_offsets = torch.arange(0, b * h * buckets.seq_pad, buckets.seq_pad,
                                device=q.device).view(b, h, 1)
     step = buckets_per_chunk(b * h, bucket_size or 1, width, chunk_elements) * (bucket_size
@@ -165,9 +168,8 @@ def attend(
                 bucket_pieces.append(block_piece(q_pos, k_pos, resid, lam))
 
     # with no low-rank part the first round lands in empty accumulators: a copy, the
-    # values a merge would give; the fixed part then merges by slices (a merge of two
-    # parts is symmetric: the same sums as in the other order)
-    rounds_first = int(lowrank is None and buckets.n_rounds > 0)
+    # values a merge would give (every query once); the fixed part then merges by slices
+    # (a merge of two parts is symmetric: the same sums as in the other order)
     if rounds_first:
         bucket_round(0, first=True)
     if buckets.has_fixed:  # its rows come in runs of consecutive positions: slices
@@ -177,7 +179,7 @@ def attend(
                        lam.reshape(-1), first=lowrank is None and not rounds_first)
             if return_weights:
                 pieces.append((q_pos, keys, resid, lam))
-    for r in range(rounds_first, buckets.n_rounds):
+    for r in range(int(rounds_first), buckets.n_rounds):
         bucket_round(r, first=False)
     pieces += bucket_pieces
 
@@ -256,10 +258,15 @@ def kmeans_buckets(q, k, hashes: HashFunctions, bucket_size: int, causal: bool,
                         scale, sink, window)
 
 
-def _start_accumulators(qf, dv, seq_pad, lowrank: LowRank | None) -> _Accumulators:
-    """The accumulators before the first chunk: the low-rank sums, or empty."""
+def _start_accumulators(qf, dv, seq_pad, lowrank: LowRank | None, filled=False
+                        ) -> _Accumulators:
+    """The accumulators before the first chunk: the low-rank sums, or empty (``filled``:
+    uninitialised, for a first round that writes every row)."""
     b, h = qf.shape[:2]
     rows_total = b * h * seq_pad
+    if filled:
+        return _Accumulators(qf.new_empty(rows_total, dv), qf.new_empty(rows_total),
+                             qf.new_empty(rows_total))
     if lowrank is None:
         return _Accumulators(qf.new_zeros(rows_total, dv), qf.new_zeros(rows_total),
                              qf.new_full((rows_total,), float("-inf")))
