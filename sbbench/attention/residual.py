@@ -142,54 +142,58 @@ def sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: Buckets,
 @dataclass
 class _LeftOut:
     """The pairs of a bucket chunk [b, h, g, bucket, bucket] that it leaves out: flat
-    indices ``pairs`` (sinks, window, later keys under causal; some maybe twice) and the
-    keys that no query may use (``keys`` [b, h, g, 1, bucket] bool, None when all may)."""
+    indices ``pairs`` (sinks and window; some maybe twice), the keys that no query may
+    use (``keys`` [b, h, g, 1, bucket] bool) and under causal the later keys (``later``
+    [b, h, g, bucket, bucket] bool); None where there are none."""
 
     pairs: torch.Tensor
     keys: torch.Tensor | None
+    later: torch.Tensor | None
 
     def fill_(self, x: torch.Tensor, value: float) -> torch.Tensor:
         x.view(-1).index_fill_(0, self.pairs, value)
-        if self.keys is not None:
-            x.masked_fill_(self.keys, value)
+        for mask in (self.keys, self.later):
+            if mask is not None:
+                x.masked_fill_(mask, value)
         return x
 
 
 def _left_out(qb_pos, kb_pos, k_pos, buckets: Buckets) -> _LeftOut:
     """The pairs :func:`in_fixed` (or causality, or a masked key) takes out of a bucket
-    chunk, found per query as ranges of its bucket's sorted keys (a search over the
-    bucket, not a test of every pair): few pairs of a bucket lie in a query's window.
-    qb_pos, kb_pos [b, h, g, bucket]; k_pos [b, h, g * bucket]."""
+    chunk. The sink and window pairs are found per query as ranges of its bucket's sorted
+    keys (a search over the bucket, not a test of every pair): few of a bucket's keys lie
+    in a query's window. qb_pos, kb_pos [b, h, g, bucket]; k_pos [b, h, g * bucket]."""
     b, h, g, size = qb_pos.shape
     qb_pos = qb_pos.contiguous()
     keys, perm = torch.sort(kb_pos, dim=-1)  # the chunk's keys ascending per bucket
     window, sink, causal = buckets.window, buckets.sink, buckets.causal
-    starts, stops = [], []  # [b, h, g, size]: column ranges [start, stop) of the sorted keys
+    starts, stops = [], []  # [b * h * g * size]: ranges [start, stop) of the sorted keys
     if window:
         low = qb_pos - (window - 1) if causal else qb_pos - (window - 1) // 2
-        starts.append(torch.searchsorted(keys, low))
-        stops.append(torch.searchsorted(keys, low + window))
-    if sink:
-        starts.append(torch.zeros_like(qb_pos))
-        stops.append(torch.searchsorted(keys, torch.full_like(keys[..., :1], sink)).expand_as(
-            qb_pos))
-    if causal:  # the keys after the query
-        starts.append(torch.searchsorted(keys, qb_pos, right=True))
-        stops.append(torch.full_like(qb_pos, size))
-    start = torch.stack(starts).reshape(-1)
-    counts = (torch.stack(stops).reshape(-1) - start).clamp_min_(0)
+        starts.append(torch.searchsorted(keys, low).view(-1))
+        stops.append(torch.searchsorted(keys, low + window).view(-1))
+    if sink:  # keys 0 .. sink - 1 lead each sorted bucket
+        stops.append((keys < sink).sum(-1, keepdim=True).expand_as(qb_pos).reshape(-1))
+        starts.append(torch.zeros_like(stops[-1]))
+    rows = qb_pos.numel()
+    start = torch.cat(starts)
+    counts = torch.cat(stops).sub_(start).clamp_min_(0)
+    nonempty = counts.nonzero().squeeze(1)  # the few ranges that hold a pair
+    start, counts = start[nonempty], counts[nonempty]
     total = int(counts.sum())
-    which = torch.repeat_interleave(torch.arange(start.numel(), device=start.device), counts,
-                                    output_size=total)  # the range of every left-out pair
+    which = torch.repeat_interleave(torch.arange(nonempty.numel(), device=start.device),
+                                    counts, output_size=total)  # each pair's range
     offsets = counts.cumsum(0).sub_(counts)
     column = start[which] + torch.arange(total, device=start.device) - offsets[which]
-    row = which % qb_pos.numel()  # the query row [b, h, g, size] flattened
+    row = nonempty[which] % rows  # the query row [b, h, g, size] flattened
     # the column in the chunk's own key order: perm maps sorted places to columns
     column = perm.reshape(-1)[(row // size) * size + column]
-    keys_out = None
+    keys_out = later = None
     if not buckets.keys_all_ok:
         keys_out = ~torch.gather(buckets.key_ok, 2, k_pos).view(b, h, g, 1, size)
-    return _LeftOut(row * size + column, keys_out)
+    if causal:  # the keys after the query: about half the pairs, one dense test
+        later = kb_pos[..., None, :] > qb_pos[..., :, None]
+    return _LeftOut(row * size + column, keys_out, later)
 
 
 def block_piece(q_pos, k_pos, resid, lam):
