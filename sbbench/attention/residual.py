@@ -165,7 +165,10 @@ def _left_out(qb_pos, kb_pos, k_pos, buckets: Buckets) -> _LeftOut:
     in a query's window. qb_pos, kb_pos [b, h, g, bucket]; k_pos [b, h, g * bucket]."""
     b, h, g, size = qb_pos.shape
     qb_pos = qb_pos.contiguous()
-    keys, perm = torch.sort(kb_pos, dim=-1)  # the chunk's keys ascending per bucket
+    perm = None  # k-means keys come ascending per cluster; others are sorted here
+    keys = kb_pos.contiguous() if buckets.key_sets is not None else None
+    if keys is None:
+        keys, perm = torch.sort(kb_pos, dim=-1)  # the chunk's keys ascending per bucket
     window, sink, causal = buckets.window, buckets.sink, buckets.causal
     starts, stops = [], []  # [b * h * g * size]: ranges [start, stop) of the sorted keys
     if window:
@@ -186,8 +189,8 @@ def _left_out(qb_pos, kb_pos, k_pos, buckets: Buckets) -> _LeftOut:
     offsets = counts.cumsum(0).sub_(counts)
     column = start[which] + torch.arange(total, device=start.device) - offsets[which]
     row = nonempty[which] % rows  # the query row [b, h, g, size] flattened
-    # the column in the chunk's own key order: perm maps sorted places to columns
-    column = perm.reshape(-1)[(row // size) * size + column]
+    if perm is not None:  # the column in the chunk's own key order
+        column = perm.reshape(-1)[(row // size) * size + column]
     keys_out = later = None
     if not buckets.keys_all_ok:
         keys_out = ~torch.gather(buckets.key_ok, 2, k_pos).view(b, h, g, 1, size)
