@@ -4,7 +4,7 @@ head, block of BLOCK_M queries in original order).
 Query i attends to the sink keys 0 .. sink - 1 and to its window i - left .. i - left +
 window - 1 (causal: left = window - 1, the previous keys and itself; otherwise centred,
 left = (window - 1) // 2). A sink key inside the query's window counts in the window only,
-so every pair counts once (as sbbench.attention.residual.fixed_part; the bucket rounds leave
+so every pair counts once (as sbbench.attention.fixed.fixed_part; the bucket rounds leave
 these pairs out). The window keys of a block of queries are one contiguous run of BLOCK_M +
 window - 1 keys, band-masked: dense [BLOCK_M, BLOCK_N] tiles (tensor cores), walked in
 BLOCK_N steps after the sink keys' tiles, with the residual

@@ -22,14 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from sbbench.attention.features import key_features, query_features
+from sbbench.attention.fixed import fixed_part
 from sbbench.attention.lsh import HashFunctions, bucket_ids, local_order, lsh_order, padded_length
-from sbbench.attention.residual import (
-    Buckets,
-    LowRank,
-    block_piece,
-    fixed_part,
-    sparse_chunk,
-)
+from sbbench.attention.residual import Buckets, LowRank, block_piece, sparse_chunk
 from sbbench.attention.supports import kmeans_order
 
 CAUSAL_CHUNK = 64  # chunk of the prefix-sum form of causal low-rank attention
@@ -150,30 +145,43 @@ def attend(
     elements = chunk_elements or CHUNK_ELEMENTS
     buckets = _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
                             max(1, elements // (b * h)), sink, window, scale)
-    accs = _start_accumulators(qf, dv, buckets.seq_pad, lowrank)
+    # with no low-rank part the first bucket round fills every row (a copy, see below):
+    # no need to set them first
+    rounds_first = lowrank is None and buckets.n_rounds > 0
+    accs = _start_accumulators(qf, dv, buckets.seq_pad, lowrank, filled=rounds_first)
     row_offsets = torch.arange(0, b * h * buckets.seq_pad, buckets.seq_pad,
                                device=q.device).view(b, h, 1)
     step = buckets_per_chunk(b * h, bucket_size or 1, width, chunk_elements) * (bucket_size
                                                                                  or 1)
 
-    pieces = []
-    if buckets.has_fixed:  # its rows come in runs of consecutive positions: slices
-        for q_pos, num_c, den_c, lam, resid, keys in fixed_part(
-                qf, kf, vf, scale, buckets, lowrank, elements, weights=bool(return_weights)):
-            _merge_run(accs, b * h, buckets.seq_pad, int(q_pos[0, 0, 0]), num_c, den_c,
-                       lam.reshape(-1), first=lowrank is None)
-            if return_weights:
-                pieces.append((q_pos, keys, resid, lam))
-    for r in range(buckets.n_rounds):
+    pieces, bucket_pieces = [], []
+
+    def bucket_round(r, first):  # first: the accumulators are still empty
         for start in range(0, buckets.seq_pad, step):
             q_pos = buckets.q_order[:, :, r, start:start + step]  # [b, h, slots]
             k_pos = buckets.k_order[:, :, r, start:start + step]
             num_c, den_c, lam, resid = sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets,
                                                      lowrank)
             rows = (q_pos + row_offsets).reshape(-1)  # each query once per round
-            _merge(accs, rows, num_c, den_c, lam.reshape(-1))
+            (_copy_rows if first else _merge)(accs, rows, num_c, den_c, lam.reshape(-1))
             if return_weights:
-                pieces.append(block_piece(q_pos, k_pos, resid, lam))
+                bucket_pieces.append(block_piece(q_pos, k_pos, resid, lam))
+
+    # with no low-rank part the first round lands in empty accumulators: a copy, the
+    # values a merge would give (every query once); the fixed part then merges by slices
+    # (a merge of two parts is symmetric: the same sums as in the other order)
+    if rounds_first:
+        bucket_round(0, first=True)
+    if buckets.has_fixed:  # its rows come in runs of consecutive positions: slices
+        for q_pos, num_c, den_c, lam, resid, keys in fixed_part(
+                qf, kf, vf, scale, buckets, lowrank, elements, weights=bool(return_weights)):
+            _merge_run(accs, b * h, buckets.seq_pad, int(q_pos[0, 0, 0]), num_c, den_c,
+                       lam.reshape(-1), first=lowrank is None and not rounds_first)
+            if return_weights:
+                pieces.append((q_pos, keys, resid, lam))
+    for r in range(int(rounds_first), buckets.n_rounds):
+        bucket_round(r, first=False)
+    pieces += bucket_pieces
 
     num = accs.num.view(b, h, buckets.seq_pad, dv)[:, :, :n]
     den = accs.den.view(b, h, buckets.seq_pad)[:, :, :n]
@@ -219,6 +227,7 @@ def _bucket_order(qf, kf, hashes, bucket_size, sparse, causal, key_padding_mask,
         any_invalid=causal or seq_pad > n or key_padding_mask is not None, causal=causal,
         key_sets=key_sets)
     buckets.sink, buckets.window = sink, window
+    buckets.keys_all_ok = seq_pad == n and key_padding_mask is None
     buckets.any_invalid = buckets.any_invalid or buckets.has_fixed
     if buckets.n_rounds > 1 and key_sets is None:
         buckets.q_bucket = bucket_ids(q_order, bucket_size)  # [b,h,R,n_pad]
@@ -249,10 +258,15 @@ def kmeans_buckets(q, k, hashes: HashFunctions, bucket_size: int, causal: bool,
                         scale, sink, window)
 
 
-def _start_accumulators(qf, dv, seq_pad, lowrank: LowRank | None) -> _Accumulators:
-    """The accumulators before the first chunk: the low-rank sums, or empty."""
+def _start_accumulators(qf, dv, seq_pad, lowrank: LowRank | None, filled=False
+                        ) -> _Accumulators:
+    """The accumulators before the first chunk: the low-rank sums, or empty (``filled``:
+    uninitialised, for a first round that writes every row)."""
     b, h = qf.shape[:2]
     rows_total = b * h * seq_pad
+    if filled:
+        return _Accumulators(qf.new_empty(rows_total, dv), qf.new_empty(rows_total),
+                             qf.new_empty(rows_total))
     if lowrank is None:
         return _Accumulators(qf.new_zeros(rows_total, dv), qf.new_zeros(rows_total),
                              qf.new_full((rows_total,), float("-inf")))
@@ -286,6 +300,12 @@ def _merge(accs: _Accumulators, rows, num_c, den_c, lam_c) -> None:
         acc.index_copy_(0, rows, value)
 
 
+def _copy_rows(accs: _Accumulators, rows, num_c, den_c, lam_c) -> None:
+    """:func:`_merge` into rows that are still empty: a copy (the same values)."""
+    for acc, value in zip((accs.num, accs.den, accs.lam), (num_c, den_c, lam_c), strict=True):
+        acc.index_copy_(0, rows, value)
+
+
 def _merge_run(accs: _Accumulators, batch_heads, seq_pad, start, num_c, den_c, lam_c,
                first=False):
     """:func:`_merge` for the rows ``start ..`` of every (batch, head), in that order
@@ -297,11 +317,11 @@ def _merge_run(accs: _Accumulators, batch_heads, seq_pad, start, num_c, den_c, l
     num_c, den_c = num_c.view(batch_heads, m, -1), den_c.view(batch_heads, m)
     lam_c = lam_c.view(batch_heads, m)
     if first:  # keep_old = exp(-inf) = 0, take_new = exp(0) = 1
-        merged = (num_c, den_c, lam_c)
-    else:
-        merged = _online_merge(num.clone(), den.clone(), old_lam, num_c, den_c, lam_c)
-    for acc, value in zip((num, den, old_lam), merged, strict=True):
-        acc.copy_(value)
+        for acc, value in zip((num, den, old_lam), (num_c, den_c, lam_c), strict=True):
+            acc.copy_(value)
+        return
+    # in place on the accumulators' rows (no op saved them: index_copy_ keeps its index)
+    old_lam.copy_(_online_merge(num, den, old_lam, num_c, den_c, lam_c)[2])
 
 
 def _dense_estimate(qf, lowrank: LowRank | None, pieces, common, buckets: Buckets):

@@ -133,21 +133,23 @@ def lsh_order(
         a = hashes.directions.to(q.dtype)  # [R, d + 2]
         shift = hashes.shifts.to(q.dtype)[:, None]  # [R, 1]
         # [b,h,n,d] @ [d,R] -> [b,h,n,R] -> [b,h,R,n]; plus the extra coordinate's term
-        hq = torch.matmul(q, a[:, :d].T).transpose(-1, -2) + shift \
-            + a[:, d + 1, None] * (big_m - q_sq).clamp_min(0).sqrt()[:, :, None, :]
-        hk = torch.matmul(k, a[:, :d].T).transpose(-1, -2) + shift \
-            + a[:, d, None] * (big_m - k_sq).clamp_min(0).sqrt()[:, :, None, :]
         fill = torch.full((batch, heads, hashes.n_hashes, seq_pad - seq), float("inf"),
-                          dtype=hq.dtype, device=hq.device)
-        hq = torch.cat([hq, fill], dim=-1)
-        hk = torch.cat([hk, fill], dim=-1)
+                          dtype=q.dtype, device=q.device)
+        drop = None
         if key_padding_mask is not None:
             drop = torch.zeros(batch, seq_pad, dtype=torch.bool, device=q.device)
             drop[:, :seq] = ~key_padding_mask
-            hq = hq.masked_fill(drop[:, None, None, :], float("inf"))
-            hk = hk.masked_fill(drop[:, None, None, :], float("inf"))
-        q_order = torch.sort(hq, dim=-1, stable=True).indices
-        k_order = None if queries_only else torch.sort(hk, dim=-1, stable=True).indices
+
+        def order(x, x_sq, extra):  # the sorted order of the hash values a . x' + b
+            values = torch.matmul(x, a[:, :d].T).transpose(-1, -2) + shift \
+                + a[:, extra, None] * (big_m - x_sq).clamp_min(0).sqrt()[:, :, None, :]
+            values = torch.cat([values, fill], dim=-1)
+            if drop is not None:
+                values = values.masked_fill(drop[:, None, None, :], float("inf"))
+            return torch.sort(values, dim=-1, stable=True).indices
+
+        q_order = order(q, q_sq, d + 1)
+        k_order = None if queries_only else order(k, k_sq, d)  # no key hashes unless asked
     return q_order, k_order
 
 

@@ -1,9 +1,10 @@
 """The sparse residual of one chunk of queries: the exact weights on the support minus
 the low-rank estimate there, each pair divided by how many parts picked it.
 
-Two shapes of chunk: a bucket chunk (g buckets of one round, [bucket, bucket] blocks)
-and a fixed chunk (M queries with their sink and window keys, [M, sink + window]). Both
-return what :func:`sbbench.attention.core.attend` merges into its accumulators.
+Two shapes of chunk: a bucket chunk (g buckets of one round, [bucket, bucket] blocks,
+here) and a fixed chunk (M queries with their sink and window keys, [M, sink + window],
+:mod:`sbbench.attention.fixed`). Both return what :func:`sbbench.attention.core.attend`
+merges into its accumulators.
 """
 
 from __future__ import annotations
@@ -12,11 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sbbench.attention.supports import KeySets, in_fixed
-
-FIXED_BLOCK = 16  # queries per block of the sink / window part (16: fewer keys per query
-# than 32 at window 60, block + window - 1 = 75 instead of 91, and faster on the CPU)
-FIXED_ELEMENTS = 1 << 18  # cap on its [queries, keys] temporaries (cache-sized)
+from sbbench.attention.supports import KeySets
 
 
 def gather_seq(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -56,6 +53,7 @@ class Buckets:
     q_bucket: torch.Tensor | None = None  # [b, h, R, seq_pad] bucket per position (R > 1)
     k_bucket: torch.Tensor | None = None
     key_sets: KeySets | None = None  # k-means: the key set of every cluster
+    keys_all_ok: bool = False  # every key is real and unmasked (no padding, no key mask)
     sink: int = 0
     window: int = 0
 
@@ -92,14 +90,14 @@ def sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: Buckets,
     kb_pos = k_pos.view(b, h, g, bucket_size)
     # [.., bucket, d] @ [.., d, bucket] -> [b, h, g, bucket, bucket]
     logits = torch.matmul(blocks(qf, qi), blocks(kf, ki).transpose(-1, -2)).mul_(scale)
-    valid = None
-    if buckets.any_invalid:
+    valid = left_out = None
+    if buckets.has_fixed:  # pairs the sinks or the window hold are counted there only
+        left_out = _left_out(qb_pos, kb_pos, k_pos, buckets)
+        left_out.fill_(logits, float("-inf"))  # in place: no op saved it for backward
+    elif buckets.any_invalid:
         valid = torch.gather(buckets.key_ok, 2, k_pos).view(b, h, g, 1, bucket_size)
         if buckets.causal:
             valid = valid & (kb_pos[..., None, :] <= qb_pos[..., :, None])
-        if buckets.has_fixed:  # pairs the sinks or the window hold are counted there only
-            valid = valid & ~in_fixed(qb_pos[..., None], kb_pos[..., None, :], buckets.sink,
-                                      buckets.window, buckets.causal)
         logits.masked_fill_(~valid, float("-inf"))  # in place: no op saved it for backward
     count = None
     if buckets.key_sets is not None and n_rounds > 1:  # a pair in c rounds counts 1/c each
@@ -123,7 +121,7 @@ def sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: Buckets,
         if lowrank is not None:
             lam = torch.maximum(lam, log_lr_rows)
         lam = torch.where(torch.isfinite(lam), lam, torch.zeros_like(lam))
-    resid = torch.exp(logits - lam[..., None])  # 0 where invalid
+    resid = logits.sub_(lam[..., None]).exp_()  # 0 where invalid; in place, as above
     if lowrank is not None:
         # [.., bucket, F] @ [.., F, bucket] -> [b, h, g, bucket, bucket]
         est = torch.matmul(blocks(lowrank.qh, qi), blocks(lowrank.kh, ki).transpose(-1, -2))
@@ -132,6 +130,8 @@ def sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: Buckets,
             est = est / count
         if valid is not None:
             est = est.masked_fill(~valid, 0.0)
+        elif left_out is not None:
+            est = left_out.fill_(est.clone(), 0.0)
         resid = resid - est
     # [.., bucket, bucket] @ [.., bucket, dv] -> [b, h, g, bucket, dv]
     num_c = torch.matmul(resid, blocks(vf, ki)).reshape(-1, dv)
@@ -139,115 +139,64 @@ def sparse_chunk(qf, kf, vf, scale, q_pos, k_pos, buckets: Buckets,
     return num_c, den_c, lam, resid
 
 
-def _pad_rows(x, before, after, value=0.0):
-    """Pad dim 2 of a [b, h, n, ...] tensor with ``before`` / ``after`` rows of value."""
-    if not before and not after:  # no copy
-        return x.contiguous()
-    if x.dim() == 3:
-        return torch.nn.functional.pad(x, (before, after), value=value)
-    return torch.nn.functional.pad(x, (0, 0, before, after), value=value)
+@dataclass
+class _LeftOut:
+    """The pairs of a bucket chunk [b, h, g, bucket, bucket] that it leaves out: flat
+    indices ``pairs`` (sinks and window; some maybe twice), the keys that no query may
+    use (``keys`` [b, h, g, 1, bucket] bool) and under causal the later keys (``later``
+    [b, h, g, bucket, bucket] bool); None where there are none."""
+
+    pairs: torch.Tensor
+    keys: torch.Tensor | None
+    later: torch.Tensor | None
+
+    def fill_(self, x: torch.Tensor, value: float) -> torch.Tensor:
+        x.view(-1).index_fill_(0, self.pairs, value)
+        for mask in (self.keys, self.later):
+            if mask is not None:
+                x.masked_fill_(mask, value)
+        return x
 
 
-def fixed_part(qf, kf, vf, scale, buckets: Buckets, lowrank: LowRank | None, elements: int,
-               weights: bool = False):
-    """The residual of the sink and window keys, block by block of queries.
-
-    Queries go in blocks of M; the window keys of block t are one contiguous run of
-    M + window - 1 keys (an unfold of the padded keys, no gather), so each block is a
-    few small matmuls, [M, d] @ [d, M + window - 1], plus [M, d] @ [d, sink]. A sink key
-    that is also in the query's window is counted in the window only: every pair once.
-    Yields (query positions [b, h, m], numerator [rows, dv], denominator [rows], lam
-    [b, h, m], and with ``weights`` the residual [b, h, m, S] in the scale exp(lam) and
-    its key positions [b, h, m, S], else None, None).
-    """
-    b, h, n, d = qf.shape
-    window, causal = buckets.window, buckets.causal
-    sink = min(buckets.sink, n)
-    left = window - 1 if causal else (window - 1) // 2  # query i sees i - left .. + window
-    block = FIXED_BLOCK
-    n_blocks = -(-n // block)
-    width = block + window - 1  # window keys of one block
-    after = n_blocks * block + window - 1 - left - n
-    key_ok = buckets.key_ok[:, :, :n]
-    device = qf.device
-    # [b,h,nb,f,width]: the window keys of every block (views of the padded keys)
-    def windows(x):
-        return _pad_rows(x, left, after).unfold(2, width, block)
-
-    k_win, v_win = windows(kf), windows(vf)
-    ok_win = _pad_rows(key_ok, left, after, value=False).unfold(2, width, block)
-    rows_in_block = torch.arange(block, device=device)[:, None]
-    cols = torch.arange(width, device=device)[None, :]
-    band = (cols >= rows_in_block) & (cols < rows_in_block + window)  # [M, width]
-    q_blocks = _pad_rows(qf, 0, n_blocks * block - n).view(b, h, n_blocks, block, d)
-    if lowrank is not None:
-        qh_blocks = _pad_rows(lowrank.qh, 0, n_blocks * block - n).view(
-            b, h, n_blocks, block, -1)
-        kh_win = windows(lowrank.kh)
-        log_lr = _pad_rows(lowrank.log_lr, 0, n_blocks * block - n).view(
-            b, h, n_blocks, block)
-    sink_pos = torch.arange(sink, device=device)
-    k_sink = kf[:, :, None, :sink].transpose(-1, -2)  # [b, h, 1, d, sink]
-    per_block = b * h * block * max(width + sink, d, vf.shape[-1])
-    group = max(1, min(elements, FIXED_ELEMENTS) // per_block)
-    for t0 in range(0, n_blocks, group):
-        t1 = min(n_blocks, t0 + group)
-        q_pos = (torch.arange(t0 * block, t1 * block, device=device)
-                 .view(t1 - t0, block))  # [g, M]
-        qg = q_blocks[:, :, t0:t1]
-        # [b,h,g,M,d] @ [b,h,g,d,width] -> [b,h,g,M,width]; in place from here on (no
-        # op before saved these temporaries for backward)
-        logits = torch.matmul(qg, k_win[:, :, t0:t1]).mul_(scale)
-        valid = band & ok_win[:, :, t0:t1, None, :]
-        logits.masked_fill_(~valid, float("-inf"))
-        with torch.no_grad():
-            lam = logits.amax(dim=-1)  # [b,h,g,M]
-        if sink:
-            # [b,h,g,M,d] @ [b,h,1,d,sink] -> [b,h,g,M,sink]
-            sink_logits = torch.matmul(qg, k_sink).mul_(scale)
-            low = q_pos[..., None] - left
-            in_window = (sink_pos >= low) & (sink_pos < low + window)
-            sink_ok = key_ok[:, :, None, None, :sink] & ~in_window
-            if causal:
-                sink_ok = sink_ok & (sink_pos <= q_pos[..., None])
-            sink_logits.masked_fill_(~sink_ok, float("-inf"))
-            with torch.no_grad():
-                lam = torch.maximum(lam, sink_logits.amax(dim=-1))
-        with torch.no_grad():
-            if lowrank is not None:
-                lam = torch.maximum(lam, log_lr[:, :, t0:t1])
-            lam = torch.where(torch.isfinite(lam), lam, torch.zeros_like(lam))
-        resid = logits.sub_(lam[..., None]).exp_()  # 0 where invalid
-        if sink:
-            resid_sink = sink_logits.sub_(lam[..., None]).exp_()
-        if lowrank is not None:
-            qh = qh_blocks[:, :, t0:t1]
-            scale_lr = torch.exp(log_lr[:, :, t0:t1] - lam)[..., None]
-            est = torch.matmul(qh, kh_win[:, :, t0:t1]) * scale_lr  # [b,h,g,M,width]
-            resid = resid - est.masked_fill_(~valid, 0.0)
-            if sink:
-                est = torch.matmul(qh, lowrank.kh[:, :, None, :sink].transpose(-1, -2))
-                resid_sink = resid_sink - (est * scale_lr).masked_fill_(~sink_ok, 0.0)
-        # [b,h,g,M,width] @ [b,h,g,width,dv] (+ the sinks) -> [b,h,g,M,dv]
-        num = torch.matmul(resid, v_win[:, :, t0:t1].transpose(-1, -2))
-        den = resid.sum(-1)
-        if sink:
-            num = num + torch.matmul(resid_sink, vf[:, :, None, :sink])
-            den = den + resid_sink.sum(-1)
-        keep = min((t1 - t0) * block, n - t0 * block)  # rows past n are padding
-        m = (t1 - t0) * block
-        positions = q_pos.reshape(m)[:keep].expand(b, h, keep)
-        resid_out = keys = None
-        if weights:
-            k_pos = q_pos[..., None] - rows_in_block.view(1, block, 1) + cols - left
-            if sink:
-                resid = torch.cat([resid_sink, resid], dim=-1)
-                k_pos = torch.cat([sink_pos.expand(t1 - t0, block, sink), k_pos], dim=-1)
-            resid_out = resid.reshape(b, h, m, -1)[:, :, :keep]
-            keys = k_pos.clamp(0, n - 1).reshape(m, -1)[:keep].expand(b, h, -1, -1)
-        yield (positions, num.reshape(b, h, m, -1)[:, :, :keep].reshape(b * h * keep, -1),
-               den.reshape(b, h, m)[:, :, :keep].reshape(-1),
-               lam.reshape(b, h, m)[:, :, :keep], resid_out, keys)
+def _left_out(qb_pos, kb_pos, k_pos, buckets: Buckets) -> _LeftOut:
+    """The pairs :func:`in_fixed` (or causality, or a masked key) takes out of a bucket
+    chunk. The sink and window pairs are found per query as ranges of its bucket's sorted
+    keys (a search over the bucket, not a test of every pair): few of a bucket's keys lie
+    in a query's window. qb_pos, kb_pos [b, h, g, bucket]; k_pos [b, h, g * bucket]."""
+    b, h, g, size = qb_pos.shape
+    qb_pos = qb_pos.contiguous()
+    perm = None  # k-means keys come ascending per cluster; others are sorted here
+    keys = kb_pos.contiguous() if buckets.key_sets is not None else None
+    if keys is None:
+        keys, perm = torch.sort(kb_pos, dim=-1)  # the chunk's keys ascending per bucket
+    window, sink, causal = buckets.window, buckets.sink, buckets.causal
+    starts, stops = [], []  # [b * h * g * size]: ranges [start, stop) of the sorted keys
+    if window:
+        low = qb_pos - (window - 1) if causal else qb_pos - (window - 1) // 2
+        starts.append(torch.searchsorted(keys, low).view(-1))
+        stops.append(torch.searchsorted(keys, low + window).view(-1))
+    if sink:  # keys 0 .. sink - 1 lead each sorted bucket
+        stops.append((keys < sink).sum(-1, keepdim=True).expand_as(qb_pos).reshape(-1))
+        starts.append(torch.zeros_like(stops[-1]))
+    rows = qb_pos.numel()
+    start = torch.cat(starts)
+    counts = torch.cat(stops).sub_(start).clamp_min_(0)
+    nonempty = counts.nonzero().squeeze(1)  # the few ranges that hold a pair
+    start, counts = start[nonempty], counts[nonempty]
+    total = int(counts.sum())
+    which = torch.repeat_interleave(torch.arange(nonempty.numel(), device=start.device),
+                                    counts, output_size=total)  # each pair's range
+    offsets = counts.cumsum(0).sub_(counts)
+    column = start[which] + torch.arange(total, device=start.device) - offsets[which]
+    row = nonempty[which] % rows  # the query row [b, h, g, size] flattened
+    if perm is not None:  # the column in the chunk's own key order
+        column = perm.reshape(-1)[(row // size) * size + column]
+    keys_out = later = None
+    if not buckets.keys_all_ok:
+        keys_out = ~torch.gather(buckets.key_ok, 2, k_pos).view(b, h, g, 1, size)
+    if causal:  # the keys after the query: about half the pairs, one dense test
+        later = kb_pos[..., None, :] > qb_pos[..., :, None]
+    return _LeftOut(row * size + column, keys_out, later)
 
 
 def block_piece(q_pos, k_pos, resid, lam):

@@ -31,6 +31,8 @@ import torch
 from sbbench.attention.lsh import HashFunctions, lsh_order
 
 LLOYD_ITERATIONS = 3  # a few iterations: the clusters only need to group similar queries
+INNER_ITERATIONS = 2  # the same inside each group of the two-level clustering (its start,
+# the hash buckets within a group of similar queries, is closer: 2 gave the errors of 3)
 LLOYD_SAMPLES = 16  # queries per cluster (on average) that the Lloyd steps look at ..
 LLOYD_ALL_ROWS = 4096  # .. once there are more rows than this (else all of them)
 ASSIGN_ELEMENTS = 1 << 18  # cap on the [rows, clusters] scores of one assignment chunk
@@ -76,7 +78,7 @@ def kmeans_order(q, k, hashes: HashFunctions, bucket_size: int, key_ok, causal: 
 
     q, k: [b, h, n, d]; key_ok: [b, h, seq_pad] bool (real, unmasked keys). Returns
     q_order [b, h, R, seq_pad] (a permutation: chunk c holds cluster c's queries),
-    k_order [b, h, R, seq_pad] (chunk c holds cluster c's keys, best first) and their
+    k_order [b, h, R, seq_pad] (chunk c holds cluster c's keys, ascending) and their
     :class:`KeySets`. Round r starts from the SMYRF buckets of hash r (so it is
     deterministic given ``hashes``), runs :data:`LLOYD_ITERATIONS` spherical Lloyd steps
     (beyond :data:`LLOYD_ALL_ROWS` queries on a strided subsample: mini-batch Lloyd,
@@ -128,8 +130,9 @@ def kmeans_order(q, k, hashes: HashFunctions, bucket_size: int, key_ok, causal: 
                                             bucket_size, key_ok, fixed, elements)
                 cluster_of = _bucket_of(q_order, bucket_size)
             q_orders.append(q_order)
+            keys = torch.sort(keys, dim=-1).values  # ascending: the set and the order
             k_orders.append(keys.reshape(b, h, seq_pad))
-            sets.append(torch.sort(keys, dim=-1).values)
+            sets.append(keys)
             clusters.append(cluster_of)
     return (torch.stack(q_orders, 2), torch.stack(k_orders, 2),
             KeySets(torch.stack(sets, 2), torch.stack(clusters, 2)))
@@ -158,7 +161,7 @@ def _two_levels(q, k_pad, unit, real, init, n_groups, bucket_size, key_ok, fixed
                        dim=-1).indices
     unit2 = _rows(unit, order1).view(b, h * n_groups, size, d)
     real2 = torch.gather(real, 2, order1).view(b, h * n_groups, size)
-    order2 = _balanced_kmeans(unit2, real2, local, bucket_size, elements)
+    order2 = _balanced_kmeans(unit2, real2, local, bucket_size, elements, INNER_ITERATIONS)
     q_order = torch.gather(order1.view(b, h * n_groups, size), 2, order2).view(b, h, seq_pad)
     # keys: the group's candidates first, then each cluster's among them
     cluster_of = _bucket_of(q_order, bucket_size)
@@ -170,7 +173,7 @@ def _two_levels(q, k_pad, unit, real, init, n_groups, bucket_size, key_ok, fixed
     group = (sums.view(b, h, n_groups, per_group, d).sum(3)
              / counts.view(b, h, n_groups, per_group).sum(3).clamp_min(1)[..., None])
     cand = _pick(group, fixed and _members(q_order, real, size), k_pad, positions, key_ok,
-                 n_cand, fixed, elements, best_first=False, every_key=True)
+                 n_cand, fixed, elements, every_key=True)
     if fixed is not None:  # ascending, for _usable
         cand = torch.sort(cand, dim=-1).values
     cand = cand.reshape(b, h, n_groups * n_cand)
@@ -216,7 +219,7 @@ def _bin_sums(x, index, bins):
         0, (index + offsets).reshape(-1), x.reshape(b * h * n, *tail)).view(b, h, bins, *tail)
 
 
-def _balanced_kmeans(unit, real, init, bucket_size, elements):
+def _balanced_kmeans(unit, real, init, bucket_size, elements, iterations=LLOYD_ITERATIONS):
     """Balanced spherical k-means of the rows of unit [b, h, m, d] (real [b, h, m]: the
     rows that count) started from the chunks of ``init`` [b, h, m] (an order): the order
     [b, h, m] whose chunks of ``bucket_size`` are the clusters, non-real rows last."""
@@ -231,7 +234,7 @@ def _balanced_kmeans(unit, real, init, bucket_size, elements):
                                                                       n_clusters)
     alive = _counts(assign, n_clusters, unit.dtype) > 0
     centroids = _scatter_means(sample, assign, n_clusters, unit.new_zeros(b, h, n_clusters, d))
-    for _ in range(LLOYD_ITERATIONS):
+    for _ in range(iterations):
         assign, _ = _assign(sample, centroids, alive, elements)
         assign = assign.masked_fill(~sample_real, n_clusters)  # a bin that is dropped
         centroids = _scatter_means(sample, assign, n_clusters, centroids)
@@ -327,27 +330,29 @@ def _usable(members, key_pos, fixed: _Fixed, dtype, every_key=False):
     real = (members != _FAR).sum(-1, keepdim=True).to(dtype)
     window = fixed.window
     if fixed.causal:  # query i sees key j when j <= i, holds it in its window when
-        count = real - below(window)  # i < j + window
+        count = below(window).neg_().add_(real)  # i < j + window (real - below, in place)
     elif window:  # query i holds key j in its window when j + left - window < i <= j + left
         left = (window - 1) // 2
-        count = real - below(left + 1, left + 1 - window)
+        count = below(left + 1, left + 1 - window).neg_().add_(real)
     else:
-        count = real.expand(b, h, s, width)
+        count = real.expand(b, h, s, width).clone()
     if fixed.sink:
-        count = count.masked_fill(key_pos[:, :, None, :] < fixed.sink, 0)
+        count.masked_fill_(key_pos[:, :, None, :] < fixed.sink, 0)
     return count
 
 
 def _pick(centres, members, keys, key_pos, key_ok, n_keys, fixed: _Fixed | None, elements,
-          best_first=True, every_key=False):
+          every_key=False):
     """The ``n_keys`` keys of largest ``centre . k`` per set (with ``fixed``:
     ``scale * centre . k + log(usable)``, see :func:`_usable`, ``members`` [b, h, sets,
-    size] each set's sorted real query positions): [b, h, sets, n_keys] positions (best
-    first, or unordered without ``best_first``). keys [b, h, K, d] at positions key_pos
+    size] each set's sorted real query positions): [b, h, sets, n_keys] positions (in
+    no particular order). keys [b, h, K, d] at positions key_pos
     [b, h, K] (ascending with ``fixed``; ``every_key``: they are 0 .. K - 1), key_ok
     [b, h, K]; masked, padded or unusable keys only fill a set that has fewer candidates
     (they are masked per pair later)."""
     n_sets, width = centres.shape[2], keys.shape[2]
+    if fixed is not None:  # the scale on the centres: one pass over [sets, d], not [sets, K]
+        centres = centres * fixed.scale
     centres_t = centres.transpose(-1, -2)
     masked = not bool(key_ok.all())
     step = _chunk_rows(n_sets, width, elements)
@@ -358,10 +363,10 @@ def _pick(centres, members, keys, key_pos, key_ok, n_keys, fixed: _Fixed | None,
         if fixed is not None:
             usable = _usable(members[:, :, start:start + step], key_pos, fixed, scores.dtype,
                              every_key)
-            scores = scores.mul_(fixed.scale).add_(usable.log_())
+            scores = scores.add_(usable.log_())
         if masked:
             scores.masked_fill_(~key_ok[:, :, None, :], float("-inf"))
-        top = scores.topk(n_keys, dim=-1, sorted=best_first).indices
+        top = scores.topk(n_keys, dim=-1, sorted=False).indices
         chosen.append(torch.gather(key_pos, 2, top.flatten(2)).view(top.shape))
     return torch.cat(chosen, 2)
 
