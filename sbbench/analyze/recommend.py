@@ -66,9 +66,45 @@ def recommend(rows: pd.DataFrame, target: float = DEFAULT_TARGET) -> str:
             f"{number(best['error_mean'])}, {number(best['time_median_ms'])} ms{speed})")
 
 
-def recommendations(frame: pd.DataFrame, targets=REPORT_TARGETS) -> str:
-    """The report's opening section: per shape, one line per error target, and the error
-    scale."""
+def _unreached(rows: pd.DataFrame, target: float) -> bool:
+    approx = _with_head_statistic(_usable(rows))
+    approx = approx[(approx["method"] != "exact") & approx["error_mean"].notna()]
+    return not (approx["error_mean"] <= target).any()
+
+
+def _has_better_supports(frame: pd.DataFrame) -> bool:
+    """Whether any row uses k-means clusters or sink / window keys."""
+    used = (frame["sparse"].eq("kmeans") if "sparse" in frame
+            else pd.Series(False, index=frame.index))
+    for column in ("sink", "window"):
+        if column in frame:
+            used |= pd.to_numeric(frame[column], errors="coerce").fillna(0).gt(0)
+    return bool(used.any())
+
+
+def next_step(frame: pd.DataFrame, targets=REPORT_TARGETS, *, device: str = "DEVICE",
+              store: str = "STORE") -> str:
+    """What to measure next where a target was not reached and the store holds only hash
+    buckets (SMYRF) and local blocks: the better sparse supports ("" otherwise)."""
+    if isinstance(targets, (int, float)):
+        targets = (targets,)
+    unreached = any(_unreached(rows, target) for _, rows in frame.groupby(SHAPE, sort=False)
+                    for target in targets)
+    if not unreached or _has_better_supports(frame):
+        return ""
+    return (f"Not reached here is not the last word: this store holds only hash-bucket "
+            f"(SMYRF) and local-block supports, which catch little of a real head's "
+            f"attention. Scatterbrain's k-means query clusters with sink and window keys "
+            f"find much more of it (reports/supports in the sbbench repository). Measure "
+            f"them into the same store, then report again: `sbbench sweep --gpu {device} "
+            f"--grid supports --store {store} --report` (with the same `--inputs` as your "
+            f"sweep if it was not the shipped capture).\n")
+
+
+def recommendations(frame: pd.DataFrame, targets=REPORT_TARGETS, *, device: str = "DEVICE",
+                    store: str = "STORE") -> str:
+    """The report's opening section: per shape, one line per error target, the error
+    scale, and what to measure next (:func:`next_step`)."""
     if isinstance(targets, (int, float)):
         targets = (targets,)
     lines = ["## Recommendation", "",
@@ -82,4 +118,5 @@ def recommendations(frame: pd.DataFrame, targets=REPORT_TARGETS) -> str:
         for target in targets:
             lines.append(f"  - error <= {target:g}: {recommend(rows, target)}")
     lines += ["", ERROR_SCALE, ""]
-    return "\n".join(lines) + "\n"
+    hint = next_step(frame, targets, device=device, store=store)
+    return "\n".join(lines) + "\n" + (f"\n{hint}" if hint else "")

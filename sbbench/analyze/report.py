@@ -93,7 +93,8 @@ def write_device_report(frame: pd.DataFrame, out: Path, *, device: str, source: 
     text = header(frame, device=device, source=source, command=command, sweeps=sweeps or [],
                   store_path=store_path, older_rows=n_all - len(frame))
     if source == "measured":
-        text += "\n" + recommendations(frame)
+        text += "\n" + recommendations(frame, device=device,
+                                        store=Path(store_path).name or "STORE")
         if budgets:
             text += (f"\nCheapest budget per error target, Pareto fronts and where exact is "
                      f"faster: [{budgets.name}]({budgets.name}) (regenerated with this "

@@ -94,3 +94,22 @@ def test_noise_column_only_where_recorded():
     frame["noise"] = ["±2%", ""]
     table = shape_table(frame)
     assert table.splitlines()[0].rstrip(" |").endswith("noise") and "±2%" in table
+
+
+def test_the_report_says_what_to_measure_next_when_only_hash_buckets_were_measured(tmp_path):
+    out = tmp_path / "reports"
+    write_report(_store(tmp_path / "r.sqlite"), out, command="sbbench report")
+    text = (out / "cpu" / "README.md").read_text()
+    assert ("`sbbench sweep --gpu cpu --grid supports --store r.sqlite --report`"
+            in " ".join(text.split()))
+    # with a k-means row in the store, or every target reached, no hint
+    kmeans = record_row("scatterbrain", 512, time_ms=3.0, error=0.3)
+    kmeans.sparse, kmeans.sink, kmeans.window = "kmeans", 4, 28
+    write_report(_store(tmp_path / "k.sqlite", extra=[kmeans]), tmp_path / "k",
+                 command="sbbench report")
+    assert "--grid supports" not in (tmp_path / "k" / "cpu" / "README.md").read_text()
+    from sbbench.analyze.recommend import next_step
+    with Store(_store(tmp_path / "a.sqlite"), readonly=True) as store:
+        frame = store.to_dataframe()
+    assert next_step(frame, targets=(2.0,)) == ""
+    assert next_step(frame, targets=(0.1,)).startswith("Not reached here")
