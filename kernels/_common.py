@@ -95,6 +95,21 @@ def next_pow2(x: int, minimum: int = 16) -> int:
     return max(minimum, 1 << max(0, math.ceil(math.log2(max(1, x)))))
 
 
+def head_chunk(head_dim: int, dtype_bytes: int) -> int:
+    """Columns of q / k rows a kernel reads and multiplies at a time (its BLOCK_DK):
+    next_pow2(head_dim) up to 64 in half precision, 32 in float32 (whose tf32x3 products
+    also hold hi / lo copies of the operands). The kernels loop over head_dim in such
+    chunks, so no [rows, head_dim] tile has to live in registers."""
+    return min(next_pow2(head_dim), 32 if dtype_bytes == 4 else 64)
+
+
+def value_chunk(head_dim_v: int) -> int:
+    """Columns of v (and of the numerators) one program of the low-rank kernels computes
+    (their BLOCK_DV): at most 128, more columns run in more programs (each re-projecting
+    its rows); [rows, 256] float32 numerators with [features, 256] state tiles spilled."""
+    return min(next_pow2(head_dim_v), 128)
+
+
 def expand_space(space: Mapping[str, Iterable[int]]) -> list[Config]:
     """Cartesian product of a search space {name: values} as a list of configs."""
     names = list(space)
