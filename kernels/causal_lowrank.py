@@ -75,7 +75,7 @@ def _lowrank_causal_kernel(
     CARRY, i.e. after the scan; zero otherwise)."""
     pid_bh = wide(tl.program_id(0), INT64)
     pid_c = tl.program_id(1)
-    p_blocks = tl.cdiv(n_proj, BLOCK_P)
+    p_blocks = (n_proj + BLOCK_P - 1) // BLOCK_P
     p0 = (tl.program_id(2) % p_blocks) * BLOCK_P
     v_block = tl.program_id(2) // p_blocks  # the first block of columns writes z and den
     b = pid_bh // heads
