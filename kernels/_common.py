@@ -95,12 +95,15 @@ def next_pow2(x: int, minimum: int = 16) -> int:
     return max(minimum, 1 << max(0, math.ceil(math.log2(max(1, x)))))
 
 
-def head_chunk(head_dim: int, dtype_bytes: int) -> int:
-    """Columns of q / k rows a kernel reads and multiplies at a time (its BLOCK_DK):
+def head_chunks(head_dim: int, dtype_bytes: int) -> dict[str, int | bool]:
+    """The kernels' BLOCK_DK, the columns of q / k rows they read and multiply at a time:
     next_pow2(head_dim) up to 64 in half precision, 32 in float32 (whose tf32x3 products
-    also hold hi / lo copies of the operands). The kernels loop over head_dim in such
-    chunks, so no [rows, head_dim] tile has to live in registers."""
-    return min(next_pow2(head_dim), 32 if dtype_bytes == 4 else 64)
+    also hold hi / lo copies of the operands); and CHUNKED, whether head_dim takes more than
+    one such chunk. Chunked, the kernels loop over head_dim, so no [rows, head_dim] tile has
+    to live in registers (those spilled: reports/kernels/static_resources.md); else they
+    load the rows once, as a whole."""
+    block_dk = min(next_pow2(head_dim), 32 if dtype_bytes == 4 else 64)
+    return dict(BLOCK_DK=block_dk, CHUNKED=block_dk < next_pow2(head_dim))
 
 
 def value_chunk(head_dim_v: int) -> int:

@@ -32,7 +32,7 @@ from sbbench.kernels._common import (
     Launch,
     empty,
     feature_precision,
-    head_chunk,
+    head_chunks,
     launch_limits,
     needs_int64,
     value_chunk,
@@ -40,6 +40,7 @@ from sbbench.kernels._common import (
 from sbbench.kernels.feature_map import (
     SUM_COMBINE,
     FeatureWeights,
+    load_rows,
     project_rows,
     weight_args,
     wide,
@@ -66,7 +67,7 @@ def _lowrank_causal_kernel(
     APPLY: tl.constexpr, CARRY: tl.constexpr, HAS_MASK: tl.constexpr, ATOMIC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_P: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr,
-    INT64: tl.constexpr,
+    INT64: tl.constexpr, CHUNKED: tl.constexpr,
 ):
     """grid (batch * heads, chunks, cdiv(m, BLOCK_P) x cdiv(dv, BLOCK_DV): projection
     block, then block of value columns). APPLY = False: the chunk's own
@@ -107,6 +108,9 @@ def _lowrank_causal_kernel(
         n_ok = offs_n < seq
         # q and k rows, read BLOCK_DK columns at a time (feature_map.project_rows)
         k_rows = k_ptr + b * stride_kb + h * stride_kh + offs_n * stride_kn
+        kb = k_rows  # the whole rows, loaded once where they fit one chunk (else unused)
+        if not CHUNKED:
+            kb = load_rows(k_rows, n_ok, stride_kd, 0, head_dim, BLOCK_DK, INT64)
         val = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn
                       + offs_dv[None, :] * stride_vd,
                       mask=n_ok[:, None] & dv_ok[None, :], other=0.0).to(tl.float32)
@@ -114,19 +118,22 @@ def _lowrank_causal_kernel(
         ok = n_ok
         if HAS_MASK:
             ok = ok & (tl.load(keep_ptr + b * seq + offs_n, mask=n_ok, other=0) != 0)
-        proj_k = project_rows(k_rows, n_ok, stride_kd, w_ptr, w_lo_ptr, p0, n_proj,
+        proj_k = project_rows(kb, k_rows, n_ok, stride_kd, w_ptr, w_lo_ptr, p0, n_proj,
                               head_dim, BLOCK_N, BLOCK_DK, BLOCK_P, PREC, SPLIT, UPCAST, 0,
-                              INT64)  # [N, P]
+                              CHUNKED, INT64)  # [N, P]
         use = ok[:, None] & p_ok[None, :]
         base = kbias[:, None] + lk
         kp = tl.where(use, tl.exp(proj_k - base), 0.0)
         km = tl.where(use, tl.exp(-proj_k - base), 0.0)
         if APPLY:
             q_rows = q_ptr + b * stride_qb + h * stride_qh + offs_n * stride_qn
+            qb = q_rows
+            if not CHUNKED:
+                qb = load_rows(q_rows, n_ok, stride_qd, 0, head_dim, BLOCK_DK, INT64)
             shift = tl.load(qshift_ptr + pid_bh * seq + offs_n, mask=n_ok, other=0.0)
-            proj_q = project_rows(q_rows, n_ok, stride_qd, w_ptr, w_lo_ptr, p0, n_proj,
+            proj_q = project_rows(qb, q_rows, n_ok, stride_qd, w_ptr, w_lo_ptr, p0, n_proj,
                                   head_dim, BLOCK_N, BLOCK_DK, BLOCK_P, PREC, SPLIT, UPCAST, 0,
-                                  INT64)
+                                  CHUNKED, INT64)
             qp = tl.where(p_ok[None, :], tl.exp(proj_q - shift[:, None]), 0.0)
             qm = tl.where(p_ok[None, :], tl.exp(-proj_q - shift[:, None]), 0.0)
             # state before the block: [N, P] @ [P, DV]
@@ -220,7 +227,7 @@ def _causal_launches(q, k, v, weights, q_shift, k_bias, lk, key_padding_mask, co
         heads=heads, seq=seq, head_dim=head_dim, head_dim_v=head_dim_v, n_proj=n_proj,
         chunk_len=chunk_len, n_chunks=n_chunks, APPLY=True, CARRY=carry,
         HAS_MASK=key_padding_mask is not None, ATOMIC=atomic,
-        BLOCK_N=config["BLOCK_N"], BLOCK_DK=head_chunk(head_dim, q.element_size()),
+        BLOCK_N=config["BLOCK_N"], **head_chunks(head_dim, q.element_size()),
         BLOCK_DV=value_chunk(head_dim_v),
         BLOCK_P=config["BLOCK_P"], PREC=feature_precision(q.dtype, residual),
     )

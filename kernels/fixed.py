@@ -34,7 +34,7 @@ from sbbench.kernels._common import (
     feature_precision,
     fits_registers,
     fold_grid,
-    head_chunk,
+    head_chunks,
     launch_limits,
     needs_int64,
     next_pow2,
@@ -45,6 +45,7 @@ from sbbench.kernels.feature_map import (
     SUM_COMBINE,
     dot_rows,
     interpreted,
+    load_rows,
     meta_weights,
     mma,
     project_rows,
@@ -67,7 +68,7 @@ def _fixed_kernel(
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, LOWRANK: tl.constexpr, LAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr,
     BLOCK_DV: tl.constexpr, BLOCK_P: tl.constexpr, PREC: tl.constexpr, PREC_F: tl.constexpr,
-    SPLIT: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr,
+    SPLIT: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr, CHUNKED: tl.constexpr,
 ):
     pid_bh = wide(tl.program_id(0), INT64)
     tile = tl.program_id(1) + tl.program_id(2) * tiles_y  # past n_tiles: nothing to do
@@ -83,6 +84,9 @@ def _fixed_kernel(
     # q and k rows are read BLOCK_DK columns at a time (feature_map.project_rows): whole
     # [rows, head_dim] tiles spilled at float32 head_dim 128 and half head_dim 256
     q_rows = q_ptr + b * stride_qb + h * stride_qh + q_pos * stride_qn
+    qb = q_rows  # the whole rows, loaded once where they fit one chunk (else unused)
+    if not CHUNKED:
+        qb = load_rows(q_rows, q_ok, stride_qd, 0, head_dim, BLOCK_DK, INT64)
     # ---- the running sums start from the low-rank part (hat scale, log-scale l_i)
     if LOWRANK:
         qshift = tl.load(qshift_ptr + pid_bh * seq + q_pos, mask=q_ok, other=0.0)
@@ -117,9 +121,12 @@ def _fixed_kernel(
         if CAUSAL:
             valid = valid & (k_pos[None, :] <= q_pos[:, None])
         k_rows = k_ptr + b * stride_kb + h * stride_kh + k_pos * stride_kn
+        kb = k_rows
+        if not CHUNKED:
+            kb = load_rows(k_rows, key_ok, stride_kd, 0, head_dim, BLOCK_DK, INT64)
         # [M, D] @ [D, N] -> [M, N]
-        logits = dot_rows(q_rows, q_ok, stride_qd, k_rows, key_ok, stride_kd, head_dim,
-                          BLOCK_M, BLOCK_N, BLOCK_DK, PREC, UPCAST, INT64)
+        logits = dot_rows(qb, q_rows, q_ok, stride_qd, kb, k_rows, key_ok, stride_kd, head_dim,
+                          BLOCK_M, BLOCK_N, BLOCK_DK, PREC, UPCAST, CHUNKED, INT64)
         logits = tl.where(valid, logits * scale, float("-inf"))
         new_lam = tl.maximum(lam, tl.reduce(logits, 1, MAX_COMBINE))
         new_lam = tl.where((new_lam == new_lam) & (tl.abs(new_lam) < float("inf")),
@@ -133,14 +140,15 @@ def _fixed_kernel(
             est = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
             for p0 in range(0, n_proj, BLOCK_P):
                 p_ok = (p0 + tl.arange(0, BLOCK_P)) < n_proj
-                proj_q = project_rows(q_rows, q_ok, stride_qd, w_ptr, w_lo_ptr, p0, n_proj,
+                proj_q = project_rows(qb, q_rows, q_ok, stride_qd, w_ptr, w_lo_ptr, p0, n_proj,
                                       head_dim, BLOCK_M, BLOCK_DK, BLOCK_P, PREC_F, SPLIT,
-                                      UPCAST, 0, INT64)  # [M, P]
+                                      UPCAST, 0, CHUNKED,
+                            INT64)  # [M, P]
                 qp = tl.where(p_ok[None, :], tl.exp(proj_q - qshift[:, None]), 0.0)
                 qm = tl.where(p_ok[None, :], tl.exp(-proj_q - qshift[:, None]), 0.0)
-                proj_k = project_rows(k_rows, key_ok, stride_kd, w_ptr, w_lo_ptr, p0,
+                proj_k = project_rows(kb, k_rows, key_ok, stride_kd, w_ptr, w_lo_ptr, p0,
                                       n_proj, head_dim, BLOCK_N, BLOCK_DK, BLOCK_P, PREC_F,
-                                      SPLIT, UPCAST, 0, INT64)  # [N, P]
+                                      SPLIT, UPCAST, 0, CHUNKED, INT64)  # [N, P]
                 base = kbias[:, None] + lk
                 use = key_ok[:, None] & p_ok[None, :]
                 kp = tl.where(use, tl.exp(proj_k - base), 0.0)
@@ -247,7 +255,7 @@ def fixed_launch(q, k, v, *, scale: float, sink: int, window: int, causal: bool,
         left=window - 1 if causal else (window - 1) // 2, n_tiles=n_tiles, tiles_y=tiles_y,
         CAUSAL=bool(causal), HAS_MASK=keep is not None, LOWRANK=lowrank is not None,
         LAST=bool(last), BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"],
-        BLOCK_DK=head_chunk(head_dim, q.element_size()), BLOCK_DV=next_pow2(head_dim_v),
+        **head_chunks(head_dim, q.element_size()), BLOCK_DV=next_pow2(head_dim_v),
         BLOCK_P=config["BLOCK_P"],
         # every float32 product feeding the residual's cancellation: tf32x3 (sparse.py)
         PREC=feature_precision(q.dtype), PREC_F=feature_precision(q.dtype, residual=True),

@@ -27,7 +27,7 @@ from sbbench.kernels._common import (
     Launch,
     empty,
     feature_precision,
-    head_chunk,
+    head_chunks,
     launch_limits,
     needs_int64,
     next_pow2,
@@ -37,6 +37,7 @@ from sbbench.kernels.feature_map import (
     FLOAT32_TINY,
     SUM_COMBINE,
     FeatureWeights,
+    load_rows,
     meta_weights,
     project,
     project_rows,
@@ -136,7 +137,7 @@ def _lowrank_apply_kernel(
     heads, seq, head_dim, head_dim_v, n_proj,
     BLOCK_M: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_P: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr,
-    WRITE_SUMS: tl.constexpr, INT64: tl.constexpr,
+    WRITE_SUMS: tl.constexpr, INT64: tl.constexpr, CHUNKED: tl.constexpr,
 ):
     """grid (batch * heads, cdiv(seq, BLOCK_M), cdiv(dv, BLOCK_DV)): Performer output rows
     out_i = (qh_i kv) / max(qh_i . ks, tiny), or with WRITE_SUMS the float32 numerator
@@ -151,6 +152,9 @@ def _lowrank_apply_kernel(
     dv_ok = offs_dv < head_dim_v
     # the rows, read BLOCK_DK columns at a time (feature_map.project_rows)
     x_rows = q_ptr + b * stride_qb + h * stride_qh + offs_m * stride_qn
+    x = x_rows  # the whole rows, loaded once where they fit one chunk (else unused)
+    if not CHUNKED:
+        x = load_rows(x_rows, m_ok, stride_qd, 0, head_dim, BLOCK_DK, INT64)
     shift = tl.load(qshift_ptr + pid_bh * seq + offs_m, mask=m_ok, other=0.0)
     num = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
     den = tl.full([BLOCK_M], 0.0, tl.float32)
@@ -158,8 +162,9 @@ def _lowrank_apply_kernel(
     for p0 in range(0, n_proj, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         p_ok = offs_p < n_proj
-        proj = project_rows(x_rows, m_ok, stride_qd, w_ptr, w_lo_ptr, p0, n_proj, head_dim,
-                            BLOCK_M, BLOCK_DK, BLOCK_P, PREC, SPLIT, UPCAST, 0, INT64)  # [M, P]
+        proj = project_rows(x, x_rows, m_ok, stride_qd, w_ptr, w_lo_ptr, p0, n_proj, head_dim,
+                            BLOCK_M, BLOCK_DK, BLOCK_P, PREC, SPLIT, UPCAST, 0, CHUNKED,
+                            INT64)  # [M, P]
         qp = tl.where(p_ok[None, :], tl.exp(proj - shift[:, None]), 0.0)
         qm = tl.where(p_ok[None, :], tl.exp(-proj - shift[:, None]), 0.0)
         rows = kv_ptr + pid_bh * n_feat * head_dim_v + offs_dv[None, :]
@@ -295,7 +300,7 @@ def _apply_launch(q, weights, q_shift, kv, ks, config, out, sums=False, residual
         stride_ob=out.stride(0), stride_oh=out.stride(1), stride_on=out.stride(2),
         stride_od=out.stride(3),
         heads=heads, seq=seq, head_dim=head_dim, head_dim_v=head_dim_v, n_proj=n_proj,
-        BLOCK_M=config["BLOCK_M"], BLOCK_DK=head_chunk(head_dim, q.element_size()),
+        BLOCK_M=config["BLOCK_M"], **head_chunks(head_dim, q.element_size()),
         BLOCK_DV=value_chunk(head_dim_v),
         BLOCK_P=config["BLOCK_P"], PREC=feature_precision(q.dtype, residual), WRITE_SUMS=sums,
     )
