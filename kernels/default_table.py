@@ -85,10 +85,10 @@ TABLE: dict[tuple[int, int, int], dict] = {
     (80, 4, 128): {
         'feature_stats': (64, 32, 8, 2),
         'lowrank_state': (32, 32, 8, 2),
-        'lowrank_apply': (32, 32, 4, 1),
+        'lowrank_apply': (64, 16, 8, 1),
         'lowrank_causal': (16, 32, 8, 1),
         'sparse': {
-            16: (16, 8, 1, 16),
+            16: (64, 8, 2, 16),
             32: (16, 8, 1, 16),
             64: (16, 8, 2, 16),
             128: None,
@@ -127,7 +127,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
     (80, 2, 128): {
         'feature_stats': (128, 64, 8, 1),
         'lowrank_state': (32, 64, 8, 2),
-        'lowrank_apply': (64, 32, 8, 1),
+        'lowrank_apply': (64, 16, 8, 1),
         'lowrank_causal': (16, 32, 8, 1),
         'sparse': {
             16: (32, 8, 2, 16),
@@ -176,7 +176,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             32: (16, 8, 2, 16),
             64: (16, 8, 1, 16),
             128: (16, 8, 1, 16),
-            256: (16, 8, 3, 16),
+            256: (16, 8, 1, 16),
         },
         'fixed': (16, 16, 16, 8, 1),
     },
@@ -184,7 +184,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
         'feature_stats': (128, 64, 8, 1),
         'lowrank_state': (32, 32, 8, 2),
         'lowrank_apply': (32, 16, 4, 1),
-        'lowrank_causal': (16, 16, 4, 2),
+        'lowrank_causal': (16, 32, 8, 1),
         'sparse': {
             16: (16, 8, 2, 16),
             32: (16, 8, 2, 16),
@@ -226,7 +226,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
         'feature_stats': (128, 64, 8, 1),
         'lowrank_state': (32, 64, 8, 2),
         'lowrank_apply': (64, 16, 8, 1),
-        'lowrank_causal': (16, 16, 4, 2),
+        'lowrank_causal': (16, 32, 8, 1),
         'sparse': {
             16: (32, 8, 3, 16),
             32: (16, 8, 2, 32),
@@ -240,9 +240,9 @@ TABLE: dict[tuple[int, int, int], dict] = {
         'feature_stats': (128, 32, 8, 1),
         'lowrank_state': (32, 32, 8, 2),
         'lowrank_apply': (32, 16, 4, 1),
-        'lowrank_causal': (16, 16, 4, 2),
+        'lowrank_causal': (16, 32, 8, 1),
         'sparse': {
-            16: (16, 8, 2, 16),
+            16: (64, 8, 2, 16),
             32: (16, 8, 3, 32),
             64: (16, 8, 3, 16),
             128: None,

@@ -120,8 +120,7 @@ def _bucket_kernel(
     key_ok = slot_ok & (k_pos < seq)
     if HAS_MASK:
         key_ok = key_ok & (tl.load(keep_ptr + b * seq + k_pos, mask=key_ok, other=0) != 0)
-    # CHUNKED: q and k rows are read BLOCK_DK columns at a time (feature_map.project_rows):
-    # whole [rows, head_dim] tiles in registers spilled at float32 head_dim 64-128
+    # CHUNKED: q, k rows are read BLOCK_DK columns at a time (feature_map.project_rows)
     q_rows = q_ptr + b * stride_qb + h * stride_qh + q_pos * stride_qn
     k_rows = k_ptr + b * stride_kb + h * stride_kh + k_pos * stride_kn
     qb, kb = q_rows, k_rows  # the whole rows, loaded once if they fit a chunk (else unused)
@@ -272,8 +271,7 @@ def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_
     (kv, ks) (non-causal) or (num, den) (causal sums); block_q: queries per program."""
     batch, heads, seq, head_dim = q.shape
     head_dim_v = v.shape[-1]
-    out = state.out
-    dummy = out
+    out = dummy = state.out
     lr = lowrank or {}
     n_proj = check_lowrank(lowrank, batch, heads, seq, head_dim_v)
     mode = NO_LOWRANK if lowrank is None else (
