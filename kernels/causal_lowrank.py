@@ -14,7 +14,9 @@ most SMs idle: 16 heads x 8 blocks = 128 programs for 132 SMs on an H100, each w
 3. apply pass, same grid: each program starts from the state before its chunk and walks
    the chunk in [BLOCK_N] blocks: the state before the block times phi(Q) plus the masked
    [BLOCK_N, BLOCK_N] quadratic term inside it, as the torch reference's chunked prefix
-   sums. Projection blocks are summed with atomics when there are several.
+   sums. Projection blocks are summed with atomics when there are several. Above 128
+   columns of v, the last grid axis also splits them (``value_chunk``): each program then
+   re-projects its rows for its block of columns, and the first block writes z and den.
 
 With one chunk (the CPU default) passes 1 and 2 are skipped. ``causal_chunks`` picks the
 chunks: ~2 waves of programs over the SMs (occupancy in its docstring).
