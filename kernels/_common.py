@@ -238,10 +238,11 @@ def _describe(shape: KernelShape) -> str:
             f"{shape.n_features} features, bucket {shape.bucket_size}")
 
 
-# float32 inputs above this head_dim are refused: every feature_stats config then spills
+# float32 inputs above this head_dim are refused: every feature_stats config then spilled
 # kilobytes per thread (tf32x3 products with K = 256 fp32 operands; sm_80: 5,776-50,064 B
 # of stack over its 36 configs, reports/kernels/static_resources.md), and the other
-# kernels multiply the same operands
+# kernels multiply the same operands (measured before the kernels read rows in head_dim
+# chunks, head_chunks: not compiled since)
 MAX_FLOAT32_HEAD_DIM = 128
 MAX_HEAD_DIM = 256
 
