@@ -95,6 +95,24 @@ def next_pow2(x: int, minimum: int = 16) -> int:
     return max(minimum, 1 << max(0, math.ceil(math.log2(max(1, x)))))
 
 
+def head_chunks(head_dim: int, dtype_bytes: int) -> dict[str, int | bool]:
+    """The kernels' BLOCK_DK, the columns of q / k rows they read and multiply at a time:
+    next_pow2(head_dim) up to 64 in half precision, 32 in float32 (whose tf32x3 products
+    also hold hi / lo copies of the operands); and CHUNKED, whether head_dim takes more than
+    one such chunk. Chunked, the kernels loop over head_dim, so no [rows, head_dim] tile has
+    to live in registers (those spilled: reports/kernels/static_resources.md); else they
+    load the rows once, as a whole."""
+    block_dk = min(next_pow2(head_dim), 32 if dtype_bytes == 4 else 64)
+    return dict(BLOCK_DK=block_dk, CHUNKED=block_dk < next_pow2(head_dim))
+
+
+def value_chunk(head_dim_v: int) -> int:
+    """Columns of v (and of the numerators) one program of the low-rank kernels computes
+    (their BLOCK_DV): at most 128, more columns run in more programs (each re-projecting
+    its rows); [rows, 256] float32 numerators with [features, 256] state tiles spilled."""
+    return min(next_pow2(head_dim_v), 128)
+
+
 def expand_space(space: Mapping[str, Iterable[int]]) -> list[Config]:
     """Cartesian product of a search space {name: values} as a list of configs."""
     names = list(space)
@@ -220,10 +238,11 @@ def _describe(shape: KernelShape) -> str:
             f"{shape.n_features} features, bucket {shape.bucket_size}")
 
 
-# float32 inputs above this head_dim are refused: every feature_stats config then spills
+# float32 inputs above this head_dim are refused: every feature_stats config then spilled
 # kilobytes per thread (tf32x3 products with K = 256 fp32 operands; sm_80: 5,776-50,064 B
 # of stack over its 36 configs, reports/kernels/static_resources.md), and the other
-# kernels multiply the same operands
+# kernels multiply the same operands (measured before the kernels read rows in head_dim
+# chunks, head_chunks: not compiled since)
 MAX_FLOAT32_HEAD_DIM = 128
 MAX_HEAD_DIM = 256
 

@@ -14,7 +14,9 @@ most SMs idle: 16 heads x 8 blocks = 128 programs for 132 SMs on an H100, each w
 3. apply pass, same grid: each program starts from the state before its chunk and walks
    the chunk in [BLOCK_N] blocks: the state before the block times phi(Q) plus the masked
    [BLOCK_N, BLOCK_N] quadratic term inside it, as the torch reference's chunked prefix
-   sums. Projection blocks are summed with atomics when there are several.
+   sums. Projection blocks are summed with atomics when there are several. Above 128
+   columns of v, the last grid axis also splits them (``value_chunk``): each program then
+   re-projects its rows for its block of columns, and the first block writes z and den.
 
 With one chunk (the CPU default) passes 1 and 2 are skipped. ``causal_chunks`` picks the
 chunks: ~2 waves of programs over the SMs (occupancy in its docstring).
@@ -32,11 +34,19 @@ from sbbench.kernels._common import (
     Launch,
     empty,
     feature_precision,
+    head_chunks,
     launch_limits,
     needs_int64,
-    next_pow2,
+    value_chunk,
 )
-from sbbench.kernels.feature_map import SUM_COMBINE, FeatureWeights, project, weight_args, wide
+from sbbench.kernels.feature_map import (
+    SUM_COMBINE,
+    FeatureWeights,
+    load_rows,
+    project_rows,
+    weight_args,
+    wide,
+)
 from sbbench.kernels.lowrank import check_rows, mask_arg, meta_inputs
 from sbbench.kernels.lowrank_setup import (  # noqa: F401 - re-exported
     CAUSAL_DEFAULT,
@@ -57,25 +67,27 @@ def _lowrank_causal_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     heads, seq, head_dim, head_dim_v, n_proj, chunk_len, n_chunks,
     APPLY: tl.constexpr, CARRY: tl.constexpr, HAS_MASK: tl.constexpr, ATOMIC: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_P: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr,
-    INT64: tl.constexpr,
+    INT64: tl.constexpr, CHUNKED: tl.constexpr,
 ):
-    """grid (batch * heads, chunks, cdiv(m, BLOCK_P)). APPLY = False: the chunk's own
+    """grid (batch * heads, chunks, cdiv(m, BLOCK_P) x cdiv(dv, BLOCK_DV): projection
+    block, then block of value columns). APPLY = False: the chunk's own
     state into st [bh, chunk, 2m, dv] / sz [bh, chunk, 2m]. APPLY = True: causal num / den
     of the chunk's rows, starting from the state before the chunk (read from st / sz when
     CARRY, i.e. after the scan; zero otherwise)."""
     pid_bh = wide(tl.program_id(0), INT64)
     pid_c = tl.program_id(1)
-    p0 = tl.program_id(2) * BLOCK_P
+    p_blocks = (n_proj + BLOCK_P - 1) // BLOCK_P
+    p0 = (tl.program_id(2) % p_blocks) * BLOCK_P
+    v_block = tl.program_id(2) // p_blocks  # the first block of columns writes z and den
     b = pid_bh // heads
     h = pid_bh % heads
     offs_p = p0 + tl.arange(0, BLOCK_P)
     p_ok = offs_p < n_proj
-    offs_d = wide(tl.arange(0, BLOCK_D), INT64)
-    offs_dv = wide(tl.arange(0, BLOCK_DV), INT64)
+    offs_dv = wide(v_block * BLOCK_DV + tl.arange(0, BLOCK_DV), INT64)
     dv_ok = offs_dv < head_dim_v
-    d_ok = offs_d < head_dim
+    z_ok = p_ok & (offs_p < tl.where(v_block == 0, n_proj, 0))
     lk = tl.load(lk_ptr + pid_bh)
     n_feat = 2 * n_proj
     st_rows = st_ptr + (pid_bh * n_chunks + pid_c) * n_feat * head_dim_v \
@@ -96,9 +108,11 @@ def _lowrank_causal_kernel(
     for n0 in range(start, tl.minimum(start + chunk_len, seq), BLOCK_N):
         offs_n = wide(n0 + tl.arange(0, BLOCK_N), INT64)
         n_ok = offs_n < seq
-        xk = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn
-                     + offs_d[None, :] * stride_kd,
-                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        # q and k rows, read BLOCK_DK columns at a time (feature_map.project_rows)
+        k_rows = k_ptr + b * stride_kb + h * stride_kh + offs_n * stride_kn
+        kb = k_rows  # the whole rows, loaded once where they fit one chunk (else unused)
+        if not CHUNKED:
+            kb = load_rows(k_rows, n_ok, stride_kd, 0, head_dim, BLOCK_DK, INT64)
         val = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn
                       + offs_dv[None, :] * stride_vd,
                       mask=n_ok[:, None] & dv_ok[None, :], other=0.0).to(tl.float32)
@@ -106,19 +120,22 @@ def _lowrank_causal_kernel(
         ok = n_ok
         if HAS_MASK:
             ok = ok & (tl.load(keep_ptr + b * seq + offs_n, mask=n_ok, other=0) != 0)
-        proj_k = project(xk, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D, BLOCK_P, PREC,
-                         SPLIT, UPCAST)  # [N, P]
+        proj_k = project_rows(kb, k_rows, n_ok, stride_kd, w_ptr, w_lo_ptr, p0, n_proj,
+                              head_dim, BLOCK_N, BLOCK_DK, BLOCK_P, PREC, SPLIT, UPCAST, 0,
+                              CHUNKED, INT64)  # [N, P]
         use = ok[:, None] & p_ok[None, :]
         base = kbias[:, None] + lk
         kp = tl.where(use, tl.exp(proj_k - base), 0.0)
         km = tl.where(use, tl.exp(-proj_k - base), 0.0)
         if APPLY:
-            xq = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_n[:, None] * stride_qn
-                         + offs_d[None, :] * stride_qd,
-                         mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+            q_rows = q_ptr + b * stride_qb + h * stride_qh + offs_n * stride_qn
+            qb = q_rows
+            if not CHUNKED:
+                qb = load_rows(q_rows, n_ok, stride_qd, 0, head_dim, BLOCK_DK, INT64)
             shift = tl.load(qshift_ptr + pid_bh * seq + offs_n, mask=n_ok, other=0.0)
-            proj_q = project(xq, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D, BLOCK_P,
-                             PREC, SPLIT, UPCAST)
+            proj_q = project_rows(qb, q_rows, n_ok, stride_qd, w_ptr, w_lo_ptr, p0, n_proj,
+                                  head_dim, BLOCK_N, BLOCK_DK, BLOCK_P, PREC, SPLIT, UPCAST, 0,
+                                  CHUNKED, INT64)
             qp = tl.where(p_ok[None, :], tl.exp(proj_q - shift[:, None]), 0.0)
             qm = tl.where(p_ok[None, :], tl.exp(-proj_q - shift[:, None]), 0.0)
             # state before the block: [N, P] @ [P, DV]
@@ -134,12 +151,13 @@ def _lowrank_causal_kernel(
             den += tl.reduce(scores, 1, SUM_COMBINE)
             num_ptrs = num_ptr + pid_bh * seq * head_dim_v + offs_n[:, None] * head_dim_v \
                 + offs_dv[None, :]
+            den_ok = offs_n < tl.where(v_block == 0, seq, 0)
             if ATOMIC:
                 tl.atomic_add(num_ptrs, num, mask=n_ok[:, None] & dv_ok[None, :])
-                tl.atomic_add(den_ptr + pid_bh * seq + offs_n, den, mask=n_ok)
+                tl.atomic_add(den_ptr + pid_bh * seq + offs_n, den, mask=den_ok)
             else:
                 tl.store(num_ptrs, num, mask=n_ok[:, None] & dv_ok[None, :])
-                tl.store(den_ptr + pid_bh * seq + offs_n, den, mask=n_ok)
+                tl.store(den_ptr + pid_bh * seq + offs_n, den, mask=den_ok)
         state_plus += tl.dot(tl.trans(kp), val, input_precision=PREC)  # [P, N] @ [N, DV]
         state_minus += tl.dot(tl.trans(km), val, input_precision=PREC)
         z_plus += tl.reduce(kp, 0, SUM_COMBINE)
@@ -147,8 +165,8 @@ def _lowrank_causal_kernel(
     if not APPLY:
         tl.store(st_rows, state_plus, mask=tile_ok)
         tl.store(st_rows + n_proj * head_dim_v, state_minus, mask=tile_ok)
-        tl.store(sz_rows, z_plus, mask=p_ok)
-        tl.store(sz_rows + n_proj, z_minus, mask=p_ok)
+        tl.store(sz_rows, z_plus, mask=z_ok)
+        tl.store(sz_rows + n_proj, z_minus, mask=z_ok)
 
 
 # ---------------------------------------------------------------- launcher
@@ -211,11 +229,12 @@ def _causal_launches(q, k, v, weights, q_shift, k_bias, lk, key_padding_mask, co
         heads=heads, seq=seq, head_dim=head_dim, head_dim_v=head_dim_v, n_proj=n_proj,
         chunk_len=chunk_len, n_chunks=n_chunks, APPLY=True, CARRY=carry,
         HAS_MASK=key_padding_mask is not None, ATOMIC=atomic,
-        BLOCK_N=config["BLOCK_N"], BLOCK_D=next_pow2(head_dim), BLOCK_DV=next_pow2(head_dim_v),
+        BLOCK_N=config["BLOCK_N"], **head_chunks(head_dim, q.element_size()),
+        BLOCK_DV=value_chunk(head_dim_v),
         BLOCK_P=config["BLOCK_P"], PREC=feature_precision(q.dtype, residual),
     )
     args["INT64"] = needs_int64(args.values())
-    grid = (batch * heads, n_chunks, p_blocks)
+    grid = (batch * heads, n_chunks, p_blocks * triton.cdiv(head_dim_v, args["BLOCK_DV"]))
     warps, stages = config["num_warps"], config["num_stages"]
     apply = Launch(_lowrank_causal_kernel, grid, args, warps, stages, outputs=(num, den))
     if not carry:

@@ -16,8 +16,10 @@ bytes within the limits on the architecture (for 2-byte inputs: as float16 and a
 bfloat16) is the default. The sparse kernel's query block may go down to 16 queries
 (below ``sparse_setup.QUERY_BLOCKS``, which only sets the largest block a config fits
 with). Where no candidate compiles without spills, the entry is the compiled candidate
-with the fewest spill bytes; those rows are listed, with the reason, in
-reports/kernels/default_search.md and tests/kernels/test_static.py (NO_SPILL_FREE).
+with the fewest spill bytes; those rows are listed, with the reason, in SPILLING below,
+reports/kernels/default_search.md and tests/kernels/test_static.py (NO_SPILL_FREE). One
+is left (sm_90 float32 head_dim 32, bucket 256: 32 B); every other entry compiles without
+spills (reports/kernels/static_resources.md).
 
 Rows are keyed by the tiles the compile depends on: next_pow2(head_dim) (= that of
 head_dim_v) in 32..256 and, for the sparse kernel, next_pow2(bucket_size) in 16..256, for
@@ -26,14 +28,26 @@ use 256 features and one hash round (see each kernel's ``plan``); with two round
 first round's launch then also keeps the duplicate counts and accumulators) 5 sparse
 rows that are spill-free with one spill 8-64 B on sm_90 (head_dim 64 at buckets 128 and
 256, float32 head_dim 32 at bucket 64: ``scripts/static_compile.py --matrix --kernels
-sparse --n-hashes 2``, 2026-11-30). Shapes outside the table
+sparse --n-hashes 2``, 2026-11-30, before the head_dim chunks below; not rerun since).
+Shapes outside the table
 (head_dim <= 16, head_dim_v in another power-of-two class than head_dim) and rows whose
 entry keep() drops for the shape at hand take the fallback of ``_common.default_for``.
-The sparse entries of sm_80 float32 head_dim 32 (buckets 128, 256), 64 (64, 128), 128 (32),
-sm_80 2-byte head_dim 256 (64) and sm_90 float32 head_dim 128 (32) were set to 16 queries by
-hand when the key projection was transposed (static compiles in
-reports/kernels/sparse_key_projection.md, 2026-11-30), not by a rerun of the search: the
-search may find larger spill-free blocks, or other entries, for that kernel.
+The sparse entries of sm_80 float32 head_dim 32 (buckets 128, 256), 64 (64), sm_80
+2-byte head_dim 256 (64) were set to 16 queries by hand when the key projection was
+transposed (static compiles in reports/kernels/sparse_key_projection.md, 2026-11-30), not
+by a rerun of the search: the search may find larger spill-free blocks for them.
+
+Then the kernels changed (2026-11-30): where head_dim takes more than one BLOCK_DK chunk
+(float32 above 32, half precision above 64: ``_common.head_chunks``) they read and project
+q / k rows one chunk at a time instead of holding [rows, head_dim] tiles (with the
+float32 hi / lo copies of tf32x3), and lowrank_apply / lowrank_causal split head_dim_v
+above 128 over programs (``_common.value_chunk``); rows that fit one chunk compile the
+same code as before. The 23 rows that had no spill-free config and the 8 rows whose entry
+the change made spill were searched again (``scripts/search_defaults.py --rows ...``, logs
+appended to reports/kernels/default_search.md): all but one now have a spill-free config.
+The other entries are the earlier search's and still compile without spills, but were not
+searched again: with the chunked kernels a config with more work per program may now
+compile without spills for them.
 Nothing here imports triton.
 """
 
@@ -77,24 +91,24 @@ TABLE: dict[tuple[int, int, int], dict] = {
             16: (16, 8, 2, 16),
             32: (16, 8, 2, 16),
             64: (16, 8, 3, 16),
-            128: (16, 8, 3, 16),
+            128: (16, 8, 2, 32),
             256: None,
         },
         'fixed': (16, 16, 16, 8, 1),
     },
     (80, 4, 128): {
-        'feature_stats': (64, 32, 8, 2),
+        'feature_stats': (128, 64, 8, 1),
         'lowrank_state': (32, 32, 8, 2),
-        'lowrank_apply': (32, 32, 4, 1),
+        'lowrank_apply': (64, 16, 8, 1),
         'lowrank_causal': (16, 32, 8, 1),
         'sparse': {
-            16: (16, 8, 1, 16),
-            32: (16, 8, 1, 16),
-            64: (16, 8, 2, 16),
+            16: (64, 8, 2, 16),
+            32: (32, 8, 2, 32),
+            64: (32, 8, 2, 32),
             128: None,
             256: None,
         },
-        'fixed': (16, 16, 16, 8, 1),
+        'fixed': (64, 32, 16, 8, 1),
     },
     (80, 2, 32): {
         'feature_stats': (128, 64, 8, 1),
@@ -127,7 +141,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
     (80, 2, 128): {
         'feature_stats': (128, 64, 8, 1),
         'lowrank_state': (32, 64, 8, 2),
-        'lowrank_apply': (64, 32, 8, 1),
+        'lowrank_apply': (64, 16, 8, 1),
         'lowrank_causal': (16, 32, 8, 1),
         'sparse': {
             16: (32, 8, 2, 16),
@@ -141,16 +155,16 @@ TABLE: dict[tuple[int, int, int], dict] = {
     (80, 2, 256): {
         'feature_stats': (128, 32, 8, 1),
         'lowrank_state': (32, 32, 8, 2),
-        'lowrank_apply': (32, 16, 4, 1),
+        'lowrank_apply': (64, 16, 8, 1),
         'lowrank_causal': (16, 32, 8, 1),
         'sparse': {
             16: (16, 8, 2, 16),
-            32: (16, 8, 3, 32),
+            32: (32, 8, 2, 32),
             64: (16, 8, 1, 16),
             128: None,
             256: None,
         },
-        'fixed': (16, 16, 16, 8, 1),
+        'fixed': (32, 16, 32, 8, 1),
     },
     (90, 4, 32): {
         'feature_stats': (128, 64, 8, 1),
@@ -162,7 +176,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             32: (16, 8, 2, 16),
             64: (32, 8, 1, 16),
             128: (16, 8, 2, 16),
-            256: (16, 8, 2, 16),
+            256: (16, 8, 1, 16),
         },
         'fixed': (64, 16, 16, 8, 1),
     },
@@ -175,8 +189,8 @@ TABLE: dict[tuple[int, int, int], dict] = {
             16: (16, 8, 2, 16),
             32: (16, 8, 2, 16),
             64: (16, 8, 1, 16),
-            128: (16, 8, 1, 16),
-            256: (16, 8, 3, 16),
+            128: (16, 8, 2, 32),
+            256: (16, 8, 1, 16),
         },
         'fixed': (16, 16, 16, 8, 1),
     },
@@ -184,15 +198,15 @@ TABLE: dict[tuple[int, int, int], dict] = {
         'feature_stats': (128, 64, 8, 1),
         'lowrank_state': (32, 32, 8, 2),
         'lowrank_apply': (32, 16, 4, 1),
-        'lowrank_causal': (16, 16, 4, 2),
+        'lowrank_causal': (16, 32, 8, 1),
         'sparse': {
-            16: (16, 8, 2, 16),
-            32: (16, 8, 2, 16),
-            64: (16, 8, 2, 16),
-            128: (16, 8, 3, 16),
+            16: (64, 8, 2, 16),
+            32: (32, 8, 2, 32),
+            64: (32, 8, 2, 64),
+            128: (16, 8, 1, 64),
             256: None,
         },
-        'fixed': (16, 16, 16, 8, 1),
+        'fixed': (32, 64, 32, 8, 1),
     },
     (90, 2, 32): {
         'feature_stats': (128, 64, 8, 1),
@@ -226,7 +240,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
         'feature_stats': (128, 64, 8, 1),
         'lowrank_state': (32, 64, 8, 2),
         'lowrank_apply': (64, 16, 8, 1),
-        'lowrank_causal': (16, 16, 4, 2),
+        'lowrank_causal': (16, 32, 8, 1),
         'sparse': {
             16: (32, 8, 3, 16),
             32: (16, 8, 2, 32),
@@ -239,52 +253,31 @@ TABLE: dict[tuple[int, int, int], dict] = {
     (90, 2, 256): {
         'feature_stats': (128, 32, 8, 1),
         'lowrank_state': (32, 32, 8, 2),
-        'lowrank_apply': (32, 16, 4, 1),
-        'lowrank_causal': (16, 16, 4, 2),
+        'lowrank_apply': (128, 16, 8, 1),
+        'lowrank_causal': (16, 32, 8, 1),
         'sparse': {
-            16: (16, 8, 2, 16),
-            32: (16, 8, 3, 32),
+            16: (64, 8, 2, 16),
+            32: (64, 8, 1, 32),
             64: (16, 8, 3, 16),
             128: None,
             256: None,
         },
-        'fixed': (16, 16, 16, 8, 1),
+        'fixed': (32, 32, 16, 8, 1),
     },
 }
 
 
 # Rows where no candidate compiles without spills, (kernel, arch, dtype bytes, head_dim
 # tile, bucket tile or 0) -> why (measured with the search's compiles; more in
-# reports/kernels/default_search.md). Their entries above have the fewest spill bytes.
-_ESTIMATE = ("the sparse kernel's low-rank estimate: q and k tiles with their tf32x3 feature "
-             "products (float32: hi / lo operand copies); float32 head_dim 128 spills even "
-             "at 16 queries x 16 keys, so not the bucket; the key projection runs transposed "
-             "(sparse_setup.key_layout: its key tile splits over the warps along the bucket), "
-             "which made 16 of these 28 rows spill-free (reports/kernels/"
-             "sparse_key_projection.md); the same launch without the low-rank part needs 54 "
-             "registers (sm_80, bfloat16, head_dim 64, bucket 64)")
-_FLOAT32_PROJECTION = ("the tf32x3 projection of [rows, 128] float32 rows: on sm_80 the MMA "
-                       "operands (hi and lo copies) live in registers; sm_90 compiles the "
-                       "same config without spills")
-_WIDE_HEAD = ("[rows, 256] input tiles with their tf32x3 feature products: the smallest "
-              "tiles keep() leaves still spill")
-_FIXED_TILES = ("the sink / window kernel's [queries, head_dim] and [keys, head_dim] tiles "
-                "with the low-rank estimate's projections of both (float32: tf32x3 hi / lo "
-                "copies) at float32 head_dim 128 and half head_dim 256: the smallest tiles "
-                "keep() leaves (16 queries, 16 keys, 16 projections, 8 warps) still spill")
-SPILLING: dict[tuple[str, int, int, int, int], str] = {
-    **{("sparse", 80, 4, d, b): _ESTIMATE for d, b in (
-        (64, 128), (128, 16), (128, 32), (128, 64))},
-    **{("sparse", 80, 2, 256, 32): _ESTIMATE},
-    **{("sparse", 90, 4, d, b): _ESTIMATE for d, b in (
-        (32, 256), (64, 128), (64, 256), (128, 16), (128, 32), (128, 64), (128, 128))},
-    **{("sparse", 90, 2, 256, b): _ESTIMATE for b in (16, 32)},
-    ("feature_stats", 80, 4, 128, 0): _FLOAT32_PROJECTION,
-    **{(name, arch, 2, 256, 0): _WIDE_HEAD for name in ("lowrank_apply", "lowrank_causal")
-       for arch in (80, 90)},
-    **{("fixed", arch, size, d, 0): _FIXED_TILES for arch in (80, 90)
-       for size, d in ((4, 128), (2, 256))},
-}
+# reports/kernels/default_search.md); their entries above would have the fewest spill
+# bytes. 32 rows before the kernels read q / k rows in head_dim chunks ([rows, head_dim]
+# tiles with tf32x3 hi / lo copies, [rows, 256] numerators); one is left:
+_KEY_TILE = ("float32 head_dim 32 is a single chunk, so the bucket's [256, 32] float32 key "
+             "tile (with its tf32x3 hi / lo copies) stays loaded through the feature loop; "
+             "every config keep() leaves spills 32-20024 B. Re-reading the key rows per "
+             "projection block (the chunked path) compiles without spills here with "
+             "num_stages=2 but spills 8 B on sm_80, so it is not taken")
+SPILLING: dict[tuple[str, int, int, int, int], str] = {("sparse", 90, 4, 32, 256): _KEY_TILE}
 
 
 def _entry(name: str, arch: int, shape: KernelShape) -> tuple[int, ...] | None:

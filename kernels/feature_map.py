@@ -31,6 +31,7 @@ from sbbench.kernels._common import (
     empty,
     feature_precision,
     fits_registers,
+    head_chunks,
     launch_limits,
     needs_int64,
     next_pow2,
@@ -107,6 +108,60 @@ def project_part(x, w_ptr, w_lo_ptr, p0, d0, n_proj, head_dim, BLOCK_DK: tl.cons
 
 
 @triton.jit
+def load_rows(rows, row_ok, stride_d, d0, head_dim, BLOCK_DK: tl.constexpr,
+              INT64: tl.constexpr):
+    """Columns d0 : d0 + BLOCK_DK of rows in memory: rows [ROWS] points at each row's
+    first element (``row_ok``: rows to read; the others, and columns >= head_dim, are 0)
+    -> [ROWS, BLOCK_DK] in the input dtype."""
+    offs = wide(d0 + tl.arange(0, BLOCK_DK), INT64)
+    return tl.load(rows[:, None] + offs[None, :] * stride_d,
+                   mask=row_ok[:, None] & (offs[None, :] < head_dim), other=0.0)
+
+
+@triton.jit
+def project_rows(x, rows, row_ok, stride_d, w_ptr, w_lo_ptr, p0, n_proj, head_dim,
+                 ROWS: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_P: tl.constexpr,
+                 PREC: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr,
+                 TRANS: tl.constexpr, CHUNKED: tl.constexpr, INT64: tl.constexpr):
+    """:func:`project_part` of whole rows -> [ROWS, BLOCK_P] (TRANS: [BLOCK_P, ROWS]) fp32.
+    Not CHUNKED (head_dim fits one BLOCK_DK): x is the rows' tile, loaded once by the
+    kernel (:func:`load_rows`). CHUNKED: x is unused; the rows are read from memory
+    (``rows``, ``row_ok`` as in :func:`load_rows`) BLOCK_DK columns at a time, so only a
+    [ROWS, BLOCK_DK] slice of them (and of W_s, hi / lo) is live, not the whole head_dim:
+    the tiles that made wide heads spill (reports/kernels/static_resources.md)."""
+    if CHUNKED:
+        if TRANS == 0:
+            acc = tl.full([ROWS, BLOCK_P], 0.0, tl.float32)
+        else:
+            acc = tl.full([BLOCK_P, ROWS], 0.0, tl.float32)
+        for d0 in range(0, head_dim, BLOCK_DK):
+            part = load_rows(rows, row_ok, stride_d, d0, head_dim, BLOCK_DK, INT64)
+            acc += project_part(part, w_ptr, w_lo_ptr, p0, d0, n_proj, head_dim, BLOCK_DK,
+                                BLOCK_P, PREC, SPLIT, UPCAST, TRANS)
+    else:
+        acc = project_part(x, w_ptr, w_lo_ptr, p0, 0, n_proj, head_dim, BLOCK_DK, BLOCK_P,
+                           PREC, SPLIT, UPCAST, TRANS)
+    return acc
+
+
+@triton.jit
+def dot_rows(a, a_rows, a_ok, a_stride, b, b_rows, b_ok, b_stride, head_dim,
+             A: tl.constexpr, B: tl.constexpr, BLOCK_DK: tl.constexpr, PREC: tl.constexpr,
+             UPCAST: tl.constexpr, CHUNKED: tl.constexpr, INT64: tl.constexpr):
+    """a_i . b_j -> [A, B] fp32: of the loaded tiles a, b, or (CHUNKED) of the rows in
+    memory, BLOCK_DK columns at a time (as :func:`project_rows`)."""
+    if CHUNKED:
+        acc = tl.full([A, B], 0.0, tl.float32)
+        for d0 in range(0, head_dim, BLOCK_DK):
+            a_part = load_rows(a_rows, a_ok, a_stride, d0, head_dim, BLOCK_DK, INT64)
+            b_part = load_rows(b_rows, b_ok, b_stride, d0, head_dim, BLOCK_DK, INT64)
+            acc += mma(a_part, tl.trans(b_part), PREC, UPCAST)
+    else:
+        acc = mma(a, tl.trans(b), PREC, UPCAST)
+    return acc
+
+
+@triton.jit
 def wide(x, INT64: tl.constexpr):
     """x as int64 when the launch needs 64-bit offsets (_common.needs_int64): program ids
     and positions go through here, so every offset computed from them is int64."""
@@ -137,8 +192,9 @@ def _feature_stats_kernel(
     x_ptr, w_ptr, w_lo_ptr, shift_ptr, bias_ptr,
     stride_xb, stride_xh, stride_xn, stride_xd,
     heads, seq, head_dim, n_proj, half_scale, log_norm,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, PREC: tl.constexpr,
-    SPLIT: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_P: tl.constexpr,
+    PREC: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr,
+    CHUNKED: tl.constexpr,
 ):
     """grid (batch * heads, cdiv(seq, BLOCK_M)): shift and bias of BLOCK_M rows."""
     pid_bh = wide(tl.program_id(0), INT64)
@@ -146,21 +202,30 @@ def _feature_stats_kernel(
     b = pid_bh // heads
     h = pid_bh % heads
     offs_m = wide(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
-    offs_d = wide(tl.arange(0, BLOCK_D), INT64)
     m_ok = offs_m < seq
-    x = tl.load(x_ptr + b * stride_xb + h * stride_xh + offs_m[:, None] * stride_xn
-                + offs_d[None, :] * stride_xd,
-                mask=m_ok[:, None] & (offs_d[None, :] < head_dim), other=0.0)
+    # the rows, read BLOCK_DK columns at a time (project_rows)
+    rows = x_ptr + b * stride_xb + h * stride_xh + offs_m * stride_xn
+    x = rows  # the whole rows, loaded once where they fit one chunk (else unused)
+    if not CHUNKED:
+        x = load_rows(rows, m_ok, stride_xd, 0, head_dim, BLOCK_DK, INT64)
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     for p0 in range(0, n_proj, BLOCK_P):
-        proj = project(x, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D, BLOCK_P, PREC,
-                       SPLIT, UPCAST)  # [M, P]
+        proj = project_rows(x, rows, m_ok, stride_xd, w_ptr, w_lo_ptr, p0, n_proj, head_dim,
+                            BLOCK_M, BLOCK_DK, BLOCK_P, PREC, SPLIT, UPCAST, 0, CHUNKED,
+                            INT64)  # [M, P]
         p_ok = (p0 + tl.arange(0, BLOCK_P)) < n_proj
         # max over both signs of the features: max(proj, -proj) = |proj|
         mag = tl.where(p_ok[None, :], tl.abs(proj), float("-inf"))
         row_max = tl.maximum(row_max, tl.reduce(mag, 1, MAX_COMBINE))
-    xf = x.to(tl.float32)
-    bias = half_scale * tl.reduce(xf * xf, 1, SUM_COMBINE) + log_norm
+    if CHUNKED:
+        sq = tl.full([BLOCK_M], 0.0, tl.float32)
+        for d0 in range(0, head_dim, BLOCK_DK):
+            xf = load_rows(rows, m_ok, stride_xd, d0, head_dim, BLOCK_DK, INT64).to(tl.float32)
+            sq += tl.reduce(xf * xf, 1, SUM_COMBINE)
+    else:
+        xf = x.to(tl.float32)
+        sq = tl.reduce(xf * xf, 1, SUM_COMBINE)
+    bias = half_scale * sq + log_norm
     tl.store(shift_ptr + pid_bh * seq + offs_m, row_max, mask=m_ok)
     tl.store(bias_ptr + pid_bh * seq + offs_m, bias, mask=m_ok)
 
@@ -227,7 +292,8 @@ def _stats_launch(x: torch.Tensor, weights: FeatureWeights, scale: float,
         stride_xd=x.stride(3),
         heads=heads, seq=seq, head_dim=head_dim, n_proj=weights.n_proj,
         half_scale=0.5 * scale, log_norm=0.5 * math.log(2 * weights.n_proj),
-        BLOCK_M=config["BLOCK_M"], BLOCK_D=next_pow2(head_dim), BLOCK_P=config["BLOCK_P"],
+        BLOCK_M=config["BLOCK_M"], **head_chunks(head_dim, x.element_size()),
+        BLOCK_P=config["BLOCK_P"],
         PREC=feature_precision(x.dtype),
     )
     args["INT64"] = needs_int64(args.values())

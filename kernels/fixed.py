@@ -34,6 +34,7 @@ from sbbench.kernels._common import (
     feature_precision,
     fits_registers,
     fold_grid,
+    head_chunks,
     launch_limits,
     needs_int64,
     next_pow2,
@@ -42,10 +43,12 @@ from sbbench.kernels.feature_map import (
     FLOAT32_TINY,
     MAX_COMBINE,
     SUM_COMBINE,
+    dot_rows,
     interpreted,
+    load_rows,
     meta_weights,
     mma,
-    project,
+    project_rows,
     weight_args,
     wide,
 )
@@ -63,9 +66,9 @@ def _fixed_kernel(
     stride_ob, stride_oh, stride_on, stride_od,
     heads, seq, head_dim, head_dim_v, n_proj, scale, sink, window, left, n_tiles, tiles_y,
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, LOWRANK: tl.constexpr, LAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr,
     BLOCK_DV: tl.constexpr, BLOCK_P: tl.constexpr, PREC: tl.constexpr, PREC_F: tl.constexpr,
-    SPLIT: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr,
+    SPLIT: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr, CHUNKED: tl.constexpr,
 ):
     pid_bh = wide(tl.program_id(0), INT64)
     tile = tl.program_id(1) + tl.program_id(2) * tiles_y  # past n_tiles: nothing to do
@@ -74,14 +77,16 @@ def _fixed_kernel(
     m0 = tile * BLOCK_M
     q_pos = wide(m0 + tl.arange(0, BLOCK_M), INT64)
     q_ok = q_pos < tl.where(tile < n_tiles, seq, 0)
-    offs_d = wide(tl.arange(0, BLOCK_D), INT64)
     offs_dv = wide(tl.arange(0, BLOCK_DV), INT64)
-    d_ok = offs_d < head_dim
     dv_ok = offs_dv < head_dim_v
     row_ok = q_ok[:, None] & dv_ok[None, :]
     acc_rows = pid_bh * seq + q_pos
-    qb = tl.load(q_ptr + b * stride_qb + h * stride_qh + q_pos[:, None] * stride_qn
-                 + offs_d[None, :] * stride_qd, mask=q_ok[:, None] & d_ok[None, :], other=0.0)
+    # q and k rows are read BLOCK_DK columns at a time (feature_map.project_rows): whole
+    # [rows, head_dim] tiles spilled at float32 head_dim 128 and half head_dim 256
+    q_rows = q_ptr + b * stride_qb + h * stride_qh + q_pos * stride_qn
+    qb = q_rows  # the whole rows, loaded once where they fit one chunk (else unused)
+    if not CHUNKED:
+        qb = load_rows(q_rows, q_ok, stride_qd, 0, head_dim, BLOCK_DK, INT64)
     # ---- the running sums start from the low-rank part (hat scale, log-scale l_i)
     if LOWRANK:
         qshift = tl.load(qshift_ptr + pid_bh * seq + q_pos, mask=q_ok, other=0.0)
@@ -115,11 +120,14 @@ def _fixed_kernel(
         valid = (in_window != is_sink) & key_ok[None, :] & q_ok[:, None]
         if CAUSAL:
             valid = valid & (k_pos[None, :] <= q_pos[:, None])
-        kb = tl.load(k_ptr + b * stride_kb + h * stride_kh + k_pos[:, None] * stride_kn
-                     + offs_d[None, :] * stride_kd, mask=key_ok[:, None] & d_ok[None, :],
-                     other=0.0)
+        k_rows = k_ptr + b * stride_kb + h * stride_kh + k_pos * stride_kn
+        kb = k_rows
+        if not CHUNKED:
+            kb = load_rows(k_rows, key_ok, stride_kd, 0, head_dim, BLOCK_DK, INT64)
         # [M, D] @ [D, N] -> [M, N]
-        logits = tl.where(valid, mma(qb, tl.trans(kb), PREC, UPCAST) * scale, float("-inf"))
+        logits = dot_rows(qb, q_rows, q_ok, stride_qd, kb, k_rows, key_ok, stride_kd, head_dim,
+                          BLOCK_M, BLOCK_N, BLOCK_DK, PREC, UPCAST, CHUNKED, INT64)
+        logits = tl.where(valid, logits * scale, float("-inf"))
         new_lam = tl.maximum(lam, tl.reduce(logits, 1, MAX_COMBINE))
         new_lam = tl.where((new_lam == new_lam) & (tl.abs(new_lam) < float("inf")),
                            new_lam, 0.0)
@@ -132,12 +140,15 @@ def _fixed_kernel(
             est = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
             for p0 in range(0, n_proj, BLOCK_P):
                 p_ok = (p0 + tl.arange(0, BLOCK_P)) < n_proj
-                proj_q = project(qb, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D,
-                                 BLOCK_P, PREC_F, SPLIT, UPCAST)  # [M, P]
+                proj_q = project_rows(qb, q_rows, q_ok, stride_qd, w_ptr, w_lo_ptr, p0, n_proj,
+                                      head_dim, BLOCK_M, BLOCK_DK, BLOCK_P, PREC_F, SPLIT,
+                                      UPCAST, 0, CHUNKED,
+                            INT64)  # [M, P]
                 qp = tl.where(p_ok[None, :], tl.exp(proj_q - qshift[:, None]), 0.0)
                 qm = tl.where(p_ok[None, :], tl.exp(-proj_q - qshift[:, None]), 0.0)
-                proj_k = project(kb, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D,
-                                 BLOCK_P, PREC_F, SPLIT, UPCAST)  # [N, P]
+                proj_k = project_rows(kb, k_rows, key_ok, stride_kd, w_ptr, w_lo_ptr, p0,
+                                      n_proj, head_dim, BLOCK_N, BLOCK_DK, BLOCK_P, PREC_F,
+                                      SPLIT, UPCAST, 0, CHUNKED, INT64)  # [N, P]
                 base = kbias[:, None] + lk
                 use = key_ok[:, None] & p_ok[None, :]
                 kp = tl.where(use, tl.exp(proj_k - base), 0.0)
@@ -244,7 +255,7 @@ def fixed_launch(q, k, v, *, scale: float, sink: int, window: int, causal: bool,
         left=window - 1 if causal else (window - 1) // 2, n_tiles=n_tiles, tiles_y=tiles_y,
         CAUSAL=bool(causal), HAS_MASK=keep is not None, LOWRANK=lowrank is not None,
         LAST=bool(last), BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"],
-        BLOCK_D=next_pow2(head_dim), BLOCK_DV=next_pow2(head_dim_v),
+        **head_chunks(head_dim, q.element_size()), BLOCK_DV=next_pow2(head_dim_v),
         BLOCK_P=config["BLOCK_P"],
         # every float32 product feeding the residual's cancellation: tf32x3 (sparse.py)
         PREC=feature_precision(q.dtype), PREC_F=feature_precision(q.dtype, residual=True),

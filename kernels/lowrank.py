@@ -27,16 +27,20 @@ from sbbench.kernels._common import (
     Launch,
     empty,
     feature_precision,
+    head_chunks,
     launch_limits,
     needs_int64,
     next_pow2,
+    value_chunk,
 )
 from sbbench.kernels.feature_map import (
     FLOAT32_TINY,
     SUM_COMBINE,
     FeatureWeights,
+    load_rows,
     meta_weights,
     project,
+    project_rows,
     weight_args,
     wide,
 )
@@ -131,11 +135,11 @@ def _lowrank_apply_kernel(
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_ob, stride_oh, stride_on, stride_od,
     heads, seq, head_dim, head_dim_v, n_proj,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_P: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr,
-    WRITE_SUMS: tl.constexpr, INT64: tl.constexpr,
+    WRITE_SUMS: tl.constexpr, INT64: tl.constexpr, CHUNKED: tl.constexpr,
 ):
-    """grid (batch * heads, cdiv(seq, BLOCK_M)): Performer output rows
+    """grid (batch * heads, cdiv(seq, BLOCK_M), cdiv(dv, BLOCK_DV)): Performer output rows
     out_i = (qh_i kv) / max(qh_i . ks, tiny), or with WRITE_SUMS the float32 numerator
     (into out) and denominator (into den) for the sparse kernel to merge."""
     pid_bh = wide(tl.program_id(0), INT64)
@@ -143,13 +147,14 @@ def _lowrank_apply_kernel(
     b = pid_bh // heads
     h = pid_bh % heads
     offs_m = wide(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
-    offs_d = wide(tl.arange(0, BLOCK_D), INT64)
-    offs_dv = wide(tl.arange(0, BLOCK_DV), INT64)
+    offs_dv = wide(tl.program_id(2) * BLOCK_DV + tl.arange(0, BLOCK_DV), INT64)
     m_ok = offs_m < seq
     dv_ok = offs_dv < head_dim_v
-    x = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
-                + offs_d[None, :] * stride_qd,
-                mask=m_ok[:, None] & (offs_d[None, :] < head_dim), other=0.0)
+    # the rows, read BLOCK_DK columns at a time (feature_map.project_rows)
+    x_rows = q_ptr + b * stride_qb + h * stride_qh + offs_m * stride_qn
+    x = x_rows  # the whole rows, loaded once where they fit one chunk (else unused)
+    if not CHUNKED:
+        x = load_rows(x_rows, m_ok, stride_qd, 0, head_dim, BLOCK_DK, INT64)
     shift = tl.load(qshift_ptr + pid_bh * seq + offs_m, mask=m_ok, other=0.0)
     num = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
     den = tl.full([BLOCK_M], 0.0, tl.float32)
@@ -157,8 +162,9 @@ def _lowrank_apply_kernel(
     for p0 in range(0, n_proj, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         p_ok = offs_p < n_proj
-        proj = project(x, w_ptr, w_lo_ptr, p0, n_proj, head_dim, BLOCK_D, BLOCK_P, PREC,
-                       SPLIT, UPCAST)  # [M, P]
+        proj = project_rows(x, x_rows, m_ok, stride_qd, w_ptr, w_lo_ptr, p0, n_proj, head_dim,
+                            BLOCK_M, BLOCK_DK, BLOCK_P, PREC, SPLIT, UPCAST, 0, CHUNKED,
+                            INT64)  # [M, P]
         qp = tl.where(p_ok[None, :], tl.exp(proj - shift[:, None]), 0.0)
         qm = tl.where(p_ok[None, :], tl.exp(-proj - shift[:, None]), 0.0)
         rows = kv_ptr + pid_bh * n_feat * head_dim_v + offs_dv[None, :]
@@ -177,7 +183,9 @@ def _lowrank_apply_kernel(
         + offs_dv[None, :] * stride_od
     if WRITE_SUMS:
         tl.store(out_ptrs, num, mask=m_ok[:, None] & dv_ok[None, :])
-        tl.store(den_ptr + pid_bh * seq + offs_m, den, mask=m_ok)
+        # (every block of columns has den; the first writes it)
+        tl.store(den_ptr + pid_bh * seq + offs_m, den,
+                 mask=offs_m < tl.where(tl.program_id(2) == 0, seq, 0))
     else:
         out = num / tl.maximum(den, FLOAT32_TINY)[:, None]
         tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & dv_ok[None, :])
@@ -292,11 +300,13 @@ def _apply_launch(q, weights, q_shift, kv, ks, config, out, sums=False, residual
         stride_ob=out.stride(0), stride_oh=out.stride(1), stride_on=out.stride(2),
         stride_od=out.stride(3),
         heads=heads, seq=seq, head_dim=head_dim, head_dim_v=head_dim_v, n_proj=n_proj,
-        BLOCK_M=config["BLOCK_M"], BLOCK_D=next_pow2(head_dim), BLOCK_DV=next_pow2(head_dim_v),
+        BLOCK_M=config["BLOCK_M"], **head_chunks(head_dim, q.element_size()),
+        BLOCK_DV=value_chunk(head_dim_v),
         BLOCK_P=config["BLOCK_P"], PREC=feature_precision(q.dtype, residual), WRITE_SUMS=sums,
     )
     args["INT64"] = needs_int64(args.values())
-    grid = (batch * heads, triton.cdiv(seq, config["BLOCK_M"]))
+    grid = (batch * heads, triton.cdiv(seq, config["BLOCK_M"]),
+            triton.cdiv(head_dim_v, args["BLOCK_DV"]))
     return Launch(_lowrank_apply_kernel, grid, args, config["num_warps"], config["num_stages"],
                   outputs=(out, den) if sums else (out,))
 

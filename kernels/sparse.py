@@ -31,6 +31,7 @@ from sbbench.kernels._common import (
     KernelSpec,
     Launch,
     feature_precision,
+    head_chunks,
     launch_limits,
     needs_int64,
     next_pow2,
@@ -39,10 +40,12 @@ from sbbench.kernels.feature_map import (
     FLOAT32_TINY,
     MAX_COMBINE,
     SUM_COMBINE,
+    dot_rows,
     interpreted,
+    load_rows,
     meta_weights,
     mma,
-    project_part,
+    project_rows,
     weight_args,
     wide,
 )
@@ -82,9 +85,9 @@ def _bucket_kernel(
     N_ROUNDS: tl.constexpr, LOCAL: tl.constexpr, CAUSAL: tl.constexpr, SETS: tl.constexpr,
     FIXED: tl.constexpr,
     HAS_MASK: tl.constexpr, LOWRANK: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_P: tl.constexpr, PREC: tl.constexpr, PREC_F: tl.constexpr, SPLIT: tl.constexpr,
-    UPCAST: tl.constexpr, INT64: tl.constexpr, KEY_T: tl.constexpr,
+    UPCAST: tl.constexpr, INT64: tl.constexpr, KEY_T: tl.constexpr, CHUNKED: tl.constexpr,
 ):
     pid_bh = wide(tl.program_id(0), INT64)
     # tile = (bucket, block of BLOCK_Q of its queries); tiles beyond 65,535 continue on
@@ -95,9 +98,7 @@ def _bucket_kernel(
     h = pid_bh % heads
     offs = tl.arange(0, BLOCK_B)
     offs_q = (tile % q_blocks) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_d = wide(tl.arange(0, BLOCK_D), INT64)
     offs_dv = wide(tl.arange(0, BLOCK_DV), INT64)
-    d_ok = offs_d < head_dim
     dv_ok = offs_dv < head_dim_v
     # (a bound of 0 past the last tile; the interpreter cannot "&" a scalar into a mask)
     in_bucket = tl.where(tile < n_tiles, bucket_size, 0)
@@ -119,14 +120,17 @@ def _bucket_kernel(
     key_ok = slot_ok & (k_pos < seq)
     if HAS_MASK:
         key_ok = key_ok & (tl.load(keep_ptr + b * seq + k_pos, mask=key_ok, other=0) != 0)
-    qb = tl.load(q_ptr + b * stride_qb + h * stride_qh + q_pos[:, None] * stride_qn
-                 + offs_d[None, :] * stride_qd, mask=q_ok[:, None] & d_ok[None, :], other=0.0)
-    kb = tl.load(k_ptr + b * stride_kb + h * stride_kh + k_pos[:, None] * stride_kn
-                 + offs_d[None, :] * stride_kd, mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+    # CHUNKED: q, k rows are read BLOCK_DK columns at a time (feature_map.project_rows)
+    q_rows = q_ptr + b * stride_qb + h * stride_qh + q_pos * stride_qn
+    k_rows = k_ptr + b * stride_kb + h * stride_kh + k_pos * stride_kn
+    qb, kb = q_rows, k_rows  # the whole rows, loaded once if they fit a chunk (else unused)
+    if not CHUNKED:
+        qb = load_rows(q_rows, q_ok, stride_qd, 0, head_dim, BLOCK_DK, INT64)
+        kb = load_rows(k_rows, key_ok, stride_kd, 0, head_dim, BLOCK_DK, INT64)
     # ---- low-rank estimate on the bucket's pairs, est_ij = qh_i . kh_j, and in the first
     # round of a non-causal call the row's low-rank numerator / denominator from the kv
-    # state. First, so that only q, k (input dtype) and the accumulators live through the
-    # feature loop; the logits, masks and v come after it.
+    # state. First, so that only the accumulators live through the feature loop; the
+    # logits, masks and v come after it.
     if LOWRANK != 0:
         qshift = tl.load(qshift_ptr + pid_bh * seq + q_pos, mask=q_ok, other=0.0)
         kbias = tl.load(kbias_ptr + pid_bh * seq + k_pos, mask=key_ok, other=0.0)
@@ -140,10 +144,12 @@ def _bucket_kernel(
             offs_p = p0 + tl.arange(0, BLOCK_P)
             p_ok = offs_p < n_proj
             # q's projection [Q, P] and k's as [P, B] (sparse_setup.key_layout)
-            proj_q = project_part(qb, w_ptr, w_lo_ptr, p0, 0, n_proj, head_dim, BLOCK_D,
-                                  BLOCK_P, PREC_F, SPLIT, UPCAST, False)
-            proj_k = project_part(kb, w_ptr, w_lo_ptr, p0, 0, n_proj, head_dim, BLOCK_D,
-                                  BLOCK_P, PREC_F, SPLIT, UPCAST, KEY_T)
+            proj_q = project_rows(qb, q_rows, q_ok, stride_qd, w_ptr, w_lo_ptr, p0, n_proj,
+                                  head_dim, BLOCK_Q, BLOCK_DK, BLOCK_P, PREC_F, SPLIT, UPCAST,
+                                  0, CHUNKED, INT64)
+            proj_k = project_rows(kb, k_rows, key_ok, stride_kd, w_ptr, w_lo_ptr, p0, n_proj,
+                                  head_dim, BLOCK_B, BLOCK_DK, BLOCK_P, PREC_F, SPLIT, UPCAST,
+                                  KEY_T, CHUNKED, INT64)
             qp = tl.where(p_ok[None, :], tl.exp(proj_q - qshift[:, None]), 0.0)
             qm = tl.where(p_ok[None, :], tl.exp(-proj_q - qshift[:, None]), 0.0)
             base = kbias[None, :] + lk
@@ -168,7 +174,8 @@ def _bucket_kernel(
                 lr_den += tl.reduce(qp * ks_plus[None, :], 1, SUM_COMBINE) \
                     + tl.reduce(qm * ks_minus[None, :], 1, SUM_COMBINE)
     # ---- logits: [Q, D] @ [D, B] -> [Q, B]
-    logits = mma(qb, tl.trans(kb), PREC, UPCAST) * scale
+    logits = dot_rows(qb, q_rows, q_ok, stride_qd, kb, k_rows, key_ok, stride_kd, head_dim, BLOCK_Q,
+                      BLOCK_B, BLOCK_DK, PREC, UPCAST, CHUNKED, INT64) * scale
     valid = key_ok[None, :] & q_ok[:, None]
     if CAUSAL:
         valid = valid & (k_pos[None, :] <= q_pos[:, None])
@@ -264,8 +271,7 @@ def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_
     (kv, ks) (non-causal) or (num, den) (causal sums); block_q: queries per program."""
     batch, heads, seq, head_dim = q.shape
     head_dim_v = v.shape[-1]
-    out = state.out
-    dummy = out
+    out = dummy = state.out
     lr = lowrank or {}
     n_proj = check_lowrank(lowrank, batch, heads, seq, head_dim_v)
     mode = NO_LOWRANK if lowrank is None else (
@@ -299,8 +305,7 @@ def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_
         SETS=state.counts is not None, FIXED=bool(sink or window),
         HAS_MASK=state.keep is not None, LOWRANK=mode, FIRST=round_idx == 0 and not state.fixed,
         LAST=round_idx == state.n_rounds - 1,
-        BLOCK_B=next_pow2(bucket_size), BLOCK_Q=block_q,
-        BLOCK_D=next_pow2(head_dim),
+        BLOCK_B=next_pow2(bucket_size), BLOCK_Q=block_q, **head_chunks(head_dim, q.element_size()),
         BLOCK_DV=next_pow2(head_dim_v), BLOCK_P=config["BLOCK_P"],
         KEY_T=key_layout(q.dtype, bucket_size),
         # every float32 product here (estimate, fused low-rank numerator, residual x v)

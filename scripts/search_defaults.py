@@ -6,6 +6,7 @@ TABLE of kernels/default_table.py.
     python scripts/search_defaults.py --arch 80 90 --jobs 2 \\
         --markdown reports/kernels/default_search.md --table /tmp/table.py
     python scripts/search_defaults.py --kernels fixed --append --markdown FILE.md  # a section
+    python scripts/search_defaults.py --rows sparse:90:4:64:256 fixed:80:2:256 ...  # rows
 
 Per row (arch x float32 / 2-byte x head_dim 32..256, x bucket 16..256 for the sparse
 kernel): the configs keep() leaves (for the sparse kernel: each config with each query
@@ -133,7 +134,19 @@ def probes(row: Row) -> list[dict]:
     return out
 
 
-def make_rows(archs, names) -> list[Row]:
+def parse_row(text: str) -> tuple:
+    """"kernel:arch:dtype bytes:head_dim[:bucket]" (bucket: sparse only) -> the tuple of
+    kernels/default_table.SPILLING's keys."""
+    parts = text.split(":")
+    if len(parts) not in (4, 5) or not all(p.isdigit() for p in parts[1:]):
+        raise SystemExit(f"--rows takes kernel:arch:bytes:head_dim[:bucket], got {text!r}")
+    name, *numbers = parts
+    return (name, *map(int, numbers), *((0,) if len(parts) == 4 else ()))
+
+
+def make_rows(archs, names, only=None) -> list[Row]:
+    """The rows of ``names`` on ``archs`` (``only``: just these (kernel, arch, bytes,
+    head_dim, bucket or 0) keys)."""
     import torch
     from sbbench.kernels import KernelShape, limits_for, supports
 
@@ -150,6 +163,9 @@ def make_rows(archs, names) -> list[Row]:
                         shapes = [KernelShape(head_dim=d, head_dim_v=d, n_features=256,
                                               bucket_size=bucket, n_hashes=1,
                                               dtype_bytes=size, half=h) for h in halves]
+                        key = (name, arch, size, d, bucket if name == "sparse" else 0)
+                        if only is not None and key not in only:
+                            continue
                         rows.append(Row(name, arch, size, d, bucket, shapes,
                                         candidates(name, limits, shapes[0])))
     return rows
@@ -324,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", nargs="+", default=["80", "90"])
     parser.add_argument("--kernels", nargs="+", default=None)
+    parser.add_argument("--rows", nargs="+", default=None,
+                        help="only these rows, kernel:arch:bytes:head_dim[:bucket] (e.g. "
+                             "sparse:90:4:64:256 fixed:80:2:256); --table then prints them")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--cache", default=os.path.join(
         os.path.expanduser("~"), ".cache", "sbbench-default-search.json"))
@@ -337,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from sbbench.core.provenance import now_utc, revision_text
 
-    names = args.kernels or list(SEARCH_SPACES)
+    only = None if args.rows is None else {parse_row(r) for r in args.rows}
+    names = args.kernels or sorted({key[0] for key in only or ()}) or list(SEARCH_SPACES)
     archs = [static.parse_arch(a) for a in args.arch]
     cache = {}
     if os.path.exists(args.cache):
@@ -351,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(args.cache + ".tmp", args.cache)
 
     start = time.time()
-    rows = make_rows(archs, names)
+    rows = make_rows(archs, names, only)
     search(rows, args.jobs, cache, save)
     elapsed = time.time() - start
     table = table_text(rows)

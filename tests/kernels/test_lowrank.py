@@ -110,6 +110,9 @@ NONCAUSAL_CASES = [
                  {"BLOCK_N": 128, "BLOCK_P": 64, "num_warps": 8},
                  {"BLOCK_M": 128, "BLOCK_P": 16, "num_warps": 8}, 2,
                  id="fp16-s63-d48-dv40-m49-mask"),
+    # q rows in two 64-column chunks, v in two 128-column blocks of programs
+    pytest.param(torch.bfloat16, 40, 72, 136, 32, True, None, {"BLOCK_M": 16}, None,
+                 id="bf16-s40-d72-dv136-mask"),
 ]
 
 
@@ -218,20 +221,23 @@ def test_launchers_reject_bad_configs_and_inputs():
                                      key_padding_mask=None, configs={"flash": {}})
 
 
-@pytest.mark.parametrize("dtype,seq,head_dim,n_features,mask,config,chunks", [
-    pytest.param(torch.float32, 201, 40, 98, True, {"BLOCK_N": 16, "BLOCK_P": 32}, 3,
+@pytest.mark.parametrize("dtype,seq,head_dim,head_dim_v,n_features,mask,config,chunks", [
+    pytest.param(torch.float32, 201, 40, 40, 98, True, {"BLOCK_N": 16, "BLOCK_P": 32}, 3,
                  id="fp32-s201-d40-m49-mask-3chunks"),
-    pytest.param(torch.bfloat16, 77, 24, 64, False, {"BLOCK_N": 16, "BLOCK_P": 16}, 7,
+    pytest.param(torch.bfloat16, 77, 24, 24, 64, False, {"BLOCK_N": 16, "BLOCK_P": 16}, 7,
                  id="bf16-s77-d24-7chunks"),
-    pytest.param(torch.float16, 100, 32, 32, True, {"BLOCK_N": 32, "BLOCK_P": 16}, 100,
+    pytest.param(torch.float16, 100, 32, 32, 32, True, {"BLOCK_N": 32, "BLOCK_P": 16}, 100,
                  id="fp16-s100-d32-chunk-per-block"),
+    # q / k rows in two 64-column chunks, v in two 128-column blocks of programs (atomic)
+    pytest.param(torch.float16, 40, 72, 136, 64, True, {"BLOCK_N": 16, "BLOCK_P": 16}, 2,
+                 id="fp16-s40-d72-dv136-2chunks"),
 ])
-def test_causal_scan_over_chunks_matches_the_reference(dtype, seq, head_dim, n_features,
-                                                       mask, config, chunks):
+def test_causal_scan_over_chunks_matches_the_reference(dtype, seq, head_dim, head_dim_v,
+                                                       n_features, mask, config, chunks):
     """State per chunk, exclusive scan, apply: the prefix sums of the torch reference at odd
     sizes, and the single-chunk kernel's result up to float32 summation order."""
     q, k, v, projections, keep = make_inputs(seq, head_dim, dtype, n_features=n_features,
-                                             mask=mask)
+                                             mask=mask, head_dim_v=head_dim_v)
     scale = 1.0 / math.sqrt(head_dim)
     weights, q_shift, _, k_bias, lk = stats(q, k, projections, scale, keep)
     num, den = kernels.lowrank_causal(q, k, v, weights, q_shift, k_bias, lk, keep,

@@ -42,31 +42,12 @@ SHAPES = {
 }
 
 # Rows of the matrix (kernel, arch, dtype bytes, head_dim, bucket or 0) where no config
-# keep() leaves compiles without spills (reports/kernels/default_search.md): their
-# default is the candidate with the fewest spill bytes, at most these (float16 and
-# bfloat16 alike). Why: kernels/default_table.SPILLING, in short
-# - sparse: q and k tiles with the low-rank estimate's tf32x3 products (float32: hi and lo
-#   copies; float32 head_dim 128 spills even at 16 x 16); without the low-rank part the
-#   kernel needs 54 registers;
-# - feature_stats, sm_80 float32 head_dim 128: tf32x3 operands of the [rows, 128]
-#   projection in registers (sm_90 keeps them in shared memory: no spills there);
-# - lowrank_apply / lowrank_causal at head_dim 256: [rows, 256] tiles, smallest kept;
-# - fixed (sink / window) at float32 head_dim 128 and half head_dim 256: q and k tiles with
-#   the low-rank estimate's projections of both, smallest tiles kept (16 x 16 x 16, 8 warps).
-NO_SPILL_FREE: dict[tuple[str, int, int, int, int], int] = {
-    **{("sparse", 80, 4, d, b): spills for d, b, spills in (
-        (64, 128, 32), (128, 16, 976), (128, 32, 680), (128, 64, 688))},
-    ("sparse", 80, 2, 256, 32): 24,
-    **{("sparse", 90, 4, d, b): spills for d, b, spills in (
-        (32, 256, 56), (64, 128, 104), (64, 256, 392), (128, 16, 1080), (128, 32, 712),
-        (128, 64, 736), (128, 128, 840))},
-    ("sparse", 90, 2, 256, 16): 16, ("sparse", 90, 2, 256, 32): 32,
-    ("feature_stats", 80, 4, 128, 0): 224,
-    ("lowrank_apply", 80, 2, 256, 0): 80, ("lowrank_apply", 90, 2, 256, 0): 112,
-    ("lowrank_causal", 80, 2, 256, 0): 104, ("lowrank_causal", 90, 2, 256, 0): 176,
-    ("fixed", 80, 4, 128, 0): 840, ("fixed", 90, 4, 128, 0): 928,
-    ("fixed", 80, 2, 256, 0): 32, ("fixed", 90, 2, 256, 0): 16,
-}
+# keep() leaves compiles without spills (reports/kernels/default_search.md), with the most
+# spill bytes their default may have (float16 and bfloat16 alike); the reason of each is in
+# kernels/default_table.SPILLING. One since the kernels read q / k rows in chunks of
+# head_dim and split wide v over programs (feature_map.project_rows, _common.head_chunks
+# and value_chunk): float32 head_dim 32 (one chunk) with the [256, 32] key tile on sm_90.
+NO_SPILL_FREE: dict[tuple[str, int, int, int, int], int] = {("sparse", 90, 4, 32, 256): 32}
 
 ARCHS = (80, 90)
 HEAD_DIMS = (32, 64, 128, 256)
@@ -132,8 +113,8 @@ def test_parse_arch():
         static.parse_arch("hopper")
 
 
-# the defaults compiled here (each a few seconds; the report compiles them all): every
-# row spill-free at bfloat16 head_dim 64; float16 head_dim 256 has listed rows
+# the defaults compiled here (each a few seconds; the report compiles them all): bfloat16
+# head_dim 64 (rows loaded whole) and float16 head_dim 256 (chunked rows, split v)
 COMPILED = {
     "bf16-d64-b64": KernelShape(head_dim=64, head_dim_v=64, bucket_size=64),
     "fp16-d256-b16": KernelShape(head_dim=256, head_dim_v=256, bucket_size=16,
