@@ -38,11 +38,16 @@ def _with_head_statistic(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(error_mean=p90.where(p90.notna(), rows["error_mean"]))
 
 
+def _approximations(ok: pd.DataFrame) -> pd.DataFrame:
+    """The usable rows (with the head statistic) of methods other than exact, with an error."""
+    return ok[(ok["method"] != "exact") & ok["error_mean"].notna()]
+
+
 def recommend(rows: pd.DataFrame, target: float = DEFAULT_TARGET) -> str:
     """One sentence for the rows of one shape: which method and budget to use, and why."""
     ok = _with_head_statistic(_usable(rows))
     exact = ok[ok["method"] == "exact"]
-    approx = ok[(ok["method"] != "exact") & ok["error_mean"].notna()]
+    approx = _approximations(ok)
     exact_ms = float(exact["time_median_ms"].min()) if len(exact) else None
     meeting = approx[approx["error_mean"] <= target].sort_values("time_median_ms")
     if meeting.empty:
@@ -67,8 +72,7 @@ def recommend(rows: pd.DataFrame, target: float = DEFAULT_TARGET) -> str:
 
 
 def _unreached(rows: pd.DataFrame, target: float) -> bool:
-    approx = _with_head_statistic(_usable(rows))
-    approx = approx[(approx["method"] != "exact") & approx["error_mean"].notna()]
+    approx = _approximations(_with_head_statistic(_usable(rows)))
     return not (approx["error_mean"] <= target).any()
 
 

@@ -149,10 +149,10 @@ def check_factors(factors: dict[str, float], alpha: float) -> None:
 
 
 def _time_finding(label: str, base: list[float], cur: list[float], factor: float,
-                  alpha: float, note: str) -> Finding:
+                  alpha: float, note: str, group: str = "") -> Finding:
     if len(base) < 2 or len(cur) < 2:
         return Finding(label, "time", None, None, None, None, "skipped",
-                       "fewer than 2 samples on one side")
+                       "fewer than 2 samples on one side", group)
     base_median, cur_median = statistics.median(base), statistics.median(cur)
     ratio = cur_median / base_median if base_median > 0 else math.inf
     slower = mann_whitney_u(cur, base, alternative="greater")
@@ -168,7 +168,7 @@ def _time_finding(label: str, base: list[float], cur: list[float], factor: float
             note = (note + "; " if note else "") + f"larger than x{factor:g} but not significant"
         elif slower.p < alpha and ratio > 1:
             note = (note + "; " if note else "") + f"significant but within x{factor:g}"
-    return Finding(label, "time", base_median, cur_median, ratio, p, verdict, note)
+    return Finding(label, "time", base_median, cur_median, ratio, p, verdict, note, group)
 
 
 def _scalar_finding(label: str, metric: str, base: float | None, cur: float | None,
@@ -246,8 +246,8 @@ def _point_findings(key, base: Record, cur: Record, label: str, mode: str,
     if mode == "ratio":
         if key in base_ratio and key in cur_ratio:
             (b, how), (c, _) = base_ratio[key], cur_ratio[key]
-            findings.append(replace(_time_finding(label, b, c, factors["time"], alpha,
-                                                  f"time {how}"), group=base.method))
+            findings.append(_time_finding(label, b, c, factors["time"], alpha,
+                                          f"time {how}", base.method))
         elif _ok_samples(base) and _ok_samples(cur):
             is_reference = base.method == (reference or "") or (
                 reference == "exact" and base.method == CALIBRATION)
@@ -255,9 +255,9 @@ def _point_findings(key, base: Record, cur: Record, label: str, mode: str,
                                     "the reference of ratio mode" if is_reference else
                                     f"no {reference} row in the same run to divide by"))
     else:
-        findings.append(replace(_time_finding(label, _ok_samples(base), _ok_samples(cur),
-                                              factors["time"], alpha, "absolute time (ms)"),
-                                group=base.method))
+        findings.append(_time_finding(label, _ok_samples(base), _ok_samples(cur),
+                                      factors["time"], alpha, "absolute time (ms)",
+                                      base.method))
     scalars = [
         ("error", base.error_mean, cur.error_mean, error_atol, True),
         ("memory", base.peak_memory_delta_bytes, cur.peak_memory_delta_bytes,

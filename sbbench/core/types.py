@@ -82,10 +82,10 @@ class Budget:
             if value and not kinds:
                 raise ValueError(f"{self.method} has no sparse part: {name} must be 0")
         uses_sparse = self.has_sparse
-        if self.method in LOWRANK_METHODS and not (self.n_features == 0 and self.method in
-                                                   SPARSE_ONLY_METHODS) and (
+        optional = self.method in SPARSE_ONLY_METHODS  # n_features 0: no low-rank part
+        if self.method in LOWRANK_METHODS and not (optional and self.n_features == 0) and (
                 self.n_features < 2 or self.n_features % 2):
-            zero = " (or 0: no low-rank part)" if self.method in SPARSE_ONLY_METHODS else ""
+            zero = " (or 0: no low-rank part)" if optional else ""
             raise ValueError(f"{self.method} needs an even n_features >= 2{zero}, "
                              f"got {self.n_features}")
         if uses_sparse and (self.bucket_size < 1 or self.n_hashes < 1):
@@ -103,8 +103,7 @@ class Budget:
     def has_lowrank(self) -> bool:
         """Whether the budget has a low-rank (random-feature) part (scatterbrain with
         n_features=0 has none: exact softmax over its sparse support)."""
-        return self.method in LOWRANK_METHODS and (self.n_features > 0
-                                                   or self.method == "performer")
+        return self.method in LOWRANK_METHODS and self.n_features > 0
 
     @property
     def has_sparse(self) -> bool:

@@ -44,7 +44,6 @@ INDEX_BYTES = 4  # int32 positions in sorted order
 # (a test keeps them equal: the torch path and the model must agree).
 CAUSAL_CHUNK = 64
 
-LOWRANK_METHODS = ("performer", "scatterbrain", "scatterbrain_local")
 SPARSE_METHODS = ("lsh", "scatterbrain", "scatterbrain_local")
 
 
