@@ -34,7 +34,7 @@ __all__ = ["DEFAULT_STORE", "register", "run_sweep_command"]
 # meaning: valid methods, dtypes, even features, ...).
 _AXIS_TYPES = {
     "seq-len": int_list(), "head-dim": int_list(), "batch": int_list(), "heads": int_list(),
-    "features": int_list(), "bucket-size": int_list(), "hashes": int_list(),
+    "features": int_list(0), "bucket-size": int_list(), "hashes": int_list(),
     "sparse": name_list(), "sink": int_list(0), "window": int_list(0),
     "seeds": positive_int, "temperature": positive_float, "warmup-ms": positive_float,
     "rep-ms": positive_float, "dtype": name_list(), "causal": name_list(),

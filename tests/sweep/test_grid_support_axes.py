@@ -126,6 +126,17 @@ def test_a_sweep_stores_kmeans_and_lsh_points_side_by_side(tmp_path):
     assert len({round(r.error_mean, 12) for r in rows.values()}) == 4
 
 
+def test_the_features_flag_takes_0_like_the_grid(capsys):
+    from sbbench.cli.main import main
+
+    assert main(["sweep", "--gpu", "cpu", "--grid", "supports", "--features", "0",
+                 "--dry-run"]) == 0
+    assert "f=0 bucket=32" in capsys.readouterr().out
+    assert main(["sweep", "--gpu", "cpu", "--grid", "quick", "--features", "0",
+                 "--dry-run"]) == 2  # performer needs features
+    assert "performer, scatterbrain_local need an n_features >= 2" in capsys.readouterr().err
+
+
 def test_n_features_0_is_scatterbrain_without_low_rank_and_skipped_elsewhere():
     grid = grid_from_dict("t", {"seq_len": 512, "n_features": [0, 32], "bucket_size": 32,
                                 "methods": ["performer", "scatterbrain", "scatterbrain_local"],
