@@ -1,11 +1,12 @@
 """Which keys do the sparse supports find, and what does it cost on the CPU?
 
 For each support (SMYRF hash buckets, k-means clusters, sink + window keys, with or
-without the low-rank part) and the top-k oracle, at budgets of <= 128 and <= 256 keys
-per query, prints per head: the share of each row's softmax mass that the support holds
-(mean over rows) and the output error (relative Frobenius vs exact attention), then the
-median and mean over heads. Then the CPU time of sparse="kmeans" with sink + window
-against today's Scatterbrain (64 features + 64-key hash buckets) at seq 16384.
+without the low-rank part: "f" Performer features, "c" key centroids) and the top-k
+oracle, at budgets of <= 128 and <= 256 keys per query, prints per head: the share of
+each row's softmax mass that the support holds (mean over rows) and the output error
+(relative Frobenius vs exact attention), then the median and mean over heads. Then the
+CPU time of sparse="kmeans" with sink + window against today's Scatterbrain (64 features
++ 64-key hash buckets) at seq 16384.
 
 Inputs: a capture written by ``sbbench capture`` (each layer with the model's softmax
 scale and causal flag) or synthetic inputs from ``sbbench.measure.inputs.make_qkv``. From
@@ -51,6 +52,15 @@ def _supports(keys: int, *, plain_lsh: bool = False) -> dict[str, dict]:
         f"sink4+window{keys - 4}": dict(n_features=0, sparse=None, bucket_size=0, sink=4,
                                         window=keys - 4),
     })
+    # key centroids (lowrank="centroids") in place of keys of the support
+    for clusters in (keys // 8, keys // 4):
+        rest = keys - clusters
+        named[f"c{clusters}+kmeans{rest // 2}+sink4+window{rest // 2 - 4}"] = dict(
+            n_features=clusters, lowrank="centroids", bucket_size=rest // 2, sparse="kmeans",
+            sink=4, window=rest // 2 - 4)
+    named[f"c{quarter}+sink4+window{keys - quarter - 4}"] = dict(
+        n_features=quarter, lowrank="centroids", sparse=None, bucket_size=0, sink=4,
+        window=keys - quarter - 4)
     return named
 
 
@@ -60,6 +70,8 @@ SUPPORTS[128]["f64+sink4+window60"] = dict(n_features=64, sparse=None, bucket_si
                                            window=60)
 # the same supports with a low-rank part on top (budget + n_features): helps or hurts?
 WITH_FEATURES = {"kmeans64+sink4+window60": 64, "kmeans128+sink4+window124": 64}
+# ... and the same with key centroids on top
+WITH_CENTROIDS = WITH_FEATURES
 
 
 def capture_layers(path: Path):
@@ -99,14 +111,16 @@ def head_metrics(q, k, v, scale, causal, args, seed):
         gen = torch.Generator().manual_seed(seed)
         call = dict(args)
         n_features = call.pop("n_features")
+        centroids = call.get("lowrank") == "centroids"  # their start keys from gen
         projections = (draw_projections(n_features, q.shape[-1], generator=gen)
-                       if n_features else None)
+                       if n_features and not centroids else None)
         sparse = call.get("sparse", "lsh")
         hashes = (draw_hashes(call.get("n_hashes", 1), q.shape[-1], generator=gen)
                   if sparse in ("lsh", "kmeans") else None)
         call.update(causal=causal, softmax_scale=scale, hashes=hashes, backend="torch")
         out = attention(q, k, v, n_features=n_features, projections=projections,
-                        **call)[0, 0]
+                        generator=gen, **call)[0, 0]
+        call.pop("lowrank", None)
         _, sparse_only = attention(q, k, v, n_features=0, return_weights="unnormalized",
                                    **call)
         support = sparse_only[0, 0] != 0
@@ -123,6 +137,10 @@ def evaluate(layers, seed: int) -> None:
             if name in named:
                 named[f"{name} +f{extra} (budget {budget + extra})"] = {
                     **named[name], "n_features": extra}
+        for name, extra in WITH_CENTROIDS.items():
+            if name in named:
+                named[f"{name} +c{extra} (budget {budget + extra})"] = {
+                    **named[name], "n_features": extra, "lowrank": "centroids"}
         named[f"top-{budget} oracle"] = budget
         for name, args in named.items():
             masses, errors = [], []

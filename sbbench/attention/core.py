@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sbbench.attention.centroids import centroid_features
 from sbbench.attention.features import key_features, query_features
 from sbbench.attention.fixed import fixed_part
 from sbbench.attention.lsh import HashFunctions, bucket_ids, local_order, lsh_order, padded_length
@@ -107,10 +108,12 @@ def attend(
     chunk_elements: int | None = None,
     sink: int = 0,
     window: int = 0,
+    centroids: torch.Tensor | None = None,
 ):
     """Core of every approximate method (inputs already validated).
 
-    q, k: [b, h, n, d]; v: [b, h, n, dv]. ``projections`` None -> no low-rank part;
+    q, k: [b, h, n, d]; v: [b, h, n, dv]. ``projections`` None -> no low-rank part, or
+    with ``centroids`` ([b, h, C] start keys) key centroids (:mod:`centroids`) instead;
     ``sparse`` None -> no buckets, "lsh" (uses ``hashes``), "kmeans" (clusters started
     from ``hashes``, see :mod:`supports`) or "local" (fixed blocks); ``sink`` / ``window``
     add the first keys / the nearest keys to every query's support (sparse part only
@@ -126,8 +129,9 @@ def attend(
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     qf, kf, vf = q.to(acc), k.to(acc), v.to(acc)
     lowrank = None
-    if projections is not None:
-        lowrank = _lowrank_part(qf, kf, vf, projections, scale, key_padding_mask, causal)
+    if projections is not None or centroids is not None:
+        lowrank = _lowrank_part(qf, kf, vf, projections, scale, key_padding_mask, causal,
+                                centroids)
 
     if sparse is None and not (sink or window):  # Performer: the scales cancel
         out = lowrank.num / lowrank.den.clamp_min(torch.finfo(acc).tiny)[..., None]
@@ -193,8 +197,14 @@ def attend(
     return out.to(q.dtype), _finish_weights(dense, den, common[:, :, :n], return_weights)
 
 
-def _lowrank_part(qf, kf, vf, projections, scale, key_padding_mask, causal) -> LowRank:
-    """Features of q and k and the low-rank numerator / denominator (hat scale)."""
+def _lowrank_part(qf, kf, vf, projections, scale, key_padding_mask, causal,
+                  centroids=None) -> LowRank:
+    """Features of q and k and the low-rank numerator / denominator (hat scale):
+    Performer's (``projections``) or the key centroids' (``centroids``: start keys)."""
+    if centroids is not None:
+        qh, kh, log_lr = centroid_features(qf, kf, centroids, scale, key_padding_mask)
+        num, den = lowrank_sums(qh, kh, vf, causal)
+        return LowRank(qh, kh, log_lr, num, den)
     proj = projections.to(device=qf.device, dtype=qf.dtype)
     qh, lq = query_features(qf, proj, scale)  # [b,h,n,F], [b,h,n]
     kh, lk = key_features(kf, proj, scale, key_padding_mask)  # [b,h,n,F], [b,h]

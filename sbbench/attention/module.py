@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sbbench.attention.centroids import check_lowrank
 from sbbench.attention.checks import check_positive_int, check_support
 from sbbench.attention.exact import exact_attention
 from sbbench.attention.features import draw_projections
@@ -22,7 +23,9 @@ class ScatterbrainAttention(nn.Module):
     from ``seed`` (so the layer is deterministic and saves with its state dict);
     :meth:`redraw` draws new ones. Forward and backward both work. ``sparse``, ``sink``,
     ``window`` pick the support as in :func:`scatterbrain_attention` (``sparse=None`` takes
-    ``bucket_size=0``; ``n_features=0`` drops the low-rank part).
+    ``bucket_size=0``; ``n_features=0`` drops the low-rank part). ``lowrank="centroids"``:
+    key centroids instead of Performer features, their start keys drawn in every forward
+    from a generator seeded with the buffer ``centroid_seed`` (drawn from ``seed``).
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class ScatterbrainAttention(nn.Module):
         exact: bool = False,
         sink: int = 0,
         window: int = 0,
+        lowrank: str = "performer",
     ) -> None:
         super().__init__()
         embed_dim = check_positive_int("embed_dim", embed_dim)
@@ -56,6 +60,7 @@ class ScatterbrainAttention(nn.Module):
         (self.n_features, self.bucket_size, self.n_hashes, self.sink,
          self.window) = check_support(n_features, bucket_size, n_hashes, sparse, sink, window)
         self.sparse, self.causal = sparse, causal
+        self.lowrank = check_lowrank(lowrank)
         self.softmax_scale, self.backend = softmax_scale, backend
         self.config = config  # implementation settings (kernel tiles, CPU chunking)
         # exact attention instead of the estimate: what from_tuned builds where no
@@ -63,7 +68,11 @@ class ScatterbrainAttention(nn.Module):
         self.exact = bool(exact)
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.out = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.register_buffer("projections", torch.empty(n_features // 2, self.head_dim))
+        performer = self.lowrank == "performer"
+        self.register_buffer("projections", torch.empty(n_features // 2 if performer else 0,
+                                                        self.head_dim))
+        if not performer:
+            self.register_buffer("centroid_seed", torch.zeros((), dtype=torch.long))
         self.register_buffer("hash_directions", torch.empty(n_hashes, self.head_dim + 2))
         self.register_buffer("hash_shifts", torch.empty(n_hashes))
         self.redraw(torch.Generator().manual_seed(seed))
@@ -114,7 +123,9 @@ class ScatterbrainAttention(nn.Module):
     def redraw(self, generator: torch.Generator | None = None) -> None:
         """Draw new random projections and hash functions (e.g. every few training steps)."""
         device = self.projections.device
-        if self.n_features:  # n_features 0: no low-rank part, nothing to draw
+        if self.n_features and self.lowrank == "centroids":
+            self.centroid_seed.fill_(int(torch.randint(2**62, (), generator=generator)))
+        elif self.n_features:  # n_features 0: no low-rank part, nothing to draw
             self.projections.copy_(draw_projections(self.n_features, self.head_dim,
                                                     generator=generator, device=device))
         hashes = draw_hashes(self.n_hashes, self.head_dim, generator=generator, device=device)
@@ -134,14 +145,18 @@ class ScatterbrainAttention(nn.Module):
                                    key_padding_mask=key_padding_mask,
                                    softmax_scale=self.softmax_scale)
             return self.out(attn.transpose(1, 2).reshape(batch, seq, self.embed_dim))
+        centroids = {}
+        if self.lowrank == "centroids":  # the same start keys for the same inputs
+            centroids = dict(lowrank="centroids", generator=torch.Generator().manual_seed(
+                int(self.centroid_seed)))
         attn = scatterbrain_attention(
             q, k, v,
             n_features=self.n_features, bucket_size=self.bucket_size, n_hashes=self.n_hashes,
             sparse=self.sparse, causal=self.causal, key_padding_mask=key_padding_mask,
             softmax_scale=self.softmax_scale, backend=self.backend,
-            projections=self.projections if self.n_features else None,
+            projections=self.projections if self.n_features and not centroids else None,
             hashes=HashFunctions(self.hash_directions, self.hash_shifts),
-            config=self.config, sink=self.sink, window=self.window,
+            config=self.config, sink=self.sink, window=self.window, **centroids,
         )
         return self.out(attn.transpose(1, 2).reshape(batch, seq, self.embed_dim))
 
@@ -151,4 +166,5 @@ class ScatterbrainAttention(nn.Module):
                 f"n_hashes={self.n_hashes}, sparse={self.sparse!r}, causal={self.causal}"
                 + (f", sink={self.sink}" if self.sink else "")
                 + (f", window={self.window}" if self.window else "")
-                + (", exact=True" if self.exact else ""))
+                + (", exact=True" if self.exact else "")
+                + (f", lowrank={self.lowrank!r}" if self.lowrank != "performer" else ""))

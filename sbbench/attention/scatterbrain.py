@@ -18,6 +18,7 @@ from sbbench.attention.backends import (  # noqa: F401 - importable from here
     resolve_backend,
     triton_available,
 )
+from sbbench.attention.centroids import check_lowrank, draw_starts
 from sbbench.attention.checks import (
     SPARSE_KINDS,  # noqa: F401
     check_mask,
@@ -31,6 +32,7 @@ from sbbench.attention.features import draw_projections
 from sbbench.attention.lsh import HashFunctions, draw_hashes
 from sbbench.attention.settings import ConfigRequest, warn_once
 from sbbench.attention.settings import resolve as resolve_settings
+from sbbench.core.errors import UserError
 
 # implementation settings config= may hold; none of them changes the estimate
 IMPL_KEYS = ("kernels", "chunk_elements", "num_threads")
@@ -92,6 +94,7 @@ def scatterbrain_attention(
     max_error: float = 0.05,
     sink: int = 0,
     window: int = 0,
+    lowrank: str = "performer",
 ):
     """Scatterbrain attention: sparse (a support of exact keys) + low-rank (Performer).
 
@@ -100,6 +103,10 @@ def scatterbrain_attention(
     in q's dtype (accumulation in float32).
 
     n_features: rank of the low-rank part (length of phi(x); n_features / 2 projections).
+    ``lowrank="centroids"``: instead of Performer's features, ``n_features`` k-means
+    centroids of each head's keys (:mod:`sbbench.attention.centroids`; start keys drawn
+    from ``generator``, no ``projections``; torch path only): off the support
+    ``exp(tau q.k)`` is estimated by ``exp(tau q.c)``, c the key's centroid.
     bucket_size, n_hashes: the sparse part; each query attends exactly to the
     ``bucket_size`` keys of its bucket in each of ``n_hashes`` rounds. ``sparse="local"``
     uses fixed consecutive blocks of ``bucket_size`` instead (one round);
@@ -132,6 +139,9 @@ def scatterbrain_attention(
     """
     check_qkv(q, k, v)
     check_mask(key_padding_mask, q)
+    check_lowrank(lowrank)
+    if lowrank == "centroids" and projections is not None:
+        raise ValueError("lowrank='centroids' takes no projections (they are Performer's)")
     n_features, bucket_size, n_hashes, impl = resolve_config(
         config, q, n_features=n_features, bucket_size=bucket_size, n_hashes=n_hashes,
         sparse=sparse, causal=causal, max_error=max_error)
@@ -146,15 +156,19 @@ def scatterbrain_attention(
     check_return_weights(return_weights)
     scale = softmax_scale_for(q, softmax_scale)
     head_dim = q.shape[-1]
+    performer = bool(n_features) and lowrank == "performer"
     projections = (resolve_projections(projections, n_features, head_dim, generator, q.device)
-                   if n_features else None)
+                   if performer else None)
     hashes = (resolve_hashes(hashes, n_hashes, head_dim, generator, q.device)
               if sparse in ("lsh", "kmeans") else None)
+    centroids = {}
+    if n_features and lowrank == "centroids":  # drawn after the hashes
+        centroids["centroids"] = draw_starts(n_features, q, key_padding_mask, generator)
     return run_method(
         q, k, v, backend=backend, return_weights=return_weights, scale=scale,
         projections=projections, hashes=hashes, bucket_size=bucket_size or None,
         sparse=sparse, causal=causal, key_padding_mask=key_padding_mask, impl=impl,
-        sink=sink, window=window,
+        sink=sink, window=window, **centroids,
     )
 
 
@@ -218,14 +232,22 @@ def impl_settings(resolved) -> dict:
             for name in IMPL_KEYS}
 
 
-def run_method(q, k, v, *, backend, return_weights, impl=None, sink=0, window=0, **kwargs):
+def run_method(q, k, v, *, backend, return_weights, impl=None, sink=0, window=0,
+               centroids=None, **kwargs):
     """Dispatch one validated call to the torch core or the Triton kernels; ``impl``
     holds implementation settings that never change the result. "auto" picks the torch
-    path for every call the kernels do not take (``backends.resolve_backend``). For
-    k-means buckets the clusters are computed here (torch, as the torch path does) and
-    the kernels take their key sets."""
+    path for every call the kernels do not take (``backends.resolve_backend``) and for
+    key centroids (``centroids``: their start keys, torch path only). For k-means
+    buckets the clusters are computed here (torch, as the torch path does) and the
+    kernels take their key sets."""
     impl = impl or {}
     check_backend(backend)
+    if centroids is not None:
+        if backend == "triton":
+            raise UserError("lowrank='centroids' runs on backend='torch' only (the Triton "
+                            "kernels compute Performer features); use backend='torch' or "
+                            "'auto'")
+        backend = "torch"
     chosen = resolve_backend(backend, q, k, v, return_weights=return_weights, sink=sink,
                              window=window, **kwargs)
     if q.shape[0] == 0 or q.shape[1] == 0:
@@ -250,7 +272,7 @@ def run_method(q, k, v, *, backend, return_weights, impl=None, sink=0, window=0,
     with intra_op_threads(impl.get("num_threads")):
         return attend(q, k, v, return_weights=return_weights,
                       chunk_elements=impl.get("chunk_elements"), sink=sink, window=window,
-                      **kwargs)
+                      centroids=centroids, **kwargs)
 
 
 @contextlib.contextmanager
