@@ -159,21 +159,26 @@ def evaluate(layers, seed: int) -> None:
     return rows
 
 
-def time_calls(calls: dict, repeats: int) -> dict[str, float]:
-    """Best of ``repeats`` seconds per call, the calls interleaved so that load from other
-    processes falls on all of them alike."""
-    best = dict.fromkeys(calls, math.inf)
+def time_calls(calls: dict, repeats: int, median: bool = False) -> dict[str, float]:
+    """Best of ``repeats`` seconds per call (wall time), or with ``median`` the median
+    thread time (``time.thread_time``: what other processes' load adds to a call's wall
+    time drops out), the calls interleaved so that load from other processes falls on all
+    of them alike."""
+    clock = time.thread_time if median else time.perf_counter
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     for fn in calls.values():
         fn()  # warm-up
     for _ in range(repeats):
         for name, fn in calls.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            samples[name].append(clock() - start)
+    pick = statistics.median if median else min
+    return {name: pick(values) for name, values in samples.items()}
 
 
-def timing(seq: int, head_dim: int, heads: int, causal: bool, repeats: int, seed: int):
+def timing(seq: int, head_dim: int, heads: int, causal: bool, repeats: int, seed: int,
+           median: bool = False):
     """Seconds of today's Scatterbrain (f64 + lsh64) and of k-means supports at <= 128
     keys per query, randomness drawn outside the timed call."""
     gen = torch.Generator().manual_seed(seed)
@@ -193,11 +198,12 @@ def timing(seq: int, head_dim: int, heads: int, causal: bool, repeats: int, seed
             q, k, v, n_features=0, bucket_size=32, n_hashes=2, sparse="kmeans", sink=4,
             window=60, hashes=hashes2, **common),
     }
-    times = time_calls(calls, repeats)
+    times = time_calls(calls, repeats, median)
     base = times["scatterbrain f64+lsh64 (today)"]
+    kind = f"median thread time of {repeats}" if median else f"best wall time of {repeats}"
     for name, seconds in times.items():
         print(f"seq {seq} heads {heads} d {head_dim} causal {causal} | {name:32s} | "
-              f"{seconds:.3f} s ({seconds / base:.2f}x today)", flush=True)
+              f"{seconds:.3f} s ({seconds / base:.2f}x today; {kind})", flush=True)
     return times
 
 
@@ -216,6 +222,9 @@ def main(argv=None) -> None:
     parser.add_argument("--timing-seq", type=int, default=16384)
     parser.add_argument("--timing-heads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--median", action="store_true",
+                        help="timing: the median thread time of the repeats instead of the "
+                             "best wall time")
     args = parser.parse_args(argv)
     if args.capture is not None:
         layers = capture_layers(args.capture)
@@ -229,7 +238,7 @@ def main(argv=None) -> None:
         evaluate(layers, args.seed)
     if not args.no_timing:
         timing(args.timing_seq, args.head_dim, args.timing_heads, args.causal, args.repeats,
-               args.seed)
+               args.seed, args.median)
 
 
 if __name__ == "__main__":
