@@ -55,13 +55,15 @@ from __future__ import annotations
 
 from sbbench.kernels._common import Config, KernelShape, next_pow2
 
-# the order of each kernel's entries in TABLE; "queries": the sparse kernel's query block
+# the order of each kernel's entries in TABLE; "queries": the sparse kernel's query block;
+# its last field, BLOCK_DK (sparse_setup.OPTIONAL), only where the entry's differs from
+# _common.head_chunks' (chunked rows where whole rows spill)
 FIELDS = {
     "feature_stats": ("BLOCK_M", "BLOCK_P", "num_warps", "num_stages"),
     "lowrank_state": ("BLOCK_N", "BLOCK_P", "num_warps", "num_stages"),
     "lowrank_apply": ("BLOCK_M", "BLOCK_P", "num_warps", "num_stages"),
     "lowrank_causal": ("BLOCK_N", "BLOCK_P", "num_warps", "num_stages"),
-    "sparse": ("BLOCK_P", "num_warps", "num_stages", "queries"),
+    "sparse": ("BLOCK_P", "num_warps", "num_stages", "queries", "BLOCK_DK"),
     "fixed": ("BLOCK_M", "BLOCK_N", "BLOCK_P", "num_warps", "num_stages"),
 }
 
@@ -296,7 +298,8 @@ def table_default(name: str, arch: int, shape: KernelShape) -> Config | None:
     entry = _entry(name, arch, shape)
     if entry is None:
         return None
-    return {k: v for k, v in zip(FIELDS[name], entry, strict=True) if k != "queries"}
+    fields = FIELDS[name][:len(entry)]  # the sparse kernel's BLOCK_DK is optional
+    return {k: v for k, v in zip(fields, entry, strict=True) if k != "queries"}
 
 
 def table_queries(arch: int, shape: KernelShape) -> int | None:
