@@ -29,7 +29,9 @@ Files, in the order of the computation:
   of the kernel tests (tf32 rounding of dots, program order, checked memory accesses).
 
 Each kernel has a search space, a default config, a ``keep(config, limits, shape)``
-predicate and a ``KernelSpec``; ``SEARCH_SPACES`` collects them. Every launch runs
+predicate and a ``KernelSpec``; ``SEARCH_SPACES`` collects them (a config may also carry
+the spec's ``optional`` keys, which the space does not enumerate: the sparse kernel's
+BLOCK_DK, sparse_setup.OPTIONAL). Every launch runs
 ``KernelSpec.choose``: the config asked (or the default for the shape) checked by keep()
 for the device (``_common.choose_config``). Without
 triton, importing this package still works (``HAVE_TRITON`` is False; only the device

@@ -12,9 +12,11 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
+
+from sbbench.core.errors import UserError
 
 Config = dict[str, int]
 
@@ -22,18 +24,6 @@ Config = dict[str, int]
 TINY = torch.finfo(torch.float32).tiny
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-class HashOrder(Protocol):
-    """The LSH hash functions as the kernels see them: they only need the sorted order
-    (``sbbench.attention.HashFunctions`` is one; the kernels import nothing from the
-    attention package, which imports them)."""
-
-    def order(self, q: torch.Tensor, k: torch.Tensor, bucket_size: int,
-              key_padding_mask: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two [batch, heads, n_hashes, seq_pad] long tensors of sorted positions."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -95,15 +85,22 @@ def next_pow2(x: int, minimum: int = 16) -> int:
     return max(minimum, 1 << max(0, math.ceil(math.log2(max(1, x)))))
 
 
-def head_chunks(head_dim: int, dtype_bytes: int) -> dict[str, int | bool]:
+def head_chunks(head_dim: int, dtype_bytes: int, block_dk: int | None = None
+                ) -> dict[str, int | bool]:
     """The kernels' BLOCK_DK, the columns of q / k rows they read and multiply at a time:
     next_pow2(head_dim) up to 64 in half precision, 32 in float32 (whose tf32x3 products
-    also hold hi / lo copies of the operands); and CHUNKED, whether head_dim takes more than
-    one such chunk. Chunked, the kernels loop over head_dim, so no [rows, head_dim] tile has
-    to live in registers (those spilled: reports/kernels/static_resources.md); else they
-    load the rows once, as a whole."""
-    block_dk = min(next_pow2(head_dim), 32 if dtype_bytes == 4 else 64)
-    return dict(BLOCK_DK=block_dk, CHUNKED=block_dk < next_pow2(head_dim))
+    also hold hi / lo copies of the operands), or ``block_dk`` (a config's BLOCK_DK: a power
+    of two in 16..next_pow2(head_dim), else a one-line UserError); and CHUNKED, whether
+    head_dim takes more than one such chunk. Chunked, the kernels loop over head_dim, so no
+    [rows, head_dim] tile has to live in registers (those spilled:
+    reports/kernels/static_resources.md); else they load the rows once, as a whole."""
+    whole = next_pow2(head_dim)
+    if block_dk is None:
+        block_dk = min(whole, 32 if dtype_bytes == 4 else 64)
+    elif not 16 <= block_dk <= whole or block_dk & (block_dk - 1):
+        raise UserError(f"BLOCK_DK must be a power of two in 16..{whole} for head_dim "
+                        f"{head_dim}, got {block_dk}")
+    return dict(BLOCK_DK=block_dk, CHUNKED=block_dk < whole)
 
 
 def value_chunk(head_dim_v: int) -> int:
@@ -141,21 +138,22 @@ def fits_registers(live_elements: int, num_warps: int, limits: DeviceLimits) -> 
 
 
 def resolve_config(config: Mapping[str, int] | None, default: Config,
-                   space: Mapping[str, Iterable[int]]) -> Config:
-    """default updated by ``config``; unknown keys are an error listing the valid ones."""
+                   space: Mapping[str, Iterable[int]], optional: Iterable[str] = ()) -> Config:
+    """default updated by ``config``; keys neither in the space nor ``optional`` (keys a
+    config may carry that the space does not enumerate) are a one-line UserError."""
     if config is None:
         return dict(default)
-    unknown = set(config) - set(space)
+    valid = sorted({*space, *optional})
+    unknown = set(config) - set(valid)
     if unknown:
-        raise ValueError(f"unknown config keys {sorted(unknown)}; valid: {sorted(space)}")
+        raise UserError(f"unknown config keys {sorted(unknown)}; valid: {valid}")
     merged = dict(default)
     merged.update(config)
-    for key in ("num_warps",):
-        if merged[key] not in (1, 2, 4, 8, 16):
-            raise ValueError(f"num_warps must be a power of two <= 16, got {merged[key]}")
+    if merged["num_warps"] not in (1, 2, 4, 8, 16):
+        raise UserError(f"num_warps must be a power of two <= 16, got {merged['num_warps']}")
     for key, value in merged.items():
         if key.startswith("BLOCK_") and (value < 16 or value & (value - 1)):
-            raise ValueError(f"{key} must be a power of two >= 16, got {value}")
+            raise UserError(f"{key} must be a power of two >= 16, got {value}")
     return merged
 
 
@@ -186,16 +184,17 @@ _WARNED: set[tuple] = set()
 
 def choose_config(name: str, config: Mapping[str, int] | None, default: Config,
                   space: Mapping[str, Iterable[int]], keep, limits: DeviceLimits | None,
-                  shape: KernelShape) -> Config:
+                  shape: KernelShape, optional: Iterable[str] = ()) -> Config:
     """The config a launch runs: ``config`` over the kernel's default, checked by
     ``keep`` for the device's limits, dtype and head_dim (``shape``). A config keep drops
     is replaced by the nearest one it keeps, with a one-line warning (once per case);
     the default is the one for this architecture and shape (the spill-free table entry,
     else the static default moved to the nearest kept config: :func:`default_for`).
     Without limits (CPU) the SM80 limits pick the default and the config is only
-    validated."""
+    validated. ``optional`` keys (resolve_config) stay as given; the nearest kept config
+    has none of them."""
     base = default_for(default, space, keep, limits or LIMITS_BY_ARCH[80], shape, name)
-    wanted = resolve_config(config, base, space)
+    wanted = resolve_config(config, base, space, optional)
     if limits is None or keep(wanted, limits, shape):
         return wanted
     chosen = nearest_kept(wanted, space, keep, limits, shape)
@@ -366,6 +365,7 @@ class KernelSpec:
     default: Config
     keep: Callable[[Config, DeviceLimits, KernelShape | None], bool]
     plan: Callable[..., Launch]
+    optional: tuple[str, ...] = ()  # config keys outside the space (resolve_config)
 
     def configs(self, limits: DeviceLimits, shape: KernelShape | None = None) -> list[Config]:
         """The search space after ``keep``."""
@@ -379,7 +379,7 @@ class KernelSpec:
                shape: KernelShape) -> Config:
         """The config a launch runs (:func:`choose_config`)."""
         return choose_config(self.name, config, self.default, self.space, self.keep, limits,
-                             shape)
+                             shape, self.optional)
 
 
 MAX_GRID_YZ = 65535  # CUDA's limit on grid dimensions y and z (x: 2^31 - 1)

@@ -17,9 +17,8 @@ bfloat16) is the default. The sparse kernel's query block may go down to 16 quer
 (below ``sparse_setup.QUERY_BLOCKS``, which only sets the largest block a config fits
 with). Where no candidate compiles without spills, the entry is the compiled candidate
 with the fewest spill bytes; those rows are listed, with the reason, in SPILLING below,
-reports/kernels/default_search.md and tests/kernels/test_static.py (NO_SPILL_FREE). One
-is left (sm_90 float32 head_dim 32, bucket 256: 32 B); every other entry compiles without
-spills (reports/kernels/static_resources.md).
+reports/kernels/default_search.md and tests/kernels/test_static.py (NO_SPILL_FREE). None
+is left: every entry compiles without spills (reports/kernels/static_resources.md).
 
 Rows are keyed by the tiles the compile depends on: next_pow2(head_dim) (= that of
 head_dim_v) in 32..256 and, for the sparse kernel, next_pow2(bucket_size) in 16..256, for
@@ -44,10 +43,20 @@ float32 hi / lo copies of tf32x3), and lowrank_apply / lowrank_causal split head
 above 128 over programs (``_common.value_chunk``); rows that fit one chunk compile the
 same code as before. The 23 rows that had no spill-free config and the 8 rows whose entry
 the change made spill were searched again (``scripts/search_defaults.py --rows ...``, logs
-appended to reports/kernels/default_search.md): all but one now have a spill-free config.
+appended to reports/kernels/default_search.md): all but one then had a spill-free config.
 The other entries are the earlier search's and still compile without spills, but were not
 searched again: with the chunked kernels a config with more work per program may now
 compile without spills for them.
+
+That one, sm_90 float32 head_dim 32 at bucket 256 (32 B), fits one BLOCK_DK chunk, so its
+[256, 32] float32 key tile (with the tf32x3 hi / lo copies) stayed loaded through the
+feature loop. The sparse entries may end in a BLOCK_DK (FIELDS; sparse_setup.OPTIONAL)
+below head_chunks' chunk: the kernel then re-reads the q / k rows per projection block.
+The search tries such chunks only where no candidate with head_chunks' chunk is spill-free
+(``scripts/search_defaults.py --rows sparse:90:4:32:256``, 2026-11-30, appended to
+reports/kernels/default_search.md): there BLOCK_DK 16 with num_stages=2 compiles without
+spills on sm_90. The sm_80 row keeps its whole-row entry, spill-free (the chunked config
+spills 8 B there): the chunk is the table's choice per architecture.
 Nothing here imports triton.
 """
 
@@ -55,13 +64,15 @@ from __future__ import annotations
 
 from sbbench.kernels._common import Config, KernelShape, next_pow2
 
-# the order of each kernel's entries in TABLE; "queries": the sparse kernel's query block
+# the order of each kernel's entries in TABLE; "queries": the sparse kernel's query block;
+# its last field, BLOCK_DK (sparse_setup.OPTIONAL), only where the entry's differs from
+# _common.head_chunks' (chunked rows where whole rows spill)
 FIELDS = {
     "feature_stats": ("BLOCK_M", "BLOCK_P", "num_warps", "num_stages"),
     "lowrank_state": ("BLOCK_N", "BLOCK_P", "num_warps", "num_stages"),
     "lowrank_apply": ("BLOCK_M", "BLOCK_P", "num_warps", "num_stages"),
     "lowrank_causal": ("BLOCK_N", "BLOCK_P", "num_warps", "num_stages"),
-    "sparse": ("BLOCK_P", "num_warps", "num_stages", "queries"),
+    "sparse": ("BLOCK_P", "num_warps", "num_stages", "queries", "BLOCK_DK"),
     "fixed": ("BLOCK_M", "BLOCK_N", "BLOCK_P", "num_warps", "num_stages"),
 }
 
@@ -176,7 +187,7 @@ TABLE: dict[tuple[int, int, int], dict] = {
             32: (16, 8, 2, 16),
             64: (32, 8, 1, 16),
             128: (16, 8, 2, 16),
-            256: (16, 8, 1, 16),
+            256: (16, 8, 2, 16, 16),
         },
         'fixed': (64, 16, 16, 8, 1),
     },
@@ -271,13 +282,9 @@ TABLE: dict[tuple[int, int, int], dict] = {
 # tile, bucket tile or 0) -> why (measured with the search's compiles; more in
 # reports/kernels/default_search.md); their entries above would have the fewest spill
 # bytes. 32 rows before the kernels read q / k rows in head_dim chunks ([rows, head_dim]
-# tiles with tf32x3 hi / lo copies, [rows, 256] numerators); one is left:
-_KEY_TILE = ("float32 head_dim 32 is a single chunk, so the bucket's [256, 32] float32 key "
-             "tile (with its tf32x3 hi / lo copies) stays loaded through the feature loop; "
-             "every config keep() leaves spills 32-20024 B. Re-reading the key rows per "
-             "projection block (the chunked path) compiles without spills here with "
-             "num_stages=2 but spills 8 B on sm_80, so it is not taken")
-SPILLING: dict[tuple[str, int, int, int, int], str] = {("sparse", 90, 4, 32, 256): _KEY_TILE}
+# tiles with tf32x3 hi / lo copies, [rows, 256] numerators), one after (sm_90 float32
+# head_dim 32, bucket 256: 32 B), none since the sparse entries may carry BLOCK_DK:
+SPILLING: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def _entry(name: str, arch: int, shape: KernelShape) -> tuple[int, ...] | None:
@@ -296,7 +303,8 @@ def table_default(name: str, arch: int, shape: KernelShape) -> Config | None:
     entry = _entry(name, arch, shape)
     if entry is None:
         return None
-    return {k: v for k, v in zip(FIELDS[name], entry, strict=True) if k != "queries"}
+    fields = FIELDS[name][:len(entry)]  # the sparse kernel's BLOCK_DK is optional
+    return {k: v for k, v in zip(fields, entry, strict=True) if k != "queries"}
 
 
 def table_queries(arch: int, shape: KernelShape) -> int | None:

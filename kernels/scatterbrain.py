@@ -24,14 +24,28 @@ backends put every query in the same bucket.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 import torch
-from sbbench.kernels._common import TINY, Config, HashOrder, check_kernel_inputs
+from sbbench.kernels._common import TINY, Config, check_kernel_inputs
 from sbbench.kernels.causal_lowrank import lowrank_causal
 from sbbench.kernels.feature_map import feature_stats, key_log_scale, scaled_projections
 from sbbench.kernels.fixed import fixed_attention
 from sbbench.kernels.lowrank import lowrank_apply, lowrank_state
 from sbbench.kernels.sparse import fuse_by_default, sparse_attention
+
+
+class HashOrder(Protocol):
+    """The LSH hash functions as the kernels see them: they only need the sorted order
+    (``sbbench.attention.HashFunctions`` is one; the kernels import nothing from the
+    attention package, which imports them)."""
+
+    def order(self, q: torch.Tensor, k: torch.Tensor, bucket_size: int,
+              key_padding_mask: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two [batch, heads, n_hashes, seq_pad] long tensors of sorted positions."""
+        ...
+
 
 KERNEL_NAMES = ("feature_stats", "lowrank_state", "lowrank_apply", "lowrank_causal", "sparse",
                 "fixed")

@@ -19,8 +19,6 @@ round nothing but ``out`` is written. Features qh, kh are recomputed from q, k a
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -53,6 +51,7 @@ from sbbench.kernels.fixed import fixed_launch
 from sbbench.kernels.sparse_setup import (  # noqa: F401 - re-exported
     DEFAULT,
     MAX_BUCKET,
+    OPTIONAL,
     QUERY_BLOCKS,
     SPACE,
     SparseState,
@@ -304,8 +303,8 @@ def _round_launch(q, k, v, state: SparseState, round_idx: int, *, scale, bucket_
         N_ROUNDS=state.n_rounds, LOCAL=state.local, CAUSAL=bool(causal),
         SETS=state.counts is not None, FIXED=bool(sink or window),
         HAS_MASK=state.keep is not None, LOWRANK=mode, FIRST=round_idx == 0 and not state.fixed,
-        LAST=round_idx == state.n_rounds - 1,
-        BLOCK_B=next_pow2(bucket_size), BLOCK_Q=block_q, **head_chunks(head_dim, q.element_size()),
+        LAST=round_idx == state.n_rounds - 1, BLOCK_B=next_pow2(bucket_size), BLOCK_Q=block_q,
+        **head_chunks(head_dim, q.element_size(), config.get("BLOCK_DK")),  # config's, if any
         BLOCK_DV=next_pow2(head_dim_v), BLOCK_P=config["BLOCK_P"],
         KEY_T=key_layout(q.dtype, bucket_size),
         # every float32 product here (estimate, fused low-rank numerator, residual x v)
@@ -344,9 +343,9 @@ def sparse_attention(
     its pairs are left out of the buckets; it needs the low-rank sums, not the kv state.
     lowrank: None (LSH / local softmax only) or a dict: weights (feature_map.
     scaled_projections for q's dtype), float32 q_shift, q_bias, k_bias [batch, heads, seq],
-    lk [batch, heads], and either kv
-    [batch, heads, 2m, dv] with ks [batch, heads, 2m] (non-causal state) or num
-    [batch, heads, seq, dv] with den [batch, heads, seq] (causal sums, hat scale).
+    lk [batch, heads], and either kv [batch, heads, 2m, dv] with ks [batch, heads, 2m]
+    (non-causal state) or num [batch, heads, seq, dv] with den [batch, heads, seq] (causal
+    sums, hat scale). config: SPACE's keys and optionally BLOCK_DK (sparse_setup.OPTIONAL).
     Returns [batch, heads, seq, head_dim_v] in q's dtype.
     """
     if bucket_size < 1 or bucket_size > MAX_BUCKET:
@@ -392,9 +391,9 @@ def plan(shape: KernelShape, config: Config, seq: int = 4096,
                        ks=torch.empty(1, 1, 2 * m, device="meta"))
     else:
         lowrank.update(num=torch.empty(1, 1, seq, shape.head_dim_v, device="meta"), den=rows)
-    return _round_launch(q, q, v, state, 0, scale=1.0 / math.sqrt(shape.head_dim),
+    return _round_launch(q, q, v, state, 0, scale=shape.head_dim ** -0.5,
                          bucket_size=shape.bucket_size, causal=False, lowrank=lowrank,
                          config=config, block_q=config.get("BLOCK_Q")
                          or pick_query_block(config, limits, shape))
 
-SPEC = KernelSpec("sparse", SPACE, DEFAULT, keep, plan)
+SPEC = KernelSpec("sparse", SPACE, DEFAULT, keep, plan, optional=OPTIONAL)

@@ -164,6 +164,14 @@ SPACE = {
     "num_warps": (2, 4, 8),
     "num_stages": (1, 2, 3),
 }
+# config keys the search space does not enumerate: BLOCK_DK, the columns of q / k rows read
+# at a time (_common.head_chunks; a power of two in 16..next_pow2(head_dim)). Below
+# next_pow2(head_dim) the kernel re-reads the rows per projection block instead of holding
+# the [rows, head_dim] tiles (with tf32x3 hi / lo copies) through the feature loop; the
+# default table sets it where only that compiles without spills (sm_90 float32 head_dim 32,
+# bucket 256). A config without it takes the table default's for the shape, if any, else
+# head_chunks' (the whole head_dim up to 32 columns in float32, 64 in half precision).
+OPTIONAL = ("BLOCK_DK",)
 # the fallback default: launches take the per-shape default of kernels/default_table.py
 # where it has a row (spill-free where a config is, reports/kernels/static_resources.md);
 # elsewhere this one, or the nearest config keep() leaves

@@ -142,9 +142,12 @@ def compile_config(kernel_name: str, config: Config, arch: int | str,
                    shape: KernelShape | None = None) -> ResourceUsage:
     """Compile one config of one kernel for ``arch`` (80, 90, "sm_90", ...) and measure it.
 
-    shape: the problem dimensions the tiles depend on (default: head_dim 64, 256
-    features, bucket 64, bf16). Never raises for a config that fails to compile: the
-    result has ok=False and the compiler's message as reason.
+    shape: the problem dimensions the tiles depend on (default: head_dim 64, 256 features,
+    bucket 64, bf16). Keys missing from ``config`` take the kernel's static default, except
+    those outside its space (``KernelSpec.optional``, e.g. the sparse kernel's BLOCK_DK),
+    which take the launch's: the default of ``shape`` on ``arch``
+    (``KernelSpec.default_for``), if it has them. Never raises for a config that fails to
+    compile: the result has ok=False and the compiler's message as reason.
     """
     shape = shape or KernelShape()
     arch = parse_arch(arch)
@@ -157,10 +160,12 @@ def _compile_one(kernel_name: str, config: Config, arch: int, shape: KernelShape
     from sbbench.kernels import SEARCH_SPACES
 
     spec = SEARCH_SPACES[kernel_name]
+    limits = limits_for(arch)
     full = dict(spec.default)
+    base = spec.default_for(limits, shape)  # keys outside the space: the launch's (optional)
+    full.update({k: base[k] for k in spec.optional if k in base})
     full.update(config)
     key = tuple(sorted(full.items()))
-    limits = limits_for(arch)
     try:
         compiled = _compile(spec.plan(shape, full, limits=limits), arch)
         res = cubin_resources(compiled.asm["cubin"])

@@ -11,19 +11,21 @@ TABLE of kernels/default_table.py.
 Per row (arch x float32 / 2-byte x head_dim 32..256, x bucket 16..256 for the sparse
 kernel): the configs keep() leaves (for the sparse kernel: each config with each query
 block that fits, ``sparse_setup.fits_block``, down to 16 queries: smaller than the blocks
-``query_block`` picks from, a default can have them), in the order of kernels/default_table.py
-(most work per program first, then most warps, then num_stages nearest the static
-default), compiled one after the other until one compiles with 0 spill bytes within the
-limits; 2-byte rows compile as bfloat16 and then as float16, and a candidate must pass
-both. To keep the compiles affordable, spills are taken to be monotone in the loop tile and
-the warps: a candidate is not compiled (counted "skipped") when a config with the same
-grid tile (query block, rows or projections per program), no larger loop tiles, as many
-warps or more and the same num_stages spilled; after a few spilling compiles a row probes
-the smallest loop tile of each grid tile and num_stages first. Across grid tiles nothing is
-assumed (a 16-query block can spill more than a 128-query one: the warps then all lie
-along the keys). The chosen defaults themselves are always compiled. Rows run in parallel
-over --jobs processes; --cache keeps the compiles (JSON) so that a rerun only compiles
-what is new.
+``query_block`` picks from, a default can have them, and each BLOCK_DK of ``chunks``:
+head_chunks' first, smaller ones, which re-read the q / k rows per projection block, only
+where no candidate with it compiles without spills), in the order of
+kernels/default_table.py (most work per program first, then most warps, then num_stages
+nearest the static default), compiled one after the other until one compiles with 0 spill
+bytes within the limits; 2-byte rows compile as bfloat16 and then as float16, and a
+candidate must pass both. To keep the compiles affordable, spills are taken to be monotone
+in the loop tile and the warps: a candidate is not compiled (counted "skipped") when a
+config with the same grid tile (query block, rows or projections per program) and chunk, no
+larger loop tiles, as many warps or more and the same num_stages spilled; after a few
+spilling compiles a row probes the smallest loop tile of each grid tile and num_stages
+first. Across grid tiles nothing is assumed (a 16-query block can spill more than a
+128-query one: the warps then all lie along the keys). The chosen defaults themselves are
+always compiled. Rows run in parallel over --jobs processes; --cache keeps the compiles
+(JSON) so that a rerun only compiles what is new.
 """
 
 from __future__ import annotations
@@ -81,10 +83,21 @@ def tiles(name: str, config: dict) -> tuple[int, ...]:
     return tuple(config[k] for k in WORK[name])
 
 
+def chunks(shape) -> list[int]:
+    """The sparse kernel's BLOCK_DK values for ``shape``, _common.head_chunks' first (whole
+    rows up to its chunk), then each smaller power of two down to 16."""
+    from sbbench.kernels._common import head_chunks
+
+    first = head_chunks(shape.head_dim, shape.dtype_bytes)["BLOCK_DK"]
+    return [first >> i for i in range(first.bit_length()) if first >> i >= 16]
+
+
 def candidates(name: str, limits, shape) -> list[dict]:
-    """The configs keep() leaves for ``shape`` (the sparse kernel's with "BLOCK_Q"): most
-    work per program first, then the most warps, then num_stages nearest the static
-    default; ties in the space's order."""
+    """The configs keep() leaves for ``shape`` (the sparse kernel's with "BLOCK_Q" and
+    "BLOCK_DK"): the sparse kernel's with head_chunks' BLOCK_DK first, those with smaller
+    chunks (q / k rows re-read per projection block) only after them; then most work per
+    program first, then the most warps, then num_stages nearest the static default; ties
+    in the space's order."""
     from sbbench.kernels import SEARCH_SPACES, expand_space, sparse_setup
     from sbbench.kernels._common import next_pow2
 
@@ -96,37 +109,38 @@ def candidates(name: str, limits, shape) -> list[dict]:
         if name == "sparse":
             block_b = next_pow2(shape.bucket_size)
             blocks = [q for q in (*sparse_setup.QUERY_BLOCKS, 16) if q <= block_b]
-            out += [{**config, "BLOCK_Q": q} for q in blocks
-                    if sparse_setup.fits_block(config, q, limits, shape)]
+            out += [{**config, "BLOCK_Q": q, "BLOCK_DK": dk} for dk in chunks(shape)
+                    for q in blocks if sparse_setup.fits_block(config, q, limits, shape)]
         else:
             out.append(config)
 
     def rank(c):
         stages = abs(math.log2(c["num_stages"]) - math.log2(spec.default["num_stages"]))
-        return (*(-t for t in tiles(name, c)), -c["num_warps"], stages)
+        return (-c.get("BLOCK_DK", 0), *(-t for t in tiles(name, c)), -c["num_warps"], stages)
 
     return sorted(out, key=rank)
 
 
 def dominated(row: Row, config: dict) -> bool:
     """Whether a config that spilled has the same grid tile (the first of WORK: no
-    monotony is assumed across it, a smaller query block can spill more), no larger
-    other tiles, as many warps or more and the same num_stages: then ``config`` is taken
-    to spill too, and not compiled."""
+    monotony is assumed across it, a smaller query block can spill more) and head_dim
+    chunk, no larger other tiles, as many warps or more and the same num_stages: then
+    ``config`` is taken to spill too, and not compiled."""
     mine = tiles(row.name, config)
-    return any(tiles(row.name, d)[0] == mine[0]
+    return any(tiles(row.name, d)[0] == mine[0] and d.get("BLOCK_DK") == config.get("BLOCK_DK")
                and all(a <= b for a, b in zip(tiles(row.name, d)[1:], mine[1:], strict=True))
                and d["num_warps"] >= config["num_warps"]
                and d["num_stages"] == config["num_stages"] for d in row.spilled)
 
 
 def probes(row: Row) -> list[dict]:
-    """Per grid tile and num_stages, the candidate with the smallest other tiles (and of
-    those the most warps): if it spills, so does (by dominance) every candidate of its
-    group."""
+    """Per grid tile, head_dim chunk and num_stages, the candidate with the smallest other
+    tiles (and of those the most warps): if it spills, so does (by dominance) every
+    candidate of its group."""
     groups: dict[tuple, list] = {}
     for c in row.candidates:
-        groups.setdefault((tiles(row.name, c)[0], c["num_stages"]), []).append(c)
+        key = (tiles(row.name, c)[0], c.get("BLOCK_DK"), c["num_stages"])
+        groups.setdefault(key, []).append(c)
     out = []
     for same in groups.values():
         smallest = tiles(row.name, same[-1])
@@ -281,7 +295,9 @@ def table_text(rows: list[Row]) -> str:
         config, _ = default_of(row)
         if config is not None:
             chosen = {**config, "queries": config.get("BLOCK_Q")}
-            entry = tuple(chosen[k] for k in FIELDS[row.name])
+            if chosen.get("BLOCK_DK") == chunks(row.shapes[0])[0]:
+                del chosen["BLOCK_DK"]  # head_chunks' own: not written (FIELDS)
+            entry = tuple(chosen[k] for k in FIELDS[row.name] if k in chosen)
         group = groups.setdefault((row.arch, row.dtype_bytes, row.head_dim), {})
         if row.name == "sparse":
             group.setdefault("sparse", {})[row.bucket] = entry

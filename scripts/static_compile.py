@@ -197,8 +197,8 @@ def _matrix(args, names, archs, argv) -> int:
              f"`kernels/default_table.SPILLING` (no config keep() leaves compiles without "
              f"spills there)")
     print(f"{len(rows)} compiles in {elapsed:.0f} s; {tally}")
-    table += "\n\n## Defaults that spill, and why\n\n" + "\n".join(
-        f"- {why}\n  - rows: {'; '.join(where)}" for why, where in reasons.items())
+    table += "\n\n## Defaults that spill, and why\n\n" + ("\n".join(
+        f"- {why}\n  - rows: {'; '.join(where)}" for why, where in reasons.items()) or "None.")
     if args.markdown:
         command = "python scripts/static_compile.py " + " ".join(argv or sys.argv[1:])
         header = (

@@ -99,6 +99,47 @@ def test_launchers_check_configs_against_the_device(monkeypatch):
     assert any(line.startswith("sparse:") for line in lines), lines
 
 
+def test_block_dk_is_an_optional_sparse_key_checked_in_one_line():
+    """BLOCK_DK (not in the search space) passes resolve_config for the sparse kernel
+    only; a value that is no power of two in 16..next_pow2(head_dim) is a one-line
+    UserError, at the config or at the launch."""
+    from sbbench.core.errors import UserError
+
+    spec = kernels.SEARCH_SPACES["sparse"]
+    shape = KernelShape(head_dim=32, head_dim_v=32, bucket_size=64, dtype_bytes=4)
+    assert "BLOCK_DK" not in spec.space and spec.optional == ("BLOCK_DK",)
+    assert spec.choose({"BLOCK_DK": 16}, SM80, shape)["BLOCK_DK"] == 16
+    assert all("BLOCK_DK" not in c for c in spec.configs(SM80, shape))
+    with pytest.raises(UserError, match="unknown config keys") as err:
+        kernels.SEARCH_SPACES["fixed"].choose({"BLOCK_DK": 16}, SM80, shape)
+    assert "BLOCK_DK" not in str(err.value).split("valid:")[1]
+    with pytest.raises(UserError, match="BLOCK_DK must be a power of two >= 16"):
+        spec.choose({"BLOCK_DK": 24}, SM80, shape)
+    for bad, message in ((64, "power of two in 16..32 for head_dim 32, got 64"),
+                         (8, "power of two >= 16, got 8")):
+        with pytest.raises(UserError, match=message) as err:
+            run_case(torch.float32, 20, 32, n_features=32, bucket_size=8, sparse="local",
+                     config={"BLOCK_DK": bad})
+        assert "\n" not in str(err.value)
+    assert _common.head_chunks(32, 4) == {"BLOCK_DK": 32, "CHUNKED": False}
+    assert _common.head_chunks(32, 4, 16) == {"BLOCK_DK": 16, "CHUNKED": True}
+    assert _common.head_chunks(64, 4, 64) == {"BLOCK_DK": 64, "CHUNKED": False}
+
+
+def test_the_chunk_is_the_tables_per_architecture():
+    """sm_90 float32 head_dim 32 at bucket 256 runs 16-column chunks by default (its whole
+    rows spilled); sm_80 keeps whole rows. A config without BLOCK_DK keeps the table's."""
+    spec = kernels.SEARCH_SPACES["sparse"]
+    shape = KernelShape(head_dim=32, head_dim_v=32, n_features=256, bucket_size=256,
+                        dtype_bytes=4)
+    chunks = {limits.arch: sparse.plan(shape, spec.default_for(limits, shape), limits=limits)
+              .args for limits in (SM80, SM90)}
+    assert (chunks[90]["BLOCK_DK"], chunks[90]["CHUNKED"]) == (16, True)
+    assert (chunks[80]["BLOCK_DK"], chunks[80]["CHUNKED"]) == (32, False)
+    assert spec.choose({"BLOCK_P": 16}, SM90, shape)["BLOCK_DK"] == 16
+    assert "BLOCK_DK" not in spec.choose({"BLOCK_P": 16}, SM80, shape)
+
+
 def test_float32_above_head_dim_128_is_refused_in_one_line():
     assert kernels.supports(torch.float32, 128) and not kernels.supports(torch.float32, 256)
     assert kernels.supports(torch.bfloat16, 256) and not kernels.supports(torch.float16, 512)

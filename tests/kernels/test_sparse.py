@@ -100,6 +100,34 @@ def test_scatterbrain_in_query_blocks(monkeypatch):
              causal=True, mask=True)
 
 
+@pytest.mark.parametrize("seq,head_dim,bucket,n_hashes,causal", [
+    pytest.param(77, 32, 24, 2, True, id="s77-d32-b24-h2-causal"),
+    pytest.param(63, 27, 20, 1, False, id="s63-d27-b20-h1"),
+])
+def test_scatterbrain_float32_rows_in_16_column_chunks(monkeypatch, seq, head_dim, bucket,
+                                                       n_hashes, causal):
+    """BLOCK_DK 16 below float32 head_dim 32's single chunk (what the sm_90 default takes
+    at bucket 256): the q / k rows are re-read 16 columns at a time in the projections and
+    the logits, the second chunk partly past head_dim (27), with a key padding mask."""
+    from sbbench.kernels import sparse
+
+    made = []
+
+    def spy(*args, **kwargs):
+        made.append(launch(*args, **kwargs))
+        return made[-1]
+
+    launch = sparse._round_launch
+    monkeypatch.setattr(sparse, "_round_launch", spy)
+    # causal float32: the residual cancels the causal low-rank sums (see test_local); this
+    # case, under tf32 emulation, is 6.1e-5 off with whole rows and 4.9e-5 in chunks
+    run_case(FP32, seq, head_dim, n_features=64, bucket_size=bucket, sparse="lsh",
+             n_hashes=n_hashes, causal=causal, mask=True, config={"BLOCK_DK": 16},
+             floor=1e-4 if causal else None)
+    assert len(made) == n_hashes
+    assert all(m.args["BLOCK_DK"] == 16 and m.args["CHUNKED"] for m in made)
+
+
 @pytest.mark.parametrize("dtype", [FP32, BF16], ids=["fp32", "bf16"])
 def test_scatterbrain_lowrank_numerator_in_its_own_pass(dtype):
     """fuse_lowrank=False (the default at head_dim_v 128): lowrank_apply writes the float32

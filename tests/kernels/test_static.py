@@ -44,10 +44,11 @@ SHAPES = {
 # Rows of the matrix (kernel, arch, dtype bytes, head_dim, bucket or 0) where no config
 # keep() leaves compiles without spills (reports/kernels/default_search.md), with the most
 # spill bytes their default may have (float16 and bfloat16 alike); the reason of each is in
-# kernels/default_table.SPILLING. One since the kernels read q / k rows in chunks of
+# kernels/default_table.SPILLING. None since the kernels read q / k rows in chunks of
 # head_dim and split wide v over programs (feature_map.project_rows, _common.head_chunks
-# and value_chunk): float32 head_dim 32 (one chunk) with the [256, 32] key tile on sm_90.
-NO_SPILL_FREE: dict[tuple[str, int, int, int, int], int] = {("sparse", 90, 4, 32, 256): 32}
+# and value_chunk) and the sparse entries may set the chunk (BLOCK_DK: sm_90 float32
+# head_dim 32, bucket 256, whose single-chunk [256, 32] key tile spilled 32 B).
+NO_SPILL_FREE: dict[tuple[str, int, int, int, int], int] = {}
 
 ARCHS = (80, 90)
 HEAD_DIMS = (32, 64, 128, 256)
@@ -93,7 +94,7 @@ def test_the_table_has_a_kept_default_for_every_row():
             assert entry is None, row
             continue
         assert entry is not None, row
-        assert set(entry) == set(spec.space), row
+        assert set(entry) - set(spec.optional) == set(spec.space), row
         assert spec.keep(entry, limits, shape), row
         assert spec.default_for(limits, shape) == entry, row
         if name == "sparse":
@@ -101,7 +102,7 @@ def test_the_table_has_a_kept_default_for_every_row():
             assert sparse_setup.fits_block(entry, block_q, limits, shape), row
             assert block_q <= max(16, 1 << (bucket - 1).bit_length()), row
     assert set(FIELDS) == set(kernels.SEARCH_SPACES)
-    assert all(set(FIELDS[name]) - {"queries"} == set(spec.space)
+    assert all(set(FIELDS[name]) - {"queries", *spec.optional} == set(spec.space)
                for name, spec in kernels.SEARCH_SPACES.items())
     assert all(key[0] in ARCHS and key[2] in HEAD_DIMS for key in TABLE)
     assert set(SPILLING) == set(NO_SPILL_FREE)
@@ -140,6 +141,24 @@ def test_the_defaults_compile_without_spills_for_sm80_and_sm90(shape):
         assert r.shared_bytes <= limits_for(r.arch).shared_bytes, r
     table = static.format_table(rows)
     assert table.count("\n") == len(rows) + 1 and "sm_90" in table
+
+
+def test_the_chunked_sparse_default_compiles_without_spills():
+    """sm_90 float32 head_dim 32, bucket 256: the table's default (BLOCK_DK 16) compiles
+    without spills, and so does sm_80's whole-row one; a config without BLOCK_DK compiles
+    the chunk the launch would take (the table's)."""
+    shape = KernelShape(head_dim=32, head_dim_v=32, n_features=256, bucket_size=256,
+                        dtype_bytes=4)
+    spec = kernels.SEARCH_SPACES["sparse"]
+    defaults = {arch: spec.default_for(limits_for(arch), shape) for arch in ARCHS}
+    assert defaults[90].get("BLOCK_DK") == 16 and "BLOCK_DK" not in defaults[80]
+    plain = {k: v for k, v in defaults[90].items() if k != "BLOCK_DK"}
+    rows = static.compile_many([("sparse", defaults[80], 80, shape),
+                                ("sparse", defaults[90], 90, shape)])
+    assert all(r.ok and r.spills == 0 for r in rows), rows
+    assert rows[1].config_dict["BLOCK_DK"] == 16
+    usage = static.compile_config("sparse", plain, 90, shape)
+    assert usage.config_dict["BLOCK_DK"] == 16 and usage.spills == 0, usage
 
 
 def test_the_report_shows_the_defaults_of_the_code():
