@@ -40,7 +40,8 @@ def _panels(frame: pd.DataFrame):
 
 # One colour per method; budgets of a method differ by marker (colours stay readable).
 METHOD_COLORS = {"exact": "black", "performer": "tab:orange", "lsh": "tab:green",
-                 "scatterbrain": "tab:red", "scatterbrain_local": "tab:purple"}
+                 "scatterbrain": "tab:red", "scatterbrain_local": "tab:purple",
+                 "scatterbrain_centroids": "tab:brown"}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 

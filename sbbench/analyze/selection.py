@@ -53,7 +53,7 @@ BUDGET = ["method", "n_features", "bucket_size", "n_hashes", "sparse", "sink", "
 OBJECTIVES = ["error", "time_ms", "memory_bytes", "energy_j"]
 E2E_PREFIX = "e2e:"  # inputs of end-to-end rows (models.e2e.e2e_records)
 METHOD_ORDER = {"exact": 0, "performer": 1, "lsh": 2, "scatterbrain": 3,
-                "scatterbrain_local": 4}
+                "scatterbrain_local": 4, "scatterbrain_centroids": 5}
 
 
 # ---------------------------------------------------------------------------------------

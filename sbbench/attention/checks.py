@@ -118,18 +118,21 @@ def check_nonnegative_int(name: str, value: object) -> int:
 
 
 def check_support(n_features: object, bucket_size: object, n_hashes: object, sparse: object,
-                  sink: object, window: object) -> tuple[int, int, int, int, int]:
+                  sink: object, window: object, lowrank: str = "performer"
+                  ) -> tuple[int, int, int, int, int]:
     """(n_features, bucket_size, n_hashes, sink, window) of a Scatterbrain call, checked.
 
-    n_features 0: no low-rank part (exact softmax over the support); sparse None: no
-    buckets (bucket_size 0, the support is the sink and window keys)."""
+    n_features 0: no low-rank part (exact softmax over the support); else even for
+    Performer's features, any count for ``lowrank="centroids"`` (key centroids); sparse
+    None: no buckets (bucket_size 0, the support is the sink and window keys)."""
     if sparse is not None and sparse not in SPARSE_KINDS:
         raise ValueError(f"sparse must be one of {', '.join(SPARSE_KINDS)} or None, "
                          f"got {sparse!r}")
     sink = check_nonnegative_int("sink", sink)
     window = check_nonnegative_int("window", window)
     if n_features != 0:
-        n_features = check_n_features(n_features)
+        n_features = (check_positive_int("n_features", n_features) if lowrank == "centroids"
+                      else check_n_features(n_features))
     if sparse is None:
         if bucket_size not in (0, None):
             raise ValueError(f"sparse=None has no buckets: bucket_size must be 0, got "

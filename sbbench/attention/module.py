@@ -11,7 +11,7 @@ from sbbench.attention.exact import exact_attention
 from sbbench.attention.features import draw_projections
 from sbbench.attention.lsh import HashFunctions, draw_hashes
 from sbbench.attention.scatterbrain import impl_settings, scatterbrain_attention
-from sbbench.attention.settings import ConfigRequest, warn_once
+from sbbench.attention.settings import ConfigRequest, tuned_method, warn_once
 from sbbench.attention.settings import resolve as resolve_settings
 
 
@@ -58,9 +58,10 @@ class ScatterbrainAttention(nn.Module):
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
         (self.n_features, self.bucket_size, self.n_hashes, self.sink,
-         self.window) = check_support(n_features, bucket_size, n_hashes, sparse, sink, window)
+         self.window) = check_support(n_features, bucket_size, n_hashes, sparse, sink, window,
+                                      check_lowrank(lowrank))
         self.sparse, self.causal = sparse, causal
-        self.lowrank = check_lowrank(lowrank)
+        self.lowrank = lowrank
         self.softmax_scale, self.backend = softmax_scale, backend
         self.config = config  # implementation settings (kernel tiles, CPU chunking)
         # exact attention instead of the estimate: what from_tuned builds where no
@@ -100,8 +101,9 @@ class ScatterbrainAttention(nn.Module):
         Where the table holds no Scatterbrain budget meeting ``max_error`` at that shape
         (or the device has no table), the layer runs exact attention and a warning, given
         once, says why and, where measured, the best error reached and its budget.
+        ``lowrank="centroids"`` (a layer keyword) looks up scatterbrain_centroids budgets.
         """
-        method = "scatterbrain_local" if sparse == "local" else "scatterbrain"
+        method = tuned_method(sparse, layer_kwargs.get("lowrank", "performer"))
         resolved = resolve_settings("tuned", ConfigRequest(
             device, seq_len=seq_len, head_dim=head_dim, max_error=max_error, dtype=dtype,
             causal=causal, method=method))
@@ -114,7 +116,7 @@ class ScatterbrainAttention(nn.Module):
             return cls(head_dim * num_heads, num_heads, sparse=sparse, causal=causal,
                        config=config, exact=True, **layer_kwargs)
         support = dict(sparse=resolved.sparse or sparse, sink=resolved.sink,
-                       window=resolved.window)
+                       window=resolved.window, lowrank=resolved.lowrank)
         return cls(head_dim * num_heads, num_heads, n_features=resolved.n_features,
                    bucket_size=resolved.bucket_size, n_hashes=resolved.n_hashes,
                    causal=causal, config=config, **{**layer_kwargs, **support})

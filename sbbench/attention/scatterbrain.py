@@ -30,7 +30,7 @@ from sbbench.attention.core import attend, kmeans_buckets
 from sbbench.attention.exact import exact_attention
 from sbbench.attention.features import draw_projections
 from sbbench.attention.lsh import HashFunctions, draw_hashes
-from sbbench.attention.settings import ConfigRequest, warn_once
+from sbbench.attention.settings import ConfigRequest, tuned_method, warn_once
 from sbbench.attention.settings import resolve as resolve_settings
 from sbbench.core.errors import UserError
 
@@ -144,7 +144,7 @@ def scatterbrain_attention(
         raise ValueError("lowrank='centroids' takes no projections (they are Performer's)")
     n_features, bucket_size, n_hashes, impl = resolve_config(
         config, q, n_features=n_features, bucket_size=bucket_size, n_hashes=n_hashes,
-        sparse=sparse, causal=causal, max_error=max_error)
+        sparse=sparse, causal=causal, max_error=max_error, lowrank=lowrank)
     if "no_budget" in impl:
         return _exact_instead(q, k, v, impl["no_budget"], causal=causal,
                               key_padding_mask=key_padding_mask, softmax_scale=softmax_scale,
@@ -152,7 +152,7 @@ def scatterbrain_attention(
     if "support" in impl:  # the table picked the budget: its bucket kind, sink, window too
         sparse, sink, window = impl.pop("support")
     n_features, bucket_size, n_hashes, sink, window = check_support(
-        n_features, bucket_size, n_hashes, sparse, sink, window)
+        n_features, bucket_size, n_hashes, sparse, sink, window, lowrank)
     check_return_weights(return_weights)
     scale = softmax_scale_for(q, softmax_scale)
     head_dim = q.shape[-1]
@@ -173,7 +173,7 @@ def scatterbrain_attention(
 
 
 def resolve_config(config, q, *, n_features, bucket_size, n_hashes, sparse, causal,
-                   max_error):
+                   max_error, lowrank="performer"):
     """(n_features, bucket_size, n_hashes, implementation settings) for ``config``."""
     if config is None or isinstance(config, dict):
         impl = dict(config or {})
@@ -192,7 +192,7 @@ def resolve_config(config, q, *, n_features, bucket_size, n_hashes, sparse, caus
         return n_features, bucket_size, n_hashes, impl
     if config != "tuned":
         raise ValueError(f"config must be None, 'tuned' or a dict, got {config!r}")
-    method = "scatterbrain_local" if sparse == "local" else "scatterbrain"
+    method = tuned_method(sparse, lowrank)
     resolved = resolve_settings("tuned", ConfigRequest(
         "auto" if q.is_cuda else "cpu", seq_len=q.shape[2], head_dim=q.shape[3],
         max_error=max_error, dtype=str(q.dtype).split(".")[-1], causal=causal,

@@ -30,6 +30,13 @@ class ConfigRequest:
     method: str = "scatterbrain"
 
 
+def tuned_method(sparse: str | None, lowrank: str = "performer") -> str:
+    """The method name a call's budget is looked up under in the tuned tables."""
+    if lowrank == "centroids":
+        return "scatterbrain_centroids"
+    return "scatterbrain_local" if sparse == "local" else "scatterbrain"
+
+
 @dataclass(frozen=True)
 class ResolvedConfig:
     """A resolver's answer.
@@ -37,7 +44,8 @@ class ResolvedConfig:
     n_features / bucket_size / n_hashes: the budget, or all None where none meets the
     target (then ``no_budget`` says why, in words fit for a message); sparse, sink,
     window: the rest of the budget (the bucket kind, None where the table does not
-    say; the extra keys every query attends to). impl: the
+    say; the extra keys every query attends to); lowrank: the low-rank kind the budget
+    was measured with ("centroids" for scatterbrain_centroids). impl: the
     implementation settings (``kernels``: tile config per kernel name,
     ``chunk_elements`` and ``num_threads`` of the torch path; None = default); they never
     change the estimate.
@@ -51,6 +59,7 @@ class ResolvedConfig:
     sparse: str | None = None
     sink: int = 0
     window: int = 0
+    lowrank: str = "performer"
 
     @property
     def has_budget(self) -> bool:

@@ -45,7 +45,8 @@ def register(subparsers) -> None:
     parser.add_argument("--budgets", required=True, metavar="B,B,...",
                         help="attention memory per query, features + bucket_size * hashes")
     parser.add_argument("--methods", metavar="M,...",
-                        help="performer, lsh, scatterbrain, scatterbrain_local (default all)")
+                        help="performer, lsh, scatterbrain, scatterbrain_local, "
+                             "scatterbrain_centroids (default all)")
     parser.add_argument("--hashes", metavar="R", help="hash rounds of LSH and Scatterbrain "
                                                       "(default 1)")
     parser.add_argument("--seed", metavar="S", help="seed of the random projections and "

@@ -30,6 +30,7 @@ class Record:
     # --- key -------------------------------------------------------------------------
     device: str  # device profile name from the registry ("cpu", "h100-sxm", ...)
     method: str  # exact | performer | lsh | scatterbrain | scatterbrain_local
+    #              | scatterbrain_centroids
     backend: str  # torch | triton
     seq_len: int
     head_dim: int

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-METHODS = ("exact", "performer", "lsh", "scatterbrain", "scatterbrain_local")
+METHODS = ("exact", "performer", "lsh", "scatterbrain", "scatterbrain_local",
+           "scatterbrain_centroids")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
-LOWRANK_METHODS = ("performer", "scatterbrain", "scatterbrain_local")
-SPARSE_METHODS = ("lsh", "scatterbrain", "scatterbrain_local")
-HASHING_METHODS = ("lsh", "scatterbrain")
+LOWRANK_METHODS = ("performer", "scatterbrain", "scatterbrain_local", "scatterbrain_centroids")
+SPARSE_METHODS = ("lsh", "scatterbrain", "scatterbrain_local", "scatterbrain_centroids")
+HASHING_METHODS = ("lsh", "scatterbrain", "scatterbrain_centroids")
 # low-rank methods whose budget may leave the low-rank part out (n_features=0)
 SPARSE_ONLY_METHODS = ("scatterbrain",)
+# low-rank methods whose n_features counts key k-means centroids (lowrank="centroids":
+# any int >= 1; not 0, which would be scatterbrain's f=0), not Performer features (even)
+CENTROID_METHODS = ("scatterbrain_centroids",)
 # the bucket kinds each sparse method may use; the first is its default
 SPARSE_KINDS_OF = {"lsh": ("lsh",), "scatterbrain": ("lsh", "kmeans"),
-                   "scatterbrain_local": ("local",)}
+                   "scatterbrain_local": ("local",),
+                   "scatterbrain_centroids": ("lsh", "kmeans")}
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,8 @@ class Budget:
     """A method and its approximation budget.
 
     n_features: feature length of the low-rank part (0 if none; scatterbrain may take 0:
-    its sparse support alone, exact softmax over it); bucket_size, n_hashes:
+    its sparse support alone, exact softmax over it; scatterbrain_centroids: the number
+    of key centroids, any int >= 1); bucket_size, n_hashes:
     the sparse part (0 if none); sparse: the bucket kind ("lsh" hash buckets, "kmeans"
     query clusters, "local" blocks; None for methods without buckets; defaults to the
     method's own); sink, window: keys every query also attends to (the first ``sink``,
@@ -83,7 +89,11 @@ class Budget:
                 raise ValueError(f"{self.method} has no sparse part: {name} must be 0")
         uses_sparse = self.has_sparse
         optional = self.method in SPARSE_ONLY_METHODS  # n_features 0: no low-rank part
-        if self.method in LOWRANK_METHODS and not (optional and self.n_features == 0) and (
+        if self.method in CENTROID_METHODS and self.n_features < 1:
+            raise ValueError(f"{self.method} needs n_features >= 1 key centroids (0 is "
+                             f"scatterbrain with n_features=0), got {self.n_features!r}")
+        if self.method in LOWRANK_METHODS and self.method not in CENTROID_METHODS and not (
+                optional and self.n_features == 0) and (
                 self.n_features < 2 or self.n_features % 2):
             zero = " (or 0: no low-rank part)" if optional else ""
             raise ValueError(f"{self.method} needs an even n_features >= 2{zero}, "
@@ -101,9 +111,17 @@ class Budget:
 
     @property
     def has_lowrank(self) -> bool:
-        """Whether the budget has a low-rank (random-feature) part (scatterbrain with
+        """Whether the budget has a low-rank part (random features or key centroids;
+        scatterbrain with
         n_features=0 has none: exact softmax over its sparse support)."""
         return self.method in LOWRANK_METHODS and self.n_features > 0
+
+    @property
+    def lowrank(self) -> str:
+        """The ``lowrank=`` of ``scatterbrain_attention`` this method calls: "centroids"
+        (key k-means centroids) or "performer" (random features; also for methods
+        without a low-rank part)."""
+        return "centroids" if self.method in CENTROID_METHODS else "performer"
 
     @property
     def has_sparse(self) -> bool:

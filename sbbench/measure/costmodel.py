@@ -7,7 +7,10 @@ formulas are written as the equations they are (after attention-gym's
 Notation (one attention call; q, k, v, out are [batch, heads, n, d]):
 
     BH  = batch * heads                  n   = seq_len          d = head_dim (= d_v)
-    F   = n_features (length of phi(x); F / 2 random projections W [F/2, d])
+    F   = n_features (length of phi(x); F / 2 random projections W [F/2, d]; for
+          scatterbrain_centroids the number of key centroids, phi(k) a one-hot of k's
+          cluster)
+    L   = LLOYD_STEPS (Lloyd steps of the key centroids, ``attention.centroids``)
     b   = bucket_size      R = n_hashes (1 for scatterbrain_local)
     n_b = ceil(n / b) * b  (buckets are full b x b blocks: the sequence is padded)
     C   = CAUSAL_CHUNK     n_C = ceil(n / C) * C   (causal low-rank prefix-sum chunks)
@@ -44,7 +47,11 @@ INDEX_BYTES = 4  # int32 positions in sorted order
 # (a test keeps them equal: the torch path and the model must agree).
 CAUSAL_CHUNK = 64
 
-SPARSE_METHODS = ("lsh", "scatterbrain", "scatterbrain_local")
+SPARSE_METHODS = ("lsh", "scatterbrain", "scatterbrain_local", "scatterbrain_centroids")
+CENTROIDS = "scatterbrain_centroids"  # low-rank part: key k-means centroids, not features
+# Lloyd steps of the key centroids; equals sbbench.attention.centroids.LLOYD_STEPS (a
+# test keeps them equal)
+LLOYD_STEPS = 3
 
 
 def _pad(n: int, multiple: int) -> int:
@@ -71,10 +78,17 @@ def flop_terms(problem: Problem, budget: Budget) -> dict[str, float]:
     ``core.lowrank_sums`` (Performer, causal as chunked prefix sums); hash =
     ``lsh.lsh_order`` (R scalar projections of q and of k); bucket terms = the
     [b, d] @ [d, b] and [b, b] @ [b, d] products per bucket and round of ``core.attend``;
-    fixed terms = the sink and window keys of every query (:func:`fixed_pairs`). Not
-    modeled: choosing k-means clusters and their keys for sparse="kmeans"
-    (``supports.kmeans_order``: a few [rows, clusters] products per round), so its
-    modeled time is a lower bound; the measured rows include it.
+    fixed terms = the sink and window keys of every query (:func:`fixed_pairs`).
+    Key centroids (scatterbrain_centroids, F = C centroids; ``centroids.centroid_features``)
+    replace the two feature terms: L Lloyd steps, each assigning every key to its nearest
+    centroid ([n, d] @ [d, C]) and averaging each cluster's keys (one-hot^T K:
+    [C, n] @ [n, d]), the final means (with gradient) and the query features
+    ([n, d] @ [d, C]); the key features are the one-hot itself (no product), and the
+    low-rank sums and bucket terms are Performer's with C. The one-hot cluster sizes
+    ([n, C] sums per step) are not matmuls: bytes count them. Not modeled: choosing
+    k-means clusters and their keys for sparse="kmeans" (``supports.kmeans_order``: a
+    few [rows, clusters] products per round), so its modeled time is a lower bound; the
+    measured rows include it.
     """
     bh, n, d = problem.batch * problem.heads, problem.seq_len, problem.head_dim
     method = budget.method
@@ -87,8 +101,14 @@ def flop_terms(problem: Problem, budget: Budget) -> dict[str, float]:
 
     if budget.has_lowrank:
         f = budget.n_features
-        terms["query_features"] = 2.0 * bh * n * d * f  # [n, d] @ [d, F]
-        terms["key_features"] = 2.0 * bh * n * d * f
+        if method == CENTROIDS:
+            # per step: K C^T [n, d] @ [d, C] (assign) and onehot^T K [C, n] @ [n, d] (means)
+            terms["lloyd_steps"] = 2.0 * 2 * bh * LLOYD_STEPS * n * d * f
+            terms["centroid_means"] = 2.0 * bh * n * d * f  # the final means, onehot^T K
+            terms["query_features"] = 2.0 * bh * n * d * f  # Q C^T [n, d] @ [d, C]
+        else:
+            terms["query_features"] = 2.0 * bh * n * d * f  # [n, d] @ [d, F]
+            terms["key_features"] = 2.0 * bh * n * d * f
         if not problem.causal:
             terms["lowrank_kv"] = 2.0 * bh * f * n * d  # phi(K)^T V: [F, n] @ [n, d]
             terms["lowrank_num"] = 2.0 * bh * n * f * d  # phi(Q) (phi(K)^T V)
@@ -155,6 +175,10 @@ def byte_terms(problem: Problem, budget: Budget) -> dict[str, float]:
     (numerator, denominator, scale) that a combine pass reads to write O. Scatterbrain
     adds the low-rank state pass and reads the state in the passes that use phi(Q).
     scatterbrain_local: state pass, then one pass over contiguous blocks.
+    scatterbrain_centroids: no projections; L + 1 passes over K (L Lloyd steps and the
+    final means), each reading K, writing and reading the one-hot assignment [n, C]
+    (float32: the cluster sizes are its sums) and the centroids [C, d]; then the state
+    pass of the others.
     """
     bh, n, d = problem.batch * problem.heads, problem.seq_len, problem.head_dim
     s = ELEMENT_BYTES[problem.dtype]
@@ -178,8 +202,14 @@ def byte_terms(problem: Problem, budget: Budget) -> dict[str, float]:
 
     rounds = _rounds(budget)
     n_b = _pad(n, budget.bucket_size)
-    if budget.has_lowrank:
+    if budget.has_lowrank and method == CENTROIDS:
+        passes = LLOYD_STEPS + 1
+        terms["lloyd_read_k"] = s * bh * passes * n * d
+        terms["lloyd_onehot_write_read"] = 2.0 * a * bh * passes * n * f
+        terms["centroids_write_read"] = 2.0 * a * bh * passes * f * d
+    elif budget.has_lowrank:
         terms["projections"] = 2.0 * s * (f // 2) * d
+    if budget.has_lowrank:
         terms["state_pass_read_kv"] = s * bh * n * 2 * d
         terms["state_write"] = state
     if method != "scatterbrain_local":
@@ -222,7 +252,9 @@ def working_set_bytes(problem: Problem, budget: Budget) -> float:
     if method == "exact":
         return total
     f = budget.n_features
-    if budget.has_lowrank and not (method == "performer" and problem.causal):
+    if budget.has_lowrank and method == CENTROIDS:  # state, centroids, one-hot [n, C]
+        total += ACC_BYTES * bh * f * (d + 1) + ACC_BYTES * bh * f * (d + n)
+    elif budget.has_lowrank and not (method == "performer" and problem.causal):
         total += ACC_BYTES * bh * f * (d + 1) + s * (f // 2) * d
     if method in SPARSE_METHODS:
         rounds = _rounds(budget)

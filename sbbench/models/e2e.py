@@ -35,7 +35,8 @@ from sbbench.models.capture import forward, tokenize
 from sbbench.models.intercept import AttentionCall, intercepted
 from sbbench.models.loading import LoadedModel
 
-APPROX_METHODS = ("performer", "lsh", "scatterbrain", "scatterbrain_local")
+APPROX_METHODS = ("performer", "lsh", "scatterbrain", "scatterbrain_local",
+                  "scatterbrain_centroids")
 COLUMNS = ("method", "budget", "memory_per_query", "tokens", "seed", "cosine",
            "hidden_rel_error", "seconds")
 DECODER_COLUMNS = ("method", "budget", "memory_per_query", "tokens", "seed", "layers",
@@ -98,8 +99,7 @@ def _replaced(budget: Budget, seed: int, backend: str, seen: dict):
         seen["shape"] = (tuple(call.q.shape), call.causal)
         # one unpadded sequence: the model's mask hides nothing, so none is passed
         return call_method(budget, call.q, call.k, call.v, causal=call.causal,
-                           softmax_scale=call.scale, backend=backend,
-                           projections=randomness.projections, hashes=randomness.hashes)
+                           softmax_scale=call.scale, backend=backend, **randomness.options())
 
     return handler
 

@@ -17,6 +17,9 @@ each method only with the budget axes it uses:
                         other methods skip 0)
     scatterbrain_local  x n_features x bucket_size x sink x window (fixed blocks: one
                         round, sparse "local")
+    scatterbrain_centroids  as scatterbrain, n_features = key centroids (0 skipped: it
+                        would be scatterbrain's f=0); torch backend only (its triton
+                        points are dropped, with a note)
 
 ``sparse`` (lsh hash buckets, kmeans query clusters) crosses only the methods that can
 choose their kind (scatterbrain); unset, each method keeps its default kind. A kind no
@@ -37,7 +40,7 @@ import yaml
 from sbbench.core.errors import UserError
 from sbbench.core.types import DTYPES, METHODS, SPARSE_KINDS_OF, Budget, Problem, budget_label
 from sbbench.measure.inputs import capture_shape, is_capture_kind
-from sbbench.sweep.grid_budgets import budgets_for, check_features, check_sparse
+from sbbench.sweep.grid_budgets import backends_for, budgets_for, check_features, check_sparse
 
 __all__ = ["budgets_for"]  # re-exported: its home is grid_budgets
 GRID_DIR = Path(__file__).resolve().parent.parent / "data" / "grids"
@@ -339,7 +342,7 @@ def expand(grid: Grid) -> Expansion:
     """All points of the grid, ordered by shape then method (exact first, so the other
     methods of a shape can be compared against its time)."""
     result = Expansion()
-    too_large = 0
+    too_large, torch_only = 0, {}
     check_sparse(grid)
     check_features(grid)
     grid = _fit_to_capture(grid, result)
@@ -354,17 +357,23 @@ def expand(grid: Grid) -> Expansion:
                             for method in METHODS:
                                 if method not in grid.methods:
                                     continue
-                                backends = ("torch",) if method == "exact" else grid.backends
+                                backends = backends_for(method, grid)
+                                unrun = len(grid.backends) - len(backends)
                                 for budget in budgets_for(method, grid):
                                     if (budget.bucket_size >= seq_len
                                             or budget.sink + budget.window >= seq_len):
                                         too_large += 1
                                         continue
+                                    if unrun and method != "exact":
+                                        torch_only[method] = torch_only.get(method, 0) + unrun
                                     for backend in backends:
                                         result.points.append(Point(problem, budget, backend))
     if too_large:
         result.dropped.append(f"{too_large} sparse budget(s) with bucket_size >= seq_len "
                               f"or sink + window >= seq_len")
+    for method, count in torch_only.items():
+        result.dropped.append(f"{count} {method} point(s) on triton: it runs on the torch "
+                              f"backend only (the Triton kernels compute Performer features)")
     if "exact" not in grid.methods:
         result.dropped.append("no exact points: speedup vs exact is known only for shapes "
                               "whose exact row is already in the store")

@@ -4,7 +4,13 @@ expansion table in ``sbbench.sweep.grid``)."""
 from __future__ import annotations
 
 from sbbench.core.errors import UserError
-from sbbench.core.types import LOWRANK_METHODS, SPARSE_KINDS_OF, SPARSE_ONLY_METHODS, Budget
+from sbbench.core.types import (
+    CENTROID_METHODS,
+    LOWRANK_METHODS,
+    SPARSE_KINDS_OF,
+    SPARSE_ONLY_METHODS,
+    Budget,
+)
 
 
 def sparse_kinds(method: str, grid) -> tuple[str, ...]:
@@ -41,9 +47,20 @@ def check_features(grid) -> None:
         return
     needs = [m for m in grid.methods if m in LOWRANK_METHODS and m not in SPARSE_ONLY_METHODS]
     if needs:
+        least = 1 if set(needs) <= set(CENTROID_METHODS) else 2
         raise UserError(f"n_features {', '.join(map(str, grid.n_features))}: {', '.join(needs)} "
-                        f"need an n_features >= 2 (0 is scatterbrain without its low-rank "
-                        f"part)")
+                        f"need an n_features >= {least} (0 is scatterbrain without its "
+                        f"low-rank part)")
+
+
+def backends_for(method: str, grid) -> tuple[str, ...]:
+    """The grid's backends ``method`` runs on: exact always on torch (SDPA), key
+    centroids on torch only (the Triton kernels compute Performer features)."""
+    if method == "exact":
+        return ("torch",)
+    if method in CENTROID_METHODS:
+        return tuple(b for b in grid.backends if b != "triton")
+    return grid.backends
 
 
 def budgets_for(method: str, grid) -> list[Budget]:

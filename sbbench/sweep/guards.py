@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 
+from sbbench.core.types import CENTROID_METHODS
 from sbbench.measure import costmodel
 from sbbench.sweep.grid import Point
 
@@ -62,9 +63,13 @@ def kernel_refusal(point: Point, spec) -> str | None:
     config that keep() leaves on the device's architecture), or None. The launch would
     refuse it in the same words; the sweep records it as skipped instead, before
     allocating anything. None for torch points, and where the profile has no GPU
-    architecture or triton is not installed (``point.skip_reason`` says why then)."""
+    architecture or triton is not installed (``point.skip_reason`` says why then). Key
+    centroids (scatterbrain_centroids) never run there: refused on every device."""
     arch = getattr(spec, "arch", None)
     budget, problem = point.budget, point.problem
+    if point.backend == "triton" and budget.method in CENTROID_METHODS:
+        return (f"{budget.method} runs on the torch backend only (the Triton kernels "
+                f"compute Performer features, not key centroids)")
     if point.backend != "triton" or budget.method == "exact" or not arch:
         return None
     try:

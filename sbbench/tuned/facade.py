@@ -2,8 +2,9 @@
 
 The math layer asks through ``sbbench.attention.settings`` (the package root registers
 :func:`resolve` as the "tuned" resolver); this module answers with the budget and the
-implementation settings of :func:`sbbench.tuned.lookup.tuned_choice`, or, where no
-budget meets the target, the reason in words.
+implementation settings of :func:`sbbench.tuned.lookup.tuned_choice` (with the budget's
+``lowrank``: "centroids" for a scatterbrain_centroids budget), or, where no budget meets
+the target, the reason in words.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def resolve(request: ConfigRequest) -> ResolvedConfig:
     budget = choice.budget
     if budget is not None and budget.method == request.method:
         return ResolvedConfig(budget.n_features, budget.bucket_size, budget.n_hashes, impl,
-                              sparse=budget.sparse, sink=budget.sink, window=budget.window)
+                              sparse=budget.sparse, sink=budget.sink, window=budget.window,
+                              lowrank=budget.lowrank)
     return ResolvedConfig(None, None, None, impl,
                           no_budget=_why_no_budget(request, choice.device, budget))
 

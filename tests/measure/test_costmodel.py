@@ -21,6 +21,8 @@ BUDGETS = {
     "scatterbrain": Budget("scatterbrain", n_features=10, bucket_size=16, n_hashes=3),
     "scatterbrain_local": Budget("scatterbrain_local", n_features=8, bucket_size=32,
                                  n_hashes=1),
+    "scatterbrain_centroids": Budget("scatterbrain_centroids", n_features=5, bucket_size=16,
+                                     n_hashes=2),
 }
 # (batch, heads, seq_len, head_dim): one multiple of every block size, one not (T=100,
 # D=24: padding to the bucket and to the causal chunk must be counted as the code runs).
@@ -72,6 +74,35 @@ def test_causal_exact_counts_attended_pairs():
 
 def test_causal_chunk_matches_the_torch_path():
     assert costmodel.CAUSAL_CHUNK == core.CAUSAL_CHUNK
+
+
+def test_lloyd_steps_match_the_torch_path():
+    from sbbench.attention import centroids
+
+    assert costmodel.LLOYD_STEPS == centroids.LLOYD_STEPS
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_key_centroids_cost_their_lloyd_steps_over_the_support_alone(causal):
+    """The low-rank term of C centroids: Performer's sums with C plus L Lloyd steps
+    (assign + means, each [n, C, d]); more than the support alone (f=0), and more FLOPs
+    than Performer's C features (whose two feature maps cost 2 passes, not 2 L + 2)."""
+    problem = Problem(512, 32, heads=4, causal=causal)
+    support = dict(bucket_size=32, n_hashes=1, sparse="kmeans", sink=4, window=28)
+    ours = Budget("scatterbrain_centroids", n_features=32, **support)
+    alone = Budget("scatterbrain", n_features=0, **support)
+    performer = Budget("scatterbrain", n_features=32, **support)
+    terms = costmodel.flop_terms(problem, ours)
+    bh, n, d, c = 4, 512, 32, 32
+    assert terms["lloyd_steps"] == 2.0 * 2 * bh * costmodel.LLOYD_STEPS * n * d * c
+    assert "key_features" not in terms and "projections" not in costmodel.byte_terms(
+        problem, ours)
+    for measure in (costmodel.flops, costmodel.bytes_moved, costmodel.working_set_bytes):
+        value = measure(problem, ours)
+        assert value == value and value < float("inf")
+        assert value > measure(problem, alone)
+    assert costmodel.flops(problem, ours) > costmodel.flops(problem, performer)
+    assert costmodel.method_family("scatterbrain_centroids") == "scatterbrain"
 
 
 # ---- scaling and monotonicity ------------------------------------------------------------

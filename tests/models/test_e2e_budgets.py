@@ -21,6 +21,13 @@ def test_every_budget_spends_the_memory_it_is_given():
     assert by["performer"].sink == 0 and by["performer"].n_features == 256
 
 
+def test_key_centroids_split_like_scatterbrain_and_take_its_kinds():
+    (budget,) = budgets_at([99], ("scatterbrain_centroids",), sparse="kmeans", sink=4,
+                           window=24)
+    assert budget.memory_per_query == 99 and budget.sparse == "kmeans"
+    assert (budget.n_features, budget.bucket_size) == (36, 35)  # any count: no even rounding
+
+
 def test_a_budget_too_small_for_its_sink_and_window_is_a_user_error():
     with pytest.raises(UserError, match="budget 64 for lsh"):
         budgets_at([64], ("lsh",), sink=4, window=124)

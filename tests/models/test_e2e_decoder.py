@@ -68,6 +68,15 @@ def test_decoder_rows_replace_only_the_global_layer(toy):
     assert any(abs(r["e2e_error"]) > 1e-4 for r in rows[1:])  # approximations change it
 
 
+def test_key_centroids_run_end_to_end_and_repeat_with_the_seed(toy):
+    budget = Budget("scatterbrain_centroids", n_features=3, bucket_size=8, n_hashes=1)
+    rows = run_e2e(toy, TEXT, [budget], seed=0, max_tokens=TOKENS)
+    again = run_e2e(toy, TEXT, [budget], seed=0, max_tokens=TOKENS)
+    assert [r["method"] for r in rows] == ["exact", "scatterbrain_centroids"]
+    assert math.isfinite(rows[1]["loss"]) and abs(rows[1]["e2e_error"]) > 1e-6
+    assert rows[1]["loss"] == again[1]["loss"]
+
+
 def test_e2e_rows_become_store_records_select_can_use(toy, tmp_path):
     from sbbench.analyze.selection import select
     from sbbench.sweep.store import Store

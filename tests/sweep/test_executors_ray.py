@@ -33,7 +33,8 @@ from sbbench.sweep.runner import Settings
 from sbbench.sweep.store import Store
 
 TINY = Grid(name="tiny", seq_len=(64, 96), head_dim=(16,), heads=(2,), n_features=(8,),
-            bucket_size=(16,), n_hashes=(1,), seeds=(0,))
+            bucket_size=(16,), n_hashes=(1,), seeds=(0,),
+            methods=("exact", "performer", "lsh", "scatterbrain", "scatterbrain_local"))
 VERSION = code_version()  # the workers run this checkout: same code version
 
 

@@ -130,8 +130,11 @@ def test_the_features_flag_takes_0_like_the_grid(capsys):
     from sbbench.cli.main import main
 
     assert main(["sweep", "--gpu", "cpu", "--grid", "supports", "--features", "0",
-                 "--dry-run"]) == 0
+                 "--methods", "exact,lsh,scatterbrain", "--dry-run"]) == 0
     assert "f=0 bucket=32" in capsys.readouterr().out
+    assert main(["sweep", "--gpu", "cpu", "--grid", "supports", "--features", "0",
+                 "--dry-run"]) == 2  # its scatterbrain_centroids need centroids
+    assert "scatterbrain_centroids need an n_features >= 1" in capsys.readouterr().err
     assert main(["sweep", "--gpu", "cpu", "--grid", "quick", "--features", "0",
                  "--dry-run"]) == 2  # performer needs features
     assert "performer, scatterbrain_local need an n_features >= 2" in capsys.readouterr().err

@@ -20,7 +20,8 @@ from sbbench.sweep.runner import Settings, run_sweep
 from sbbench.sweep.store import Store
 
 TINY = Grid(name="tiny", seq_len=(64,), head_dim=(16,), heads=(2,), n_features=(8,),
-            bucket_size=(16,), n_hashes=(1,), seeds=(0, 1))
+            bucket_size=(16,), n_hashes=(1,), seeds=(0, 1),
+            methods=("exact", "performer", "lsh", "scatterbrain", "scatterbrain_local"))
 
 
 def settings(**changes) -> Settings:

@@ -136,3 +136,19 @@ def test_a_json_result_set_of_an_older_sbbench_reads_the_key_defaults(tmp_path):
     (record,) = load_result_set(path).records
     assert (record.sparse, record.sink, record.window) == ("lsh", 0, 0)
     assert record.key() == new_record("lsh").key()
+
+
+def test_an_old_store_takes_scatterbrain_centroids_rows_without_a_schema_change(tmp_path):
+    """The method is a new value of the method key column: a schema-4 store is rebuilt
+    as before, then holds it next to scatterbrain with the same budget."""
+    path = tmp_path / "v4.sqlite"
+    schema_4_store(path)
+    with Store(path) as store:
+        assert store.add(new_record("kmeans", method="scatterbrain_centroids"))
+        assert store.add(new_record("kmeans"))
+    with Store(path, readonly=True) as store:
+        check_old_rows(store.records())
+        rows = [r for r in store.records() if r.time_median_ms == 9.0]
+        frame = store.to_dataframe()
+    assert sorted(r.method for r in rows) == ["scatterbrain", "scatterbrain_centroids"]
+    assert "scatterbrain_centroids" in set(frame["method"])
