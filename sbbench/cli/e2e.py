@@ -133,6 +133,11 @@ def run_e2e_command(args) -> int:
             "cosine of mean-pooled embeddings, approximate vs the model's own")
     print(f"sbbench e2e: {args.model}, {rows[0]['tokens']} tokens, seed {seed}; {what}")
     print(format_rows(rows))
+    later = sorted({b.method for b in budgets if not b.prefix_consistent})
+    if rows[0]["decoder"] and later:
+        print(f"sbbench e2e: note: {', '.join(later)} choose keys (or centroids) from the "
+              "whole text, so a position's output also depends on later tokens: their loss "
+              "may be optimistic (benchmarks/causal_leak.py, reports/supports/README.md)")
     if store is not None:
         import hashlib
 

@@ -112,8 +112,7 @@ class Budget:
     @property
     def has_lowrank(self) -> bool:
         """Whether the budget has a low-rank part (random features or key centroids;
-        scatterbrain with
-        n_features=0 has none: exact softmax over its sparse support)."""
+        scatterbrain with n_features=0 has none: exact softmax over its sparse support)."""
         return self.method in LOWRANK_METHODS and self.n_features > 0
 
     @property
@@ -122,6 +121,16 @@ class Budget:
         (key k-means centroids) or "performer" (random features; also for methods
         without a low-rank part)."""
         return "centroids" if self.method in CENTROID_METHODS else "performer"
+
+    @property
+    def prefix_consistent(self) -> bool:
+        """Under causal, whether the output at a position depends only on the positions
+        up to it, as exact attention's does. Not where the keys are chosen from the whole
+        sequence (hash buckets sort every position, k-means clusters group every query)
+        or the low-rank part averages every key (centroids): fine for measuring attention
+        over a given prefill, a channel from later tokens in a next-token loss
+        (benchmarks/causal_leak.py measures how large; reports/supports)."""
+        return not (self.draws_hashes or self.method in CENTROID_METHODS)
 
     @property
     def has_sparse(self) -> bool:

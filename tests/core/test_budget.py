@@ -80,3 +80,4 @@ def test_costmodel_counts_no_low_rank_work_without_features():
     assert "state_write" not in moved and "projections" not in moved
     assert costmodel.bytes_moved(problem, sparse_only) < costmodel.bytes_moved(problem,
                                                                                 with_lowrank)
+
