@@ -11,11 +11,10 @@ import pandas as pd
 
 from sbbench.core.format import markdown_table, number
 from sbbench.core.record import COLUMNS, JSON_FIELDS
+from sbbench.core.types import METHOD_ORDER
 
 SHAPE = ["seq_len", "head_dim", "batch", "heads", "dtype", "causal"]
 FAMILY = ["head_dim", "batch", "heads", "dtype", "causal", "inputs"]  # one plot panel each
-METHOD_ORDER = {"exact": 0, "performer": 1, "lsh": 2, "scatterbrain": 3,
-                "scatterbrain_local": 4, "scatterbrain_centroids": 5}
 MAX_PANELS = 12
 
 

@@ -39,6 +39,7 @@ import pandas as pd
 
 from sbbench.analyze.results import with_key_defaults
 from sbbench.core.errors import UserError
+from sbbench.core.types import METHOD_ORDER
 
 DEFAULT_TARGETS = (0.01, 0.02, 0.05, 0.10)
 # Statistic of the per-head errors a budget is selected on: heads differ ~10x in how
@@ -52,8 +53,6 @@ CANDIDATE = ["method", "backend", "n_features", "bucket_size", "n_hashes", "spar
 BUDGET = ["method", "n_features", "bucket_size", "n_hashes", "sparse", "sink", "window"]
 OBJECTIVES = ["error", "time_ms", "memory_bytes", "energy_j"]
 E2E_PREFIX = "e2e:"  # inputs of end-to-end rows (models.e2e.e2e_records)
-METHOD_ORDER = {"exact": 0, "performer": 1, "lsh": 2, "scatterbrain": 3,
-                "scatterbrain_local": 4, "scatterbrain_centroids": 5}
 
 
 # ---------------------------------------------------------------------------------------

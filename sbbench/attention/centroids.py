@@ -48,10 +48,15 @@ def _cluster_means(kf, onehot):
     return sums / sizes.clamp_min(1)[..., None], sizes
 
 
-def centroid_features(qf, kf, starts, scale, key_padding_mask, steps: int = LLOYD_STEPS):
+def centroid_features(qf, kf, starts, scale, key_padding_mask, causal: bool = False,
+                      steps: int = LLOYD_STEPS):
     """(qh [b, h, n, C], kh [b, h, n, C], log_lr [b, h, n]) with
-    ``exp(tau q_i.c_m(j)) = exp(log_lr_i) qh_i.kh_j`` for every unmasked key j; masked keys
-    get zero key features and join no cluster. ``starts``: from :func:`draw_starts`."""
+    ``exp(tau q_i.c_m(j)) = exp(log_lr_i) qh_i.kh_j`` for every unmasked key j (under
+    ``causal``, every j <= i); masked keys get zero key features and join no cluster.
+    ``starts``: from :func:`draw_starts`. Under ``causal`` a query's stabiliser (row
+    maximum) only counts the clusters with a member it may see, and the others get zero
+    query features (their prefix sums are zero there): a cluster of later keys alone must
+    not push the visible ones' features below the float range."""
     b, h, n, d = kf.shape
     count = starts.shape[-1]
     keep = None if key_padding_mask is None else key_padding_mask[:, None, :, None].to(kf.dtype)
@@ -69,6 +74,10 @@ def centroid_features(qf, kf, starts, scale, key_padding_mask, steps: int = LLOY
     centres, sizes = _cluster_means(kf, onehot)  # with gradient through the keys
     logits = torch.matmul(qf, centres.transpose(-1, -2)).mul(scale)  # [b, h, n, C]
     logits = logits.masked_fill((sizes == 0)[:, :, None, :], float("-inf"))
+    if causal:  # the first member of each cluster, against each query's position
+        pos = torch.arange(n, device=kf.device)
+        first = torch.where(onehot > 0, pos[:, None], n).amin(dim=2)  # [b, h, C]
+        logits = logits.masked_fill(first[:, :, None, :] > pos[:, None], float("-inf"))
     with torch.no_grad():  # the stabiliser cancels
         log_lr = logits.amax(dim=-1)
         log_lr = torch.where(torch.isfinite(log_lr), log_lr, torch.zeros_like(log_lr))

@@ -202,7 +202,8 @@ def _lowrank_part(qf, kf, vf, projections, scale, key_padding_mask, causal,
     """Features of q and k and the low-rank numerator / denominator (hat scale):
     Performer's (``projections``) or the key centroids' (``centroids``: start keys)."""
     if centroids is not None:
-        qh, kh, log_lr = centroid_features(qf, kf, centroids, scale, key_padding_mask)
+        qh, kh, log_lr = centroid_features(qf, kf, centroids, scale, key_padding_mask,
+                                           causal)
         num, den = lowrank_sums(qh, kh, vf, causal)
         return LowRank(qh, kh, log_lr, num, den)
     proj = projections.to(device=qf.device, dtype=qf.dtype)

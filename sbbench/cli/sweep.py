@@ -95,8 +95,9 @@ def register(subparsers) -> None:
         "dtype": "float32, float16, bfloat16, float64", "causal": "true,false",
         "methods": "exact, performer, lsh, scatterbrain, scatterbrain_local, "
                    "scatterbrain_centroids (key centroids as the low-rank part; torch only)",
-        "backends": "torch, triton", "features": "random features (even; key centroids for "
-                    "scatterbrain_centroids), e.g. 64,128",
+        "backends": "torch, triton",
+        "features": "random features (even), or for scatterbrain_centroids key centroids "
+                    "(any count >= 1), e.g. 64,128",
         "bucket-size": "LSH bucket / local block sizes, e.g. 32,64",
         "hashes": "hash rounds, e.g. 1,2",
         "sparse": "bucket kinds of scatterbrain: lsh (SMYRF hashes), kmeans (query clusters)",

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 METHODS = ("exact", "performer", "lsh", "scatterbrain", "scatterbrain_local",
            "scatterbrain_centroids")
+METHOD_ORDER = {method: rank for rank, method in enumerate(METHODS)}  # tables, plots
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 LOWRANK_METHODS = ("performer", "scatterbrain", "scatterbrain_local", "scatterbrain_centroids")
 SPARSE_METHODS = ("lsh", "scatterbrain", "scatterbrain_local", "scatterbrain_centroids")

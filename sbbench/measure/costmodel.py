@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sbbench.core.devices import DeviceSpec
-from sbbench.core.types import Budget, Problem
+from sbbench.core.types import SPARSE_METHODS, Budget, Problem
 
 ELEMENT_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 ACC_BYTES = 4  # float32 accumulators and partial results
@@ -47,7 +47,6 @@ INDEX_BYTES = 4  # int32 positions in sorted order
 # (a test keeps them equal: the torch path and the model must agree).
 CAUSAL_CHUNK = 64
 
-SPARSE_METHODS = ("lsh", "scatterbrain", "scatterbrain_local", "scatterbrain_centroids")
 CENTROIDS = "scatterbrain_centroids"  # low-rank part: key k-means centroids, not features
 # Lloyd steps of the key centroids; equals sbbench.attention.centroids.LLOYD_STEPS (a
 # test keeps them equal)
@@ -204,7 +203,9 @@ def byte_terms(problem: Problem, budget: Budget) -> dict[str, float]:
     n_b = _pad(n, budget.bucket_size)
     if budget.has_lowrank and method == CENTROIDS:
         passes = LLOYD_STEPS + 1
-        terms["lloyd_read_k"] = s * bh * passes * n * d
+        # each Lloyd step reads K twice (distances, then the cluster sums), the final
+        # means once more; the torch path reads the accumulation-dtype copy (a: its size)
+        terms["lloyd_read_k"] = a * bh * (2 * LLOYD_STEPS + 1) * n * d
         terms["lloyd_onehot_write_read"] = 2.0 * a * bh * passes * n * f
         terms["centroids_write_read"] = 2.0 * a * bh * passes * f * d
     elif budget.has_lowrank:

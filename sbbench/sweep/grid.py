@@ -225,11 +225,6 @@ def _check_value(key: str, value, where: str):
         for item in items:
             if isinstance(item, bool) or not isinstance(item, int) or item < low:
                 raise UserError(f"{where}: {key} must hold ints >= {low}, got {item!r}")
-        if key == "n_features":
-            odd = [f for f in items if f % 2]
-            if odd:
-                raise UserError(f"{where}: n_features must be even (phi(x) has a sin and a cos "
-                                f"or +/- pair per projection), got {odd[0]}")
     elif key in _ZERO_AXES:
         for item in items:
             if isinstance(item, bool) or not isinstance(item, int) or item < 0:
@@ -309,7 +304,11 @@ def apply_overrides(grid: Grid, overrides: dict[str, str | None]) -> Grid:
             continue
         key = OVERRIDE_FLAGS[flag]
         changes[key] = _check_value(key, parse_flag(flag, text), f"--{flag}")
-    return replace(grid, **changes) if changes else grid
+    if not changes:
+        return grid
+    grid = replace(grid, **changes)
+    check_features(grid)  # n_features against the methods, as the overrides leave them
+    return grid
 
 
 # ---------------------------------------------------------------------------------------

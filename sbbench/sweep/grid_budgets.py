@@ -42,7 +42,15 @@ def check_sparse(grid) -> None:
 
 def check_features(grid) -> None:
     """UserError (one line) if a low-rank method of the grid gets no n_features >= 2
-    (n_features 0 is scatterbrain's sparse-only budget; the others skip it)."""
+    (n_features 0 is scatterbrain's sparse-only budget; the others skip it), or an odd
+    n_features reaches a method with Performer features (only key centroids take odd
+    counts)."""
+    odd = [f for f in grid.n_features if f % 2]
+    performer = [m for m in grid.methods if m in LOWRANK_METHODS and m not in CENTROID_METHODS]
+    if odd and performer:
+        raise UserError(f"n_features must be even for {', '.join(performer)} (phi(x) has a "
+                        f"+/- pair per projection), got {odd[0]}; only scatterbrain_centroids "
+                        f"takes odd counts")
     if any(grid.n_features):
         return
     needs = [m for m in grid.methods if m in LOWRANK_METHODS and m not in SPARSE_ONLY_METHODS]

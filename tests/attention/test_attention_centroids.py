@@ -138,6 +138,29 @@ def test_more_clusters_than_keys_and_gradients():
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
+@pytest.mark.parametrize("sparse, bucket_size", [(None, 0), ("lsh", 4)])
+def test_causal_stabiliser_ignores_clusters_of_later_keys(sparse, bucket_size):
+    # key 0 points away from every query, keys 1.. towards them: under causal query 0
+    # sees key 0 alone, and the cluster of the later keys scores it ~2 a^2 higher. Were
+    # that cluster in query 0's row maximum, its visible cluster's features would
+    # underflow and row 0 come out as zeros instead of v_0.
+    gen = torch.Generator().manual_seed(0)
+    n, d, a = 16, 4, 12.0
+    u = torch.zeros(d)
+    u[0] = 1.0
+    k = torch.stack([-a * u] + [a * u + 0.01 * torch.randn(d, generator=gen)
+                                for _ in range(n - 1)])[None, None]
+    q = (a * u).expand(n, d)[None, None].clone()
+    v = torch.randn(1, 1, n, d, generator=gen)
+    out = scatterbrain_attention(q, k, v, n_features=2, bucket_size=bucket_size,
+                                 sparse=sparse, lowrank="centroids", causal=True,
+                                 softmax_scale=1.0, backend="torch",
+                                 generator=torch.Generator().manual_seed(0))
+    ref = exact_attention(q, k, v, causal=True, softmax_scale=1.0)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[0, 0, 0], ref[0, 0, 0])
+
+
 def test_default_is_performer_and_bad_calls_are_refused():
     q, k, v = qkv(1, 2, 24, 8)
     call = dict(n_features=8, bucket_size=8, backend="torch")

@@ -148,3 +148,12 @@ def test_a_directory_is_not_a_grid(tmp_path):
     with pytest.raises(UserError, match="is a directory") as info:
         load_grid(str(tmp_path))
     assert "does not exist" not in str(info.value)
+
+
+def test_odd_features_only_for_key_centroids():
+    with pytest.raises(UserError, match="only scatterbrain_centroids takes odd counts"):
+        apply_overrides(load_grid("supports"), {"features": "3"})
+    grid = apply_overrides(load_grid("supports"), {"features": "3",
+                                                   "methods": "exact,scatterbrain_centroids"})
+    budgets = {p.budget for p in expand(grid).points if p.budget.method != "exact"}
+    assert budgets and {b.n_features for b in budgets} == {3}
