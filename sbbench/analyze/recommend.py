@@ -99,7 +99,9 @@ def next_step(frame: pd.DataFrame, targets=REPORT_TARGETS, *, device: str = "DEV
     return (f"Not reached here is not the last word: this store holds only hash-bucket "
             f"(SMYRF) and local-block supports, which catch little of a real head's "
             f"attention. Scatterbrain's k-means query clusters with sink and window keys "
-            f"find much more of it (reports/supports in the sbbench repository). Measure "
+            f"find much more of it, and key centroids (scatterbrain_centroids) estimate "
+            f"the rest better than random features (reports/supports in the sbbench "
+            f"repository). Measure "
             f"them into the same store, then report again: `sbbench sweep --gpu {device} "
             f"--grid supports --store {store} --report` (with the same `--inputs` as your "
             f"sweep if it was not the shipped capture).\n")
