@@ -47,7 +47,6 @@ INDEX_BYTES = 4  # int32 positions in sorted order
 # (a test keeps them equal: the torch path and the model must agree).
 CAUSAL_CHUNK = 64
 
-CENTROIDS = "scatterbrain_centroids"  # low-rank part: key k-means centroids, not features
 # Lloyd steps of the key centroids; equals sbbench.attention.centroids.LLOYD_STEPS (a
 # test keeps them equal)
 LLOYD_STEPS = 3
@@ -100,7 +99,7 @@ def flop_terms(problem: Problem, budget: Budget) -> dict[str, float]:
 
     if budget.has_lowrank:
         f = budget.n_features
-        if method == CENTROIDS:
+        if budget.lowrank == "centroids":
             # per step: K C^T [n, d] @ [d, C] (assign) and onehot^T K [C, n] @ [n, d] (means)
             terms["lloyd_steps"] = 2.0 * 2 * bh * LLOYD_STEPS * n * d * f
             terms["centroid_means"] = 2.0 * bh * n * d * f  # the final means, onehot^T K
@@ -174,10 +173,10 @@ def byte_terms(problem: Problem, budget: Budget) -> dict[str, float]:
     (numerator, denominator, scale) that a combine pass reads to write O. Scatterbrain
     adds the low-rank state pass and reads the state in the passes that use phi(Q).
     scatterbrain_local: state pass, then one pass over contiguous blocks.
-    scatterbrain_centroids: no projections; L + 1 passes over K (L Lloyd steps and the
-    final means), each reading K, writing and reading the one-hot assignment [n, C]
-    (float32: the cluster sizes are its sums) and the centroids [C, d]; then the state
-    pass of the others.
+    scatterbrain_centroids: no projections; L Lloyd steps, each reading K twice
+    (distances, cluster sums), and the final means reading it once more, each of the
+    L + 1 writing and reading the one-hot assignment [n, C] (float32: the cluster sizes
+    are its sums) and the centroids [C, d]; then the state pass of the others.
     """
     bh, n, d = problem.batch * problem.heads, problem.seq_len, problem.head_dim
     s = ELEMENT_BYTES[problem.dtype]
@@ -201,7 +200,7 @@ def byte_terms(problem: Problem, budget: Budget) -> dict[str, float]:
 
     rounds = _rounds(budget)
     n_b = _pad(n, budget.bucket_size)
-    if budget.has_lowrank and method == CENTROIDS:
+    if budget.has_lowrank and budget.lowrank == "centroids":
         passes = LLOYD_STEPS + 1
         # each Lloyd step reads K twice (distances, then the cluster sums), the final
         # means once more; the torch path reads the accumulation-dtype copy (a: its size)
@@ -253,7 +252,7 @@ def working_set_bytes(problem: Problem, budget: Budget) -> float:
     if method == "exact":
         return total
     f = budget.n_features
-    if budget.has_lowrank and method == CENTROIDS:  # state, centroids, one-hot [n, C]
+    if budget.has_lowrank and budget.lowrank == "centroids":  # state, centroids, one-hot [n, C]
         total += ACC_BYTES * bh * f * (d + 1) + ACC_BYTES * bh * f * (d + n)
     elif budget.has_lowrank and not (method == "performer" and problem.causal):
         total += ACC_BYTES * bh * f * (d + 1) + s * (f // 2) * d
