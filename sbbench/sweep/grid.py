@@ -24,8 +24,9 @@ each method only with the budget axes it uses:
 ``sparse`` (lsh hash buckets, kmeans query clusters) crosses only the methods that can
 choose their kind (scatterbrain); unset, each method keeps its default kind. A kind no
 method of the grid takes is refused. Sparse budgets with ``bucket_size >= seq_len`` or
-``sink + window >= seq_len`` are dropped (the support would be every key: exact
-attention at a higher cost); ``expand`` says how many.
+``sink + window >= seq_len``, and key-centroid budgets with ``n_features >= seq_len``, are
+dropped (the support, or the centroids, would be every key: exact attention at a higher
+cost); ``expand`` says how many.
 """
 
 from __future__ import annotations
@@ -337,6 +338,15 @@ def _fit_to_capture(grid: Grid, result: Expansion) -> Grid:
                    causal=(causal,))
 
 
+def _covers_every_key(budget: Budget, seq_len: int) -> bool:
+    """Whether a part of the budget holds every key on its own: buckets of the whole
+    sequence, sink + window as long, or as many key centroids as keys (each key its own
+    cluster): exact attention at a higher cost, under a label that counts keys it cannot
+    have."""
+    return (budget.bucket_size >= seq_len or budget.sink + budget.window >= seq_len
+            or (budget.lowrank == "centroids" and budget.n_features >= seq_len))
+
+
 def expand(grid: Grid) -> Expansion:
     """All points of the grid, ordered by shape then method (exact first, so the other
     methods of a shape can be compared against its time)."""
@@ -359,8 +369,7 @@ def expand(grid: Grid) -> Expansion:
                                 backends = backends_for(method, grid)
                                 unrun = len(grid.backends) - len(backends)
                                 for budget in budgets_for(method, grid):
-                                    if (budget.bucket_size >= seq_len
-                                            or budget.sink + budget.window >= seq_len):
+                                    if _covers_every_key(budget, seq_len):
                                         too_large += 1
                                         continue
                                     if unrun and method != "exact":
@@ -368,8 +377,8 @@ def expand(grid: Grid) -> Expansion:
                                     for backend in backends:
                                         result.points.append(Point(problem, budget, backend))
     if too_large:
-        result.dropped.append(f"{too_large} sparse budget(s) with bucket_size >= seq_len "
-                              f"or sink + window >= seq_len")
+        result.dropped.append(f"{too_large} sparse budget(s) with bucket_size >= seq_len, "
+                              f"sink + window >= seq_len or key centroids >= seq_len")
     for method, count in torch_only.items():
         result.dropped.append(f"{count} {method} point(s) on triton: it runs on the torch "
                               f"backend only (the Triton kernels compute Performer features)")

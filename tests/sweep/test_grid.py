@@ -52,6 +52,19 @@ def test_bucket_not_smaller_than_sequence_is_dropped_and_reported():
     assert "bucket_size >= seq_len" in expansion.dropped[0]
 
 
+def test_key_centroids_not_fewer_than_keys_are_dropped_and_reported():
+    # C >= seq: each key its own cluster (the call would use min(C, seq) under a label
+    # that counts C); Performer's features are not bounded by the keys and stay
+    grid = Grid(name="t", seq_len=(64, 256), bucket_size=(16,), n_features=(128,),
+                methods=("performer", "scatterbrain_centroids"), seeds=(0,))
+    expansion = expand(grid)
+    kept = [(p.budget.method, p.problem.seq_len) for p in expansion.points]
+    assert ("scatterbrain_centroids", 256) in kept
+    assert ("scatterbrain_centroids", 64) not in kept
+    assert ("performer", 64) in kept and ("performer", 256) in kept
+    assert "key centroids >= seq_len" in expansion.dropped[0]
+
+
 def test_overrides_replace_axes():
     grid = apply_overrides(load_grid("quick"), {
         "seq-len": "1024,4096", "head-dim": "64", "features": "64,128",
