@@ -178,9 +178,11 @@ def time_calls(calls: dict, repeats: int, median: bool = False) -> dict[str, flo
 
 
 def timing(seq: int, head_dim: int, heads: int, causal: bool, repeats: int, seed: int,
-           median: bool = False):
+           median: bool = False, parts: bool = False):
     """Seconds of today's Scatterbrain (f64 + lsh64) and of k-means supports at <= 128
-    keys per query, randomness drawn outside the timed call."""
+    keys per query, randomness drawn outside the timed call. ``parts``: also the two
+    parts of kmeans64+sink4+window60 on their own, each at the whole budget (k-means
+    clusters of 128 keys, sinks + a window of 128 keys), to see which part costs."""
     gen = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(1, heads, seq, head_dim, generator=gen) for _ in range(3))
     projections = draw_projections(64, head_dim, generator=gen)
@@ -198,6 +200,11 @@ def timing(seq: int, head_dim: int, heads: int, causal: bool, repeats: int, seed
             q, k, v, n_features=0, bucket_size=32, n_hashes=2, sparse="kmeans", sink=4,
             window=60, hashes=hashes2, **common),
     }
+    if parts:
+        calls["kmeans128 (no sink/window)"] = lambda: attention(
+            q, k, v, n_features=0, bucket_size=128, sparse="kmeans", hashes=hashes, **common)
+        calls["sink4+window124 (no buckets)"] = lambda: attention(
+            q, k, v, n_features=0, bucket_size=0, sparse=None, sink=4, window=124, **common)
     times = time_calls(calls, repeats, median)
     base = times["scatterbrain f64+lsh64 (today)"]
     kind = f"median thread time of {repeats}" if median else f"best wall time of {repeats}"
@@ -225,6 +232,9 @@ def main(argv=None) -> None:
     parser.add_argument("--median", action="store_true",
                         help="timing: the median thread time of the repeats instead of the "
                              "best wall time")
+    parser.add_argument("--parts", action="store_true",
+                        help="timing: also k-means alone and sink + window alone at the "
+                             "same budget")
     args = parser.parse_args(argv)
     if args.capture is not None:
         layers = capture_layers(args.capture)
@@ -238,7 +248,7 @@ def main(argv=None) -> None:
         evaluate(layers, args.seed)
     if not args.no_timing:
         timing(args.timing_seq, args.head_dim, args.timing_heads, args.causal, args.repeats,
-               args.seed, args.median)
+               args.seed, args.median, args.parts)
 
 
 if __name__ == "__main__":
