@@ -144,7 +144,8 @@ def scatterbrain_attention(
         raise ValueError("lowrank='centroids' takes no projections (they are Performer's)")
     n_features, bucket_size, n_hashes, impl = resolve_config(
         config, q, n_features=n_features, bucket_size=bucket_size, n_hashes=n_hashes,
-        sparse=sparse, causal=causal, max_error=max_error, lowrank=lowrank)
+        sparse=sparse, causal=causal, max_error=max_error, lowrank=lowrank, sink=sink,
+        window=window)
     if "no_budget" in impl:
         return _exact_instead(q, k, v, impl["no_budget"], causal=causal,
                               key_padding_mask=key_padding_mask, softmax_scale=softmax_scale,
@@ -173,7 +174,7 @@ def scatterbrain_attention(
 
 
 def resolve_config(config, q, *, n_features, bucket_size, n_hashes, sparse, causal,
-                   max_error, lowrank="performer"):
+                   max_error, lowrank="performer", sink=0, window=0):
     """(n_features, bucket_size, n_hashes, implementation settings) for ``config``."""
     if config is None or isinstance(config, dict):
         impl = dict(config or {})
@@ -196,7 +197,8 @@ def resolve_config(config, q, *, n_features, bucket_size, n_hashes, sparse, caus
     resolved = resolve_settings("tuned", ConfigRequest(
         "auto" if q.is_cuda else "cpu", seq_len=q.shape[2], head_dim=q.shape[3],
         max_error=max_error, dtype=str(q.dtype).split(".")[-1], causal=causal,
-        method=method))
+        method=method, n_features=n_features, bucket_size=bucket_size, sparse=sparse,
+        sink=sink, window=window))
     if n_features is None or bucket_size is None:
         if not resolved.has_budget:  # the caller runs exact attention
             return None, None, None, {"no_budget": resolved.no_budget}

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 class ConfigRequest:
     """What a call asks for: a budget meeting ``max_error`` (relative output error) and
     implementation settings for [*, *, seq_len, head_dim] inputs of ``method`` on
-    ``device`` ("auto", "cpu", a profile name or alias)."""
+    ``device`` ("auto", "cpu", a profile name or alias); with the call's own sizes
+    (``n_features`` / ``bucket_size`` given), the settings for that budget."""
 
     device: str
     seq_len: int
@@ -28,6 +29,13 @@ class ConfigRequest:
     dtype: str = "float32"
     causal: bool = False
     method: str = "scatterbrain"
+    # the call's own budget where it gives its sizes (None: the table picks the budget):
+    # the implementation settings are then looked up for this bucket kind, sink, window
+    n_features: int | None = None
+    bucket_size: int | None = None
+    sparse: str | None = None
+    sink: int = 0
+    window: int = 0
 
 
 def tuned_method(sparse: str | None, lowrank: str = "performer") -> str:

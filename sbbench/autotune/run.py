@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sbbench import tuned
 from sbbench.autotune.cache import TuneCache
-from sbbench.autotune.shapes import inputs_identity
+from sbbench.autotune.shapes import inputs_identity, too_large
 from sbbench.autotune.strategies import TuneOptions
 from sbbench.autotune.tuner import RUNNER_UP_WITHIN, BucketOutcome, merge_target, tune_case
 from sbbench.core.errors import UserError
@@ -168,8 +168,10 @@ def write_outcomes(request: TuneRequest, outcomes: list[BucketOutcome],
 
 def cpu_cases(request: TuneRequest):
     """(method, shape) pairs to tune, deduplicated (lsh ignores features, performer the
-    bucket size) and without buckets as long as the sequence."""
+    bucket size, kind, sink and window), without a bucket kind the method cannot use and
+    without supports as long as the sequence."""
     from sbbench.autotune.torch_path import CPU_METHODS, shape_for
+    from sbbench.core.types import SPARSE_KINDS_OF
 
     for method in request.methods:
         if method not in CPU_METHODS:
@@ -179,8 +181,15 @@ def cpu_cases(request: TuneRequest):
     for shape in request.shapes:
         for method in request.methods:
             own = shape_for(method, shape)
-            if own.bucket_size and own.bucket_size >= own.seq_len:
-                skipped.append(f"{method} {own.label}: bucket_size >= seq_len")
+            if own is None:
+                note = (f"{method} {shape.label}: {method} takes "
+                        f"{' or '.join(SPARSE_KINDS_OF[method])} buckets")
+                if note not in skipped:
+                    skipped.append(note)
+                continue
+            why = too_large(own)
+            if why:
+                skipped.append(f"{method} {own.label}: {why}")
                 continue
             if (method, own) not in seen:
                 seen.add((method, own))

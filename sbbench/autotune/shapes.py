@@ -17,29 +17,53 @@ DEFAULT_AXES = {
     "gpu": {"seq_len": (4096, 16384), "head_dim": (64, 128), "features": (256,),
             "bucket_size": (64,), "dtype": ("float16",)},
 }
+# the sparse part's axes, the same on every device: the bucket kind, sink and window keys
+SUPPORT_AXES = {"sparse": ("lsh",), "sink": (0,), "window": (0,)}
 
 
 def shape_buckets(kind: str, *, seq_len=None, head_dim=None, features=None,
-                  bucket_size=None, dtype=None) -> list:
-    """Every combination of the axes given (None: the ``kind``'s default), ordered by
-    dtype, head_dim, features, bucket_size, then seq_len."""
+                  bucket_size=None, dtype=None, sparse=None, sink=None, window=None) -> list:
+    """Every combination of the axes given (None: the ``kind``'s default; sparse "lsh",
+    sink 0, window 0), ordered by dtype, head_dim, features, bucket_size, sparse, sink,
+    window, then seq_len."""
     from sbbench.core.types import DTYPES
     from sbbench.tuned import ShapeBucket
+    from sbbench.tuned.shape import SPARSE_KINDS
 
     given = {"seq_len": seq_len, "head_dim": head_dim, "features": features,
              "bucket_size": bucket_size, "dtype": dtype}
     axes = {name: tuple(value) if value is not None else DEFAULT_AXES[kind][name]
             for name, value in given.items()}
+    support = {"sparse": sparse, "sink": sink, "window": window}
+    axes.update({name: tuple(value) if value is not None else SUPPORT_AXES[name]
+                 for name, value in support.items()})
     odd = [f for f in axes["features"] if f % 2]
     if odd:
         raise UserError(f"--features must be even, got {odd[0]}")
     for name in axes["dtype"]:
         if name not in DTYPES:
             raise UserError(f"--dtype {name!r}: valid: {', '.join(DTYPES)}")
-    return [ShapeBucket(s, d, f, b, t)
-            for t, d, f, b, s in itertools.product(axes["dtype"], axes["head_dim"],
-                                                   axes["features"], axes["bucket_size"],
-                                                   axes["seq_len"])]
+    for name in axes["sparse"]:
+        if name not in SPARSE_KINDS:
+            raise UserError(f"--sparse {name!r}: valid: {', '.join(SPARSE_KINDS)}")
+    for name in ("sink", "window"):
+        negative = [n for n in axes[name] if n < 0]
+        if negative:
+            raise UserError(f"--{name} must be >= 0, got {negative[0]}")
+    return [ShapeBucket(s, d, f, b, t, kind_, sk, w)
+            for t, d, f, b, kind_, sk, w, s in itertools.product(
+                axes["dtype"], axes["head_dim"], axes["features"], axes["bucket_size"],
+                axes["sparse"], axes["sink"], axes["window"], axes["seq_len"])]
+
+
+def too_large(shape) -> str:
+    """Why a bucket's support would be every key ("" if it is not): bucket_size, or sink
+    + window, >= seq_len (as the sweep grid drops such budgets)."""
+    if shape.bucket_size and shape.bucket_size >= shape.seq_len:
+        return "bucket_size >= seq_len"
+    if shape.sink + shape.window >= shape.seq_len:
+        return "sink + window >= seq_len"
+    return ""
 
 
 def default_cache(device: str) -> Path:

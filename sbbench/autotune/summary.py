@@ -1,4 +1,6 @@
-"""The table ``sbbench tune`` prints: one row per (target, shape bucket) tuned."""
+"""The table ``sbbench tune`` prints: one row per (target, shape bucket) tuned (a
+"support" column with the bucket kind, sink and window where a bucket has other than the
+defaults)."""
 
 from __future__ import annotations
 
@@ -25,4 +27,18 @@ def summary_table(report, within: float) -> str:
             len(outcome.result.runner_ups(within)), outcome.result.evaluated,
             len(outcome.pruned.pruned), len(outcome.result.rejected()),
         ])
-    return tabulate(rows, headers=HEADERS)
+    supports = [_support(outcome.shape) for outcome in report.outcomes]
+    if not any(supports):  # the default kind, no sink or window: the table as before
+        return tabulate(rows, headers=HEADERS)
+    at = HEADERS.index("dtype")
+    for row, support in zip(rows, supports, strict=True):
+        row.insert(at, support or "-")
+    return tabulate(rows, headers=[*HEADERS[:at], "support", *HEADERS[at:]])
+
+
+def _support(shape) -> str:
+    """The bucket kind, sink and window where they are not the defaults ("" if none)."""
+    extras = shape.extras()
+    words = [extras["sparse"]] if extras["sparse"] else []
+    words += [f"{name}={extras[name]}" for name in ("sink", "window") if extras[name]]
+    return " ".join(words)

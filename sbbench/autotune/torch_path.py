@@ -21,17 +21,20 @@ from collections.abc import Iterator
 
 import torch
 
+from sbbench.attention.centroids import draw_starts
 from sbbench.attention.core import CHUNK_ELEMENTS
 from sbbench.attention.scatterbrain import run_method
 from sbbench.autotune.evaluators import MeasuredEvaluator, output_mismatch
 from sbbench.autotune.shapes import inputs_identity
 from sbbench.core.provenance import cpu_model_name
-from sbbench.core.types import Budget, Problem
+from sbbench.core.types import SPARSE_KINDS_OF, Budget, Problem
 from sbbench.measure.calls import draw_randomness
 from sbbench.measure.inputs import make_qkv
 from sbbench.tuned import ShapeBucket, cpu_target
+from sbbench.tuned.shape import DEFAULT_SPARSE
 
-CPU_METHODS = ("scatterbrain", "lsh", "performer")
+CPU_METHODS = ("scatterbrain", "lsh", "performer", "scatterbrain_local",
+               "scatterbrain_centroids")
 CHUNK_ELEMENTS_SPACE = tuple(1 << power for power in range(16, 23))
 
 
@@ -61,19 +64,46 @@ def default_config(method: str) -> dict:
 
 
 def budget_for(method: str, shape: ShapeBucket, n_hashes: int = 1) -> Budget:
+    """The budget a case of ``method`` runs at ``shape`` (its own view, see shape_for)."""
     if method == "performer":
         return Budget("performer", n_features=shape.n_features)
+    support = dict(sink=shape.sink, window=shape.window)
     if method == "lsh":
-        return Budget("lsh", bucket_size=shape.bucket_size, n_hashes=n_hashes)
+        return Budget("lsh", bucket_size=shape.bucket_size, n_hashes=n_hashes, **support)
+    if method == "scatterbrain_local":  # fixed blocks: one round
+        n_hashes = 1
     return Budget(method, n_features=shape.n_features, bucket_size=shape.bucket_size,
-                  n_hashes=n_hashes)
+                  n_hashes=n_hashes, sparse=shape.sparse, **support)
 
 
-def shape_for(method: str, shape: ShapeBucket) -> ShapeBucket:
-    """The bucket as the method sees it (0 for sizes the method does not use)."""
-    return ShapeBucket(shape.seq_len, shape.head_dim,
-                       0 if method == "lsh" else shape.n_features,
-                       0 if method == "performer" else shape.bucket_size, shape.dtype)
+def shape_for(method: str, shape: ShapeBucket) -> ShapeBucket | None:
+    """The bucket as the method sees it (0 for sizes the method does not use; the
+    method's own bucket kind where it has one only: scatterbrain_local's "local" for the
+    default "lsh"), or None where the method cannot use the bucket's kind."""
+    if method == "performer":
+        return ShapeBucket(shape.seq_len, shape.head_dim, shape.n_features, 0, shape.dtype)
+    kinds = SPARSE_KINDS_OF[method]
+    kind = shape.sparse
+    if len(kinds) == 1 and kind == DEFAULT_SPARSE:
+        kind = kinds[0]
+    if kind not in kinds:
+        return None
+    return ShapeBucket(shape.seq_len, shape.head_dim, 0 if method == "lsh" else shape.n_features,
+                       shape.bucket_size, shape.dtype, kind, shape.sink, shape.window)
+
+
+def method_call(budget: Budget, randomness, q, *, scale: float, causal: bool) -> dict:
+    """The keyword arguments of ``run_method`` for ``budget`` with drawn ``randomness``
+    (key centroids: their start keys drawn from a generator seeded with its
+    ``centroid_seed``, as ``measure.calls.call_method`` does)."""
+    kwargs = dict(scale=scale, projections=randomness.projections, hashes=randomness.hashes,
+                  bucket_size=budget.bucket_size or None,
+                  sparse=budget.sparse if budget.bucket_size else None, causal=causal,
+                  key_padding_mask=None, sink=budget.sink, window=budget.window)
+    if randomness.centroid_seed is not None:
+        generator = torch.Generator().manual_seed(randomness.centroid_seed)
+        kwargs["centroids"] = draw_starts(budget.n_features, q, None, generator)
+    return kwargs
 
 
 @contextlib.contextmanager
@@ -93,7 +123,8 @@ class CpuCase:
 
     q, k, v: [batch, heads, seq_len, head_dim] inputs of ``make_qkv`` kind ``inputs``
     (seeded clustered ones by default; a capture must match heads and head_dim);
-    projections and hash functions drawn once from ``seed`` and shared by every candidate.
+    projections, hash functions and key centroids' start keys drawn once from ``seed``
+    and shared by every candidate. The bucket's kind, sink and window are the call's.
     """
 
     def __init__(self, method: str, shape: ShapeBucket, *, batch: int = 1, heads: int = 4,
@@ -105,6 +136,9 @@ class CpuCase:
         if method not in CPU_METHODS:
             raise ValueError(f"method must be one of {', '.join(CPU_METHODS)}, got {method!r}")
         self.method, self.shape = method, shape_for(method, shape)
+        if self.shape is None:
+            raise ValueError(f"{method} takes {' or '.join(SPARSE_KINDS_OF[method])} "
+                             f"buckets, not {shape.sparse}")
         self.axes = {"threads": threads or thread_counts(),
                      "chunk_elements": chunk_elements or CHUNK_ELEMENTS_SPACE}
         self.target = cpu_target(method)
@@ -118,10 +152,11 @@ class CpuCase:
                         "inputs": inputs_identity(inputs), "causal": causal,
                         "warmup_ms": warmup_ms, "rep_ms": rep_ms, "min_samples": min_samples}
         self.q, self.k, self.v = make_qkv(self.problem, seed=seed, kind=inputs)
-        randomness = draw_randomness(self.budget, shape.head_dim,
-                                     torch.Generator().manual_seed(seed))
-        self.projections, self.hashes = randomness.projections, randomness.hashes
+        self.randomness = randomness = draw_randomness(self.budget, shape.head_dim,
+                                                       torch.Generator().manual_seed(seed))
         self.scale = shape.head_dim ** -0.5
+        self.kwargs = method_call(self.budget, randomness, self.q, scale=self.scale,
+                                  causal=causal)
         with torch.inference_mode():
             self.ref64 = self.call(None, dtype=torch.float64)()
             with torch_threads(None):
@@ -136,11 +171,7 @@ class CpuCase:
         """Zero-argument closure: the method on the case's inputs (inference mode)."""
         q, k, v = ((t.to(dtype) for t in (self.q, self.k, self.v)) if dtype
                    else (self.q, self.k, self.v))
-        b = self.budget
-        kwargs = dict(scale=self.scale, projections=self.projections, hashes=self.hashes,
-                      bucket_size=b.bucket_size or None,
-                      sparse="lsh" if b.bucket_size else None, causal=self.causal,
-                      key_padding_mask=None, impl={"chunk_elements": chunk_elements})
+        kwargs = dict(self.kwargs, impl={"chunk_elements": chunk_elements})
 
         def run():
             with torch.inference_mode():

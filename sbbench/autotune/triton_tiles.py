@@ -21,7 +21,7 @@ from pathlib import Path
 from sbbench.autotune.cache import TuneCache, cache_key
 from sbbench.autotune.evaluators import MeasuredEvaluator, SimulatedEvaluator, output_mismatch
 from sbbench.autotune.pruning import keep_check, resource_check
-from sbbench.autotune.shapes import inputs_identity
+from sbbench.autotune.shapes import inputs_identity, too_large
 from sbbench.autotune.strategies import config_key
 from sbbench.core.errors import UserError
 from sbbench.core.types import Budget, Problem
@@ -34,8 +34,11 @@ KERNEL_CALLS = {
     "sparse": ("scatterbrain", False),
     "lowrank_apply": ("performer", False),
     "lowrank_causal": ("performer", True),
+    "fixed": ("scatterbrain", False),  # sink / window keys: buckets with sink or window
 }
-DEFAULT_KERNELS = ("feature_stats", "lowrank_state", "sparse", "lowrank_apply")
+# "all": the fixed kernel only for buckets with sink or window > 0 (it runs only there)
+DEFAULT_KERNELS = ("feature_stats", "lowrank_state", "sparse", "lowrank_apply", "fixed")
+SUPPORT_KERNELS = ("fixed",)  # kernels that run only with sink or window > 0
 
 
 def kernel_specs() -> dict:
@@ -59,6 +62,22 @@ def device_limits(spec):
     return DeviceLimits(arch=arch, shared_bytes=spec.smem_per_block_bytes,
                         registers_per_thread=spec.max_registers_per_thread,
                         registers_per_sm=spec.registers_per_sm)
+
+
+def kernel_bucket(method: str, shape: ShapeBucket) -> ShapeBucket:
+    """The bucket as the forward of ``method`` sees it: performer has no buckets, sink or
+    window; the others keep the bucket's kind, sink and window."""
+    if method == "performer":
+        return ShapeBucket(shape.seq_len, shape.head_dim, shape.n_features, 0, shape.dtype)
+    return shape
+
+
+def kernel_budget(method: str, shape: ShapeBucket) -> Budget:
+    """The budget of the forward that times a kernel at ``shape`` (one hash round)."""
+    if method == "performer":
+        return Budget("performer", n_features=shape.n_features)
+    return Budget(method, n_features=shape.n_features, bucket_size=shape.bucket_size,
+                  n_hashes=1, sparse=shape.sparse, sink=shape.sink, window=shape.window)
 
 
 def kernel_shape(shape: ShapeBucket, n_hashes: int = 1):
@@ -120,11 +139,11 @@ class GpuCase:
                  code_version: str = "", progress=None, simulated_from: str = "",
                  torch_device: str = "cuda"):
         method, causal = KERNEL_CALLS[kernel]
+        if method == "scatterbrain" and shape.sparse == "local":
+            method = "scatterbrain_local"  # fixed blocks: the forward of that method
         self.kernel, self.method, self.causal = kernel, method, causal
         self.target = kernel
-        self.shape = ShapeBucket(shape.seq_len, shape.head_dim, shape.n_features,
-                                 0 if method == "performer" else shape.bucket_size,
-                                 shape.dtype)
+        self.shape = kernel_bucket(method, shape)
         self.device_spec, self.kernel_spec = device_spec, kernel_spec
         self.batch, self.heads, self.seed, self.inputs = batch, heads, seed, inputs
         self.timing = dict(warmup_ms=warmup_ms, rep_ms=rep_ms, min_samples=min_samples)
@@ -204,7 +223,7 @@ class GpuCase:
     def _measured_evaluator(self) -> MeasuredEvaluator:
         import torch
 
-        from sbbench.attention.core import attend
+        from sbbench.attention.core import attend, kmeans_buckets
         from sbbench.kernels import scatterbrain_forward
         from sbbench.measure.calls import draw_randomness
         from sbbench.measure.inputs import make_qkv
@@ -217,25 +236,28 @@ class GpuCase:
         problem = Problem(shape.seq_len, shape.head_dim, batch=self.batch, heads=self.heads,
                           dtype=shape.dtype, causal=self.causal)
         q, k, v = make_qkv(problem, seed=self.seed, kind=self.inputs, device=device)
-        budget = (Budget("performer", n_features=shape.n_features) if self.method == "performer"
-                  else Budget("scatterbrain", n_features=shape.n_features,
-                              bucket_size=shape.bucket_size, n_hashes=1))
+        budget = kernel_budget(self.method, shape)
         randomness = draw_randomness(budget, shape.head_dim,
                                      torch.Generator().manual_seed(self.seed), device=device)
         common = dict(scale=1.0 / math.sqrt(shape.head_dim),
                       projections=randomness.projections, hashes=randomness.hashes,
                       bucket_size=budget.bucket_size or None,
-                      sparse="lsh" if budget.bucket_size else None, causal=self.causal,
-                      key_padding_mask=None)
+                      sparse=budget.sparse if budget.bucket_size else None, causal=self.causal,
+                      key_padding_mask=None, sink=budget.sink, window=budget.window)
         with torch.inference_mode():
             ref64 = attend(q.double(), k.double(), v.double(), **common)
-            ref_default = scatterbrain_forward(q, k, v, **common)
+            # k-means key sets: the library's, computed once (the kernels take them)
+            orders = (kmeans_buckets(q, k, common["hashes"], budget.bucket_size, self.causal,
+                                     None, scale=common["scale"], sink=budget.sink,
+                                     window=budget.window)
+                      if budget.sparse == "kmeans" and budget.bucket_size else None)
+            ref_default = scatterbrain_forward(q, k, v, orders=orders, **common)
 
         def build(config: dict):
             def run():
                 with torch.inference_mode():
                     return scatterbrain_forward(q, k, v, configs={self.kernel: config},
-                                                **common)
+                                                orders=orders, **common)
             return run
 
         return MeasuredEvaluator(
@@ -261,6 +283,10 @@ def gpu_cases(request, *, cache: TuneCache | None = None, code_version: str = ""
             skipped.append(f"{shape.label}: the kernels take float32/float16/bfloat16")
             continue
         for name in names:
+            if name in SUPPORT_KERNELS and not (shape.sink or shape.window):
+                if name in request.kernels:  # asked for by name: say why not here
+                    skipped.append(f"{name} {shape.label}: runs only with sink or window > 0")
+                continue
             case = GpuCase(name, shape, request.device, kernel_spec=specs[name],
                            batch=request.batch, heads=request.heads, seed=request.seed,
                            inputs=request.inputs,
@@ -269,8 +295,9 @@ def gpu_cases(request, *, cache: TuneCache | None = None, code_version: str = ""
                            static=request.static, static_cache=cache, jobs=request.jobs,
                            code_version=code_version, progress=progress,
                            simulated_from=str(request.simulate or ""))
-            if case.shape.bucket_size and case.shape.bucket_size >= case.shape.seq_len:
-                skipped.append(f"{name} {case.shape.label}: bucket_size >= seq_len")
+            why = too_large(case.shape)
+            if why:
+                skipped.append(f"{name} {case.shape.label}: {why}")
                 continue
             if (name, case.shape) in seen:
                 continue

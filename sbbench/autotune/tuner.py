@@ -33,6 +33,7 @@ from sbbench.autotune.strategies import (
     halving_schedule,
 )
 from sbbench.measure.timing import quantile
+from sbbench.tuned import ShapeBucket
 
 RUNNER_UP_WITHIN = 0.03  # runner-ups: within 3% of the best median
 MAX_LISTED = 50  # pruned / rejected configs listed in the file per bucket (all are counted)
@@ -155,13 +156,10 @@ def tune_case(case, *, strategy: str = "exhaustive", options: TuneOptions | None
 def merge_target(existing: dict | None, default: dict, entries: list[dict]) -> dict:
     """``kernels.<target>`` with ``entries`` replacing the same shapes in ``existing`` and
     the other shapes kept, sorted by shape."""
-    buckets = {}
-    for entry in (existing or {}).get("buckets") or []:
-        buckets[config_key(entry["shape"])] = entry
-    for entry in entries:
-        buckets[config_key(entry["shape"])] = entry
-    order = sorted(buckets.values(), key=lambda e: (e["shape"]["dtype"], e["shape"]["head_dim"],
-                                                    e["shape"]["n_features"],
-                                                    e["shape"]["bucket_size"],
-                                                    e["shape"]["seq_len"]))
+    buckets = {}  # by bucket: a shape written with its defaults spelled out is the same one
+    for entry in [*((existing or {}).get("buckets") or []), *entries]:
+        buckets[ShapeBucket(**entry["shape"])] = entry
+    order = [buckets[shape] for shape in sorted(buckets, key=lambda b: (
+        b.dtype, b.head_dim, b.n_features, b.bucket_size, b.sparse, b.sink, b.window,
+        b.seq_len))]
     return {"default": dict(default), "buckets": order}

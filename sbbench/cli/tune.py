@@ -30,10 +30,11 @@ from sbbench.core.errors import UserError
 
 _DESCRIPTION = """\
 Tune the settings that change speed but never the result, per shape bucket (sequence
-length, head dimension, random features, bucket size, dtype), and write the best config
-with its runner-ups, times and counts to <out-dir>/<device>.yaml ($SBBENCH_TUNING_DIR when
-set, else ./sbbench-tuning; other sections of that file, e.g. the budgets `sbbench select`
-writes, are kept). Run with SBBENCH_TUNING_DIR=./sbbench-tuning to use it.
+length, head dimension, random features, bucket size, dtype, and the sparse part's
+bucket kind, sink and window keys), and write the best config with its runner-ups,
+times and counts to <out-dir>/<device>.yaml ($SBBENCH_TUNING_DIR when set, else
+./sbbench-tuning; other sections of that file, e.g. the budgets `sbbench select` writes,
+are kept). Run with SBBENCH_TUNING_DIR=./sbbench-tuning to use it.
 
 On a GPU: the Triton kernels' tile sizes. Each kernel's search space is pruned
 statically first (compiled for the device's architecture without running; configs over
@@ -41,7 +42,8 @@ the shared-memory or register limits, or that spill, are dropped with the reason
 a strategy times the rest with sbbench's timing wrapper; a config whose output differs
 from the reference beyond the tolerance is rejected with the reason.
 On the CPU (--gpu cpu): the torch path's chunk size of the sparse loop (chunk_elements)
-and the thread count, for scatterbrain, lsh and performer, measured on this machine.
+and the thread count, for scatterbrain, lsh and performer (and, when asked with
+--methods, scatterbrain_local and scatterbrain_centroids), measured on this machine.
 
 Evaluations are cached in a JSON-lines file: an interrupted tune resumes, and running
 the same command again measures nothing new (a changed checkout measures again)."""
@@ -53,6 +55,9 @@ examples:
   {TUNING_ENV}=./{DEFAULT_TUNING} python my_model.py
       ... and ScatterbrainAttention.from_tuned reads it
   sbbench tune --gpu cpu --seq-len 2048 --methods scatterbrain --strategy successive_halving
+  sbbench tune --gpu cpu --methods scatterbrain --sparse kmeans --sink 4 --window 60
+      buckets of k-means clusters plus 4 sink and 60 window keys (what config="tuned"
+      picks for a call with sparse="kmeans", sink=4, window=60)
   sbbench tune --gpu cpu --inputs qkv:minilm --seq-len 256,512
       on the shipped MiniLM capture's Q/K/V (72 heads of 32, 512 tokens)
   sbbench tune --gpu h100-sxm --kernels all --strategy random --max-evals 30
@@ -88,6 +93,18 @@ def register(subparsers) -> None:
                         help=f"bucket sizes ({_axis_default('bucket_size')})")
     shapes.add_argument("--dtype", metavar="T,..", type=name_list(),
                         help=f"dtypes ({_axis_default('dtype')})")
+    shapes.add_argument("--sparse", metavar="KIND,..", type=name_list(),
+                        help="bucket kinds of the sparse part: lsh (hash buckets), kmeans "
+                             "(query clusters; scatterbrain, scatterbrain_centroids), "
+                             "local (blocks; scatterbrain_local takes only these, and "
+                             "gets them for lsh) (default lsh)")
+    shapes.add_argument("--sink", metavar="N,..", type=int_list(0),
+                        help="first keys every query also attends to, e.g. 0,4 (default 0; "
+                             "GPU: a bucket with sink or window > 0 also tunes the fixed "
+                             "kernel)")
+    shapes.add_argument("--window", metavar="N,..", type=int_list(0),
+                        help="nearest keys every query also attends to, e.g. 0,64 (default "
+                             "0); buckets with sink + window >= seq_len are skipped")
     shapes.add_argument("--batch", type=positive_int, default=1,
                         help="batch of the tuned calls (1)")
     shapes.add_argument("--heads", type=positive_int,
@@ -102,7 +119,8 @@ def register(subparsers) -> None:
     what = parser.add_argument_group("what to tune")
     what.add_argument("--methods", default=("scatterbrain", "lsh", "performer"),
                       metavar="M,..", type=name_list(),
-                      help="CPU: torch-path methods (default: scatterbrain,lsh,performer)")
+                      help="CPU: torch-path methods (default: scatterbrain,lsh,performer; "
+                           "also scatterbrain_local, scatterbrain_centroids)")
     what.add_argument("--kernels", default=("all",), metavar="K,..", type=name_list(),
                       help="GPU: kernel names, or all (default: all)")
     what.add_argument("--threads", metavar="N,..", type=int_list(),
@@ -192,7 +210,8 @@ def build_request(args, spec):
                   "forward (lowrank_causal causal, the others not)")
     shapes = shape_buckets(kind, seq_len=inputs.seq_len, head_dim=inputs.head_dim,
                            features=args.features, bucket_size=args.bucket_size,
-                           dtype=args.dtype)
+                           dtype=args.dtype, sparse=args.sparse, sink=args.sink,
+                           window=args.window)
     cache = None if args.no_cache else Path(args.cache or default_cache(spec.name))
     return TuneRequest(
         device=spec, shapes=shapes, methods=args.methods, kernels=args.kernels,

@@ -1,8 +1,9 @@
 """Tuned tables: read, validate, write and look up ``tuning_configs/<device>.yaml``.
 
-schema.py: the value types and validation; files.py: the folder, loading and writing;
-lookup.py: the run-time lookups (exact shape bucket -> nearest -> default); facade.py:
-what ``config="tuned"`` and ``ScatterbrainAttention.from_tuned`` receive.
+shape.py: the shape bucket; schema.py: the value types and validation; files.py: the
+folder, loading and writing; lookup.py: the run-time lookups (exact shape bucket ->
+nearest -> default); facade.py: what ``config="tuned"`` and
+``ScatterbrainAttention.from_tuned`` receive.
 """
 
 from sbbench.tuned.files import (

@@ -4,7 +4,8 @@ The math layer asks through ``sbbench.attention.settings`` (the package root reg
 :func:`resolve` as the "tuned" resolver); this module answers with the budget and the
 implementation settings of :func:`sbbench.tuned.lookup.tuned_choice` (with the budget's
 ``lowrank``: "centroids" for a scatterbrain_centroids budget), or, where no budget meets
-the target, the reason in words.
+the target, the reason in words. A call that gives its own sizes gets the settings of
+its own bucket (its bucket kind, sink and window included), not the table budget's.
 """
 
 from __future__ import annotations
@@ -13,13 +14,22 @@ from sbbench.attention.settings import ConfigRequest, ResolvedConfig
 from sbbench.core.types import budget_label
 from sbbench.tuned.files import load
 from sbbench.tuned.lookup import tuned_choice
+from sbbench.tuned.shape import ShapeBucket
 
 
 def resolve(request: ConfigRequest) -> ResolvedConfig:
     """Budget and implementation settings for ``request`` from its device's table."""
+    shape = None
+    if request.n_features is not None and request.bucket_size is not None:
+        try:
+            shape = ShapeBucket(request.seq_len, request.head_dim, request.n_features,
+                                request.bucket_size, request.dtype, request.sparse or "",
+                                request.sink, request.window)
+        except ValueError:  # an invalid bucket kind: the call's own checks say so
+            shape = None
     choice = tuned_choice(request.device, seq_len=request.seq_len, head_dim=request.head_dim,
                           max_error=request.max_error, dtype=request.dtype,
-                          causal=request.causal, method=request.method)
+                          causal=request.causal, method=request.method, shape=shape)
     impl = {"kernels": choice.kernel_configs,
             "chunk_elements": choice.cpu_config.get("chunk_elements"),
             "num_threads": choice.cpu_config.get("num_threads")}

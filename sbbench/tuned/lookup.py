@@ -96,15 +96,20 @@ class TunedChoice:
 
 def tuned_choice(device: str, *, seq_len: int, head_dim: int, max_error: float,
                  dtype: str = "float32", causal: bool = False, method: str | None = None,
-                 folder: Path | str | None = None) -> TunedChoice:
+                 folder: Path | str | None = None,
+                 shape: ShapeBucket | None = None) -> TunedChoice:
     """The budget meeting ``max_error`` and the implementation settings for a call of
     [*, *, seq_len, head_dim] in ``dtype`` on ``device`` ("auto", a profile or alias),
-    each by the lookup order exact shape bucket -> nearest -> default."""
+    each by the lookup order exact shape bucket -> nearest -> default. The settings are
+    for ``shape`` (a call's own bucket) when given, else for the budget found."""
     table = load(device, folder=folder)
     budget = lookup_budget(table.device, seq_len, head_dim, max_error, method=method,
                            dtype=dtype, causal=causal, folder=folder)
     problem = Problem(seq_len, head_dim, dtype=dtype)
-    shape = ShapeBucket.of(problem, budget if budget and budget.method != "exact" else None)
+    own = shape is not None  # the call's own budget: its method's torch path
+    if shape is None:
+        shape = ShapeBucket.of(problem, budget if budget and budget.method != "exact"
+                               else None)
     kernel_configs, sources = {}, {}
     for name in table.targets:
         if name.startswith(CPU_TARGET_PREFIX):
@@ -112,6 +117,8 @@ def tuned_choice(device: str, *, seq_len: int, head_dim: int, max_error: float,
         match = table.lookup(name, shape, kernel_default(name))
         kernel_configs[name], sources[name] = match.config, match.source
     cpu_method = budget.method if budget and budget.method != "exact" else "scatterbrain"
+    if own and method is not None:
+        cpu_method = method
     cpu = table.lookup(cpu_target(cpu_method), shape, cpu_default(cpu_method))
     sources["cpu"] = cpu.source
     return TunedChoice(table.device, budget, kernel_configs, cpu.config, sources)

@@ -14,18 +14,18 @@ Config values are ints (tile sizes, warps, stages, chunk elements, threads) or n
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sbbench.core.errors import UserError
-from sbbench.core.types import DTYPES, METHODS, Budget, Problem
+from sbbench.core.types import DTYPES, METHODS, Budget
+from sbbench.tuned.shape import SHAPE_KEYS, SHAPE_OPTIONAL, SPARSE_KINDS, ShapeBucket
 
 SCHEMA_VERSION = 1
 SECTIONS = ("kernels", "budgets")
 TOP_KEYS = ("schema_version", "device", *SECTIONS, "metadata")
 CPU_TARGET_PREFIX = "torch:"  # kernels.<target> of the torch/CPU path: torch:<method>
 
-SHAPE_KEYS = ("seq_len", "head_dim", "n_features", "bucket_size", "dtype")
 _BUCKET_REQUIRED = ("shape", "best", "time_ms")
 _BUCKET_OPTIONAL = ("p20_ms", "p80_ms", "n_samples", "default_time_ms", "runner_ups",
                     "date", "strategy", "evaluated", "pruned", "rejected", "pruned_configs",
@@ -42,46 +42,6 @@ _BUDGET_OPTIONAL = ("sparse", "sink", "window", "dtype", "causal", "batch", "hea
 
 class TuningFileError(UserError):
     """A tuning file breaks the schema; the message names the file and the key path."""
-
-
-# ---------------------------------------------------------------------------------------
-# Shape buckets
-# ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, order=True)
-class ShapeBucket:
-    """The shape a tuned config is for. ``n_features`` / ``bucket_size`` are 0 for a
-    method without a low-rank / sparse part."""
-
-    seq_len: int
-    head_dim: int
-    n_features: int = 0
-    bucket_size: int = 0
-    dtype: str = "float32"
-
-    @classmethod
-    def of(cls, problem: Problem, budget: Budget | None = None) -> ShapeBucket:
-        """The bucket of one call: the problem's shape and the budget's sizes."""
-        return cls(problem.seq_len, problem.head_dim,
-                   budget.n_features if budget else 0,
-                   budget.bucket_size if budget else 0, problem.dtype)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def label(self) -> str:
-        return (f"seq_len={self.seq_len} head_dim={self.head_dim} "
-                f"n_features={self.n_features} bucket_size={self.bucket_size} {self.dtype}")
-
-    def distance(self, other: ShapeBucket) -> float:
-        """How far apart two buckets are: summed |log2 ratio| of the sizes, plus a large
-        penalty for another dtype (a config of another dtype is a last resort)."""
-        total = 0.0 if self.dtype == other.dtype else 1000.0
-        for name in ("seq_len", "head_dim", "n_features", "bucket_size"):
-            a, b = getattr(self, name), getattr(other, name)
-            total += abs(math.log2(max(a, 1)) - math.log2(max(b, 1)))
-        return total
 
 
 # ---------------------------------------------------------------------------------------
@@ -262,16 +222,22 @@ def _config(source, key, value) -> dict:
 
 def _shape(source, key, value) -> ShapeBucket:
     value = _mapping(source, key, value)
-    _keys(source, key, value, SHAPE_KEYS)
+    _keys(source, key, value, SHAPE_KEYS, SHAPE_OPTIONAL)
     dtype = value["dtype"]
     if dtype not in DTYPES:
         _fail(source, f"{key}.dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    sparse = value.get("sparse") or ""  # absent / "" / null: the default kind
+    if sparse and sparse not in SPARSE_KINDS:
+        _fail(source, f"{key}.sparse", f"must be one of {', '.join(SPARSE_KINDS)}, got "
+                                       f"{sparse!r}")
     return ShapeBucket(
         _int(source, f"{key}.seq_len", value["seq_len"]),
         _int(source, f"{key}.head_dim", value["head_dim"]),
         _int(source, f"{key}.n_features", value["n_features"], minimum=0),
         _int(source, f"{key}.bucket_size", value["bucket_size"], minimum=0),
-        dtype,
+        dtype, sparse,
+        _int(source, f"{key}.sink", value.get("sink", 0), minimum=0),
+        _int(source, f"{key}.window", value.get("window", 0), minimum=0),
     )
 
 
