@@ -137,7 +137,8 @@ def run_e2e_command(args) -> int:
     if rows[0]["decoder"] and later:
         print(f"sbbench e2e: note: {', '.join(later)} choose keys (or centroids) from the "
               "whole text, so a position's output also depends on later tokens: their loss "
-              "may be optimistic (benchmarks/causal_leak.py, reports/supports/README.md)")
+              "may differ from a leak-free one (benchmarks/leak_loss.py, "
+              "reports/e2e/README.md)")
     if store is not None:
         import hashlib
 

@@ -130,7 +130,8 @@ class Budget:
         sequence (hash buckets sort every position, k-means clusters group every query)
         or the low-rank part averages every key (centroids): fine for measuring attention
         over a given prefill, a channel from later tokens in a next-token loss
-        (benchmarks/causal_leak.py measures how large; reports/supports)."""
+        (benchmarks/causal_leak.py measures how large, benchmarks/leak_loss.py its effect
+        on the loss; reports/supports, reports/e2e)."""
         return not (self.draws_hashes or self.method in CENTROID_METHODS)
 
     @property

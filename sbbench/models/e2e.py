@@ -104,22 +104,30 @@ def _replaced(budget: Budget, seed: int, backend: str, seen: dict):
     return handler
 
 
-def next_token_loss(loaded: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor) -> float:
-    """Mean cross-entropy of predicting token t + 1 from position t: the model's head
-    applied to ``hidden`` [1, seq, width] in chunks (the logits are vocabulary wide)."""
+def token_losses(loaded: LoadedModel, hidden: torch.Tensor,
+                 targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of predicting ``targets[0, i]`` from ``hidden[0, i]`` for every i
+    (float64, [seq]): the model's head (and its final logit soft-capping) applied to
+    ``hidden`` [1, seq, width] in chunks (the logits are vocabulary wide)."""
     head = loaded.model.get_output_embeddings()
     cap = getattr(loaded.model.config, "final_logit_softcapping", None)
-    total, count = 0.0, 0
+    out = []
     with torch.no_grad():
-        for start in range(0, hidden.shape[1] - 1, LOSS_CHUNK):
-            stop = min(start + LOSS_CHUNK, hidden.shape[1] - 1)
+        for start in range(0, hidden.shape[1], LOSS_CHUNK):
+            stop = min(start + LOSS_CHUNK, hidden.shape[1])
             logits = head(hidden[:, start:stop]).double()
             if cap:
                 logits = torch.tanh(logits / cap) * cap
-            total += float(torch.nn.functional.cross_entropy(
-                logits.flatten(0, 1), ids[:, start + 1:stop + 1].flatten(), reduction="sum"))
-            count += stop - start
-    return total / max(count, 1)
+            out.append(torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1), targets[:, start:stop].flatten(), reduction="none"))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def next_token_loss(loaded: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor) -> float:
+    """Mean cross-entropy of predicting token t + 1 from position t over the sequence
+    (``token_losses`` of ``hidden`` [1, seq, width] against ``ids`` shifted by one)."""
+    losses = token_losses(loaded, hidden[:, :-1], ids[:, 1:])
+    return float(losses.sum()) / max(losses.numel(), 1)
 
 
 def run_e2e(loaded: LoadedModel, text: str, budgets: list[Budget], *, seed: int = 0,

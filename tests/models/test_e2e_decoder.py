@@ -11,7 +11,13 @@ import torch
 transformers = pytest.importorskip("transformers", reason="the models extra is not installed")
 
 from sbbench.core.types import Budget  # noqa: E402
-from sbbench.models.e2e import e2e_records, is_decoder, next_token_loss, run_e2e  # noqa: E402
+from sbbench.models.e2e import (  # noqa: E402
+    e2e_records,
+    is_decoder,
+    next_token_loss,
+    run_e2e,
+    token_losses,
+)
 from sbbench.models.loading import LoadedModel  # noqa: E402
 
 TOKENS = 40
@@ -51,6 +57,20 @@ def test_next_token_loss_is_the_models_own(toy):
         hidden = toy.model.base_model(input_ids=ids).last_hidden_state
     assert is_decoder(toy)
     assert next_token_loss(toy, hidden, ids) == pytest.approx(float(own.loss), rel=1e-5)
+
+
+def test_token_losses_are_the_per_position_cross_entropy(toy):
+    ids = ByteTokenizer()(TEXT, truncation=True, max_length=TOKENS)["input_ids"]
+    with torch.no_grad():
+        logits = toy.model(input_ids=ids).logits[0, :-1].double()
+        hidden = toy.model.base_model(input_ids=ids).last_hidden_state
+    own = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+    losses = token_losses(toy, hidden[:, :-1], ids[:, 1:])
+    assert losses.shape == (TOKENS - 1,) and losses.dtype == torch.float64
+    torch.testing.assert_close(losses, own, rtol=1e-5, atol=1e-6)
+    assert float(losses.mean()) == pytest.approx(next_token_loss(toy, hidden, ids), rel=1e-12)
+    picked = token_losses(toy, hidden[:, [3, 17]], ids[:, [4, 18]])  # any positions
+    torch.testing.assert_close(picked, own[[3, 17]], rtol=1e-5, atol=1e-6)
 
 
 def test_decoder_rows_replace_only_the_global_layer(toy):
