@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from sbbench.study.accuracy import run_study
-    from sbbench.study.report import write_outputs
+    from sbbench.study.report import machine_info, write_outputs
 
     config = build_config(args)
     threads = args.threads
@@ -201,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         raise UserError(f"cannot write to --out {args.out}: {err.strerror or err}") from None
     torch.set_num_threads(threads)
+    machine = machine_info()  # the checkout as it measured, before the report lands in it
     command = command_line(config, args.out, threads)
     started = time.perf_counter()
 
@@ -212,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     progress(f"{settings} settings (kind x temperature x seed), seq {config.seq_len}, "
              f"budget {config.budget}; writing to {out}")
     result = run_study(config, progress=progress)
-    paths = write_outputs(result, out, command=command)
+    paths = write_outputs(result, out, command=command, machine=machine)
     ratios = result.ratios
     supports = [name for name in config.support_budgets() if f"{name}_ratio" in ratios]
     for _, r in ratios.iterrows():

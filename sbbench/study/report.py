@@ -233,7 +233,9 @@ def write_outputs(result: StudyResult, out_dir: str | Path, *, command: str,
     """Write every file of ``FILES`` into ``out_dir`` (created); returns {key: path}.
 
     ``date`` and ``machine`` default to now and this machine (given when re-rendering a
-    stored run with :func:`load_result`)."""
+    stored run with :func:`load_result`, or taken when the run started)."""
+    date = date or now_utc()
+    machine = machine or machine_info()  # before writing: the files may be tracked ones
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {key: out / name for key, name in FILES.items()}
@@ -242,8 +244,6 @@ def write_outputs(result: StudyResult, out_dir: str | Path, *, command: str,
     result.ratios.to_csv(paths["ratios"], index=False)
     result.sweep.to_csv(paths["sweep"], index=False)
     result.splits.to_csv(paths["splits"], index=False)
-    date = date or now_utc()
-    machine = machine or machine_info()
     paths["meta"].write_text(json.dumps({
         "command": command, "date": date, "machine": machine,
         "config": asdict(result.config), "elapsed_s": result.elapsed_s,

@@ -48,7 +48,9 @@ def regime_ratios(raw: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     attn, outp, unnorm = (_pivot(main, c) for c in ("attn_error", "output_error",
                                                     "unnorm_error"))
     table = pd.DataFrame(index=attn.index)
-    table["entropy"] = summary.groupby(["kind", "temperature"], sort=False)["entropy"].mean()
+    # the support rows left out: their count would move the mean's last bit
+    table["entropy"] = summary[~summary["method"].isin(SUPPORTS)].groupby(
+        ["kind", "temperature"], sort=False)["entropy"].mean()
     for method in METHODS:
         table[method] = attn[method]
     table["best_baseline"] = attn[list(BASELINES)].idxmin(axis=1)

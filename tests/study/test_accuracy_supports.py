@@ -92,8 +92,9 @@ def test_headline_rows_do_not_depend_on_the_support_rows(result):
     without = run_study(StudyConfig(**{**CONFIG.__dict__, "supports": False}))
     assert not without.raw["method"].isin(SUPPORTS).any()
     main_rows = result.raw[~result.raw["method"].isin(SUPPORTS)].reset_index(drop=True)
-    pd.testing.assert_frame_equal(main_rows, without.raw)
-    pd.testing.assert_frame_equal(result.ratios[without.ratios.columns], without.ratios)
+    pd.testing.assert_frame_equal(main_rows, without.raw, check_exact=True)
+    pd.testing.assert_frame_equal(result.ratios[without.ratios.columns], without.ratios,
+                                  check_exact=True)
 
 
 def test_summary_sentences_come_from_the_rows(result, tmp_path):
