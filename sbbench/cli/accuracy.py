@@ -27,7 +27,11 @@ to near one-hot attention, and report the relative Frobenius error of Performer 
 low-rank), LSH (all sparse) and Scatterbrain (split) against exact float64 attention at
 one attention-memory budget per query, with oracles at the same budget, the share of
 attention mass the hash buckets catch, the ratio Scatterbrain / better baseline per
-regime, and the best split of the budget where Scatterbrain loses. Writes a report
+regime, and the best split of the budget where Scatterbrain loses. Two more rows per
+regime at the same budget (on by default, off with --no-supports): the better supports,
+"scatterbrain_kmeans" (no low-rank part; query k-means clusters of budget/2 keys + sink 4
++ window, exact softmax over them) and "scatterbrain_centroids" (budget/4 key centroids +
+such a support); they need --budget >= 11 and are skipped below. Writes a report
 (README.md), markdown tables, CSV files and a plot into --out.
 
 With --inputs qkv:minilm or qkv:FILE[#layer=N] the study runs on Q/K/V captured from a
@@ -85,6 +89,8 @@ def register(subparsers) -> None:
                         help="skip the oracle approximations")
     parser.add_argument("--no-split-sweep", action="store_true",
                         help="skip the split sweep where Scatterbrain loses")
+    parser.add_argument("--no-supports", action="store_true",
+                        help="skip the k-means and key-centroid support rows")
     parser.add_argument("--threads", metavar="N", default=1, type=positive_int,
                         help="torch CPU threads (default 1: fastest on a shared machine; "
                              "results change only by rounding)")
@@ -118,6 +124,7 @@ def build_config(args: argparse.Namespace):
         kinds=args.kinds, n_clusters=args.clusters,
         oracles=False if args.no_oracles else None,
         split_sweep=False if args.no_split_sweep else None,
+        supports=False if args.no_supports else None,
     )
     try:
         return with_overrides(base, **changes)
@@ -171,6 +178,8 @@ def command_line(config, out: str, threads: int) -> str:
         parts.append("--no-oracles")
     if not config.split_sweep:
         parts.append("--no-split-sweep")
+    if not config.supports:
+        parts.append("--no-supports")
     parts.append(f"--threads {threads}")
     return " ".join(parts)
 
@@ -179,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from sbbench.study.accuracy import run_study
-    from sbbench.study.report import write_outputs
+    from sbbench.study.report import machine_info, write_outputs
 
     config = build_config(args)
     threads = args.threads
@@ -192,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         raise UserError(f"cannot write to --out {args.out}: {err.strerror or err}") from None
     torch.set_num_threads(threads)
+    machine = machine_info()  # the checkout as it measured, before the report lands in it
     command = command_line(config, args.out, threads)
     started = time.perf_counter()
 
@@ -203,11 +213,14 @@ def run(args: argparse.Namespace) -> int:
     progress(f"{settings} settings (kind x temperature x seed), seq {config.seq_len}, "
              f"budget {config.budget}; writing to {out}")
     result = run_study(config, progress=progress)
-    paths = write_outputs(result, out, command=command)
+    paths = write_outputs(result, out, command=command, machine=machine)
     ratios = result.ratios
+    supports = [name for name in config.support_budgets() if f"{name}_ratio" in ratios]
     for _, r in ratios.iterrows():
         print(f"{r['kind']:>9}  T={r['temperature']:<5g} entropy {r['entropy']:5.2f}  "
-              f"scatterbrain / {r['best_baseline']:<9} = {r['ratio']:.2f}")
+              f"scatterbrain / {r['best_baseline']:<9} = {r['ratio']:.2f}"
+              + "".join(f"  {name.removeprefix('scatterbrain_')} {r[f'{name}_ratio']:.2f}"
+                        for name in supports))
     print(f"report: {paths['report']}  (tables {paths['markdown'].name}, "
           f"{paths['summary'].name}; plot {paths['plot'].name})")
     return 0

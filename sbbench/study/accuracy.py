@@ -5,7 +5,9 @@ attention, and measure, at one attention-memory budget per query, how far Perfor
 low-rank), LSH (all sparse) and Scatterbrain (split) are from exact attention (float64):
 relative Frobenius error of the normalised attention matrix, of the unnormalised estimate
 of ``exp(tau q k^T)`` and of the output, per head, averaged over heads, over several
-seeds. Next to them: oracles at the same budget (what the budget allows), the share of
+seeds. Next to them: the better supports at the same budget (Scatterbrain with query
+k-means clusters + sink + window and no low-rank part, and with key centroids in place
+of part of that support), oracles at the same budget (what the budget allows), the share of
 attention mass the hash buckets catch against top-k with the same count, the ratio
 Scatterbrain / better baseline per regime, and, where Scatterbrain loses, a sweep of the
 split of the same budget between features and buckets (and hash rounds).
@@ -37,6 +39,7 @@ from sbbench.measure.accuracy import (
 from sbbench.measure.calls import call_method, draw_randomness, split_budget
 from sbbench.measure.inputs import KINDS, is_capture_kind, make_qkv
 from sbbench.study.oracle import oracle_approximations
+from sbbench.study.supports import SUPPORT_MIN_BUDGET, SUPPORTS, support_budget, support_label
 
 BASELINES = ("performer", "lsh")
 METHODS = (*BASELINES, "scatterbrain")
@@ -72,6 +75,7 @@ class StudyConfig:
     split_sweep: bool = True
     split_shares: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75, 0.875)
     split_hashes: tuple[int, ...] = (1, 2)
+    supports: bool = True
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "head_dim", "heads", "batch", "budget", "n_hashes",
@@ -137,6 +141,27 @@ class StudyConfig:
                     budgets.append(b)
         return list(dict.fromkeys(budgets))  # drop duplicate splits, keep order
 
+    def support_budgets(self) -> dict[str, Budget]:
+        """The support rows (``SUPPORTS``) that fit ``budget``, by row name; none when
+        ``supports`` is off."""
+        if not self.supports:
+            return {}
+        built = {name: support_budget(name, self.budget) for name in SUPPORTS}
+        return {name: b for name, b in built.items() if b is not None}
+
+    def skipped_supports(self) -> str:
+        """One line saying which support rows ``budget`` is too small for ("" if none)."""
+        if not self.supports:
+            return ""
+        skipped = [name for name in SUPPORTS if name not in self.support_budgets()]
+        if not skipped:
+            return ""
+        return (f"budget {self.budget} is too small for the rows "
+                + ", ".join(f"{name} (needs >= {SUPPORT_MIN_BUDGET[name]})"
+                            for name in skipped) + ": skipped")
+
+
+
 
 QUICK = StudyConfig(seq_len=128, head_dim=32, heads=2, budget=16, seeds=(0, 1),
                     temperatures=(0.25, 1.0, 4.0), split_shares=(0.25, 0.5, 0.75))
@@ -184,37 +209,44 @@ def method_generator(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(seed + METHOD_SEED_OFFSET)
 
 
-def run_budget(budget: Budget, q, k, v, projections, hashes, return_weights):
+def run_budget(budget: Budget, q, k, v, projections, hashes, return_weights,
+               centroid_seed: int | None = None):
     """One approximate method with explicit randomness (torch backend) -> (out, weights)."""
-    if budget.method not in ("performer", "lsh", "scatterbrain"):
-        raise ValueError(f"the accuracy study runs performer, lsh and scatterbrain, "
-                         f"got {budget.method!r}")
+    if budget.method not in ("performer", "lsh", "scatterbrain", "scatterbrain_centroids"):
+        raise ValueError(f"the accuracy study runs performer, lsh, scatterbrain and "
+                         f"scatterbrain_centroids, got {budget.method!r}")
     return call_method(budget, q, k, v, backend="torch", projections=projections,
-                       hashes=hashes, return_weights=return_weights)
+                       hashes=hashes, centroid_seed=centroid_seed,
+                       return_weights=return_weights)
 
 
 def evaluate_budget(budget: Budget, q, k, v, ref: Reference, seed: int, *,
-                    unnormalized: bool = True) -> dict:
-    """Errors of one method at one budget on one input (and the mass its buckets catch)."""
+                    unnormalized: bool = True, name: str | None = None) -> dict:
+    """Errors of one method at one budget on one input (and the mass its hash buckets
+    catch; NaN for other supports). ``name``: the row's method name instead of the
+    budget's (the support rows), its configuration then in "detail"."""
     drawn = draw_randomness(budget, q.shape[-1], method_generator(seed))
     projections, hashes = drawn.projections, drawn.hashes
-    out, weights = run_budget(budget, q, k, v, projections, hashes, True)
+    centroid_seed = drawn.centroid_seed
+    out, weights = run_budget(budget, q, k, v, projections, hashes, True, centroid_seed)
     row = {
-        "method": budget.method, "n_features": budget.n_features,
+        "method": name or budget.method, "n_features": budget.n_features,
         "bucket_size": budget.bucket_size, "n_hashes": budget.n_hashes,
         "memory_per_query": budget.memory_per_query,
         "lowrank_share": budget.n_features / budget.memory_per_query,
         "attn_error": mean_slice_error(weights, ref.weights),
         "unnorm_error": math.nan,
         "output_error": mean_slice_error(out, ref.out),
-        "mass_captured": math.nan, "mass_topk": math.nan, "detail": "",
+        "mass_captured": math.nan, "mass_topk": math.nan,
+        "detail": support_label(budget) if name else "",
     }
     del weights
     if unnormalized:
-        _, estimate = run_budget(budget, q, k, v, projections, hashes, "unnormalized")
+        _, estimate = run_budget(budget, q, k, v, projections, hashes, "unnormalized",
+                                 centroid_seed)
         row["unnorm_error"] = mean_slice_error(estimate, ref.unnormalized)
         del estimate
-    if hashes is not None:
+    if hashes is not None and budget.sparse == "lsh" and not (budget.sink or budget.window):
         selected = selected_pairs(q, k, hashes, budget.bucket_size)
         row["mass_captured"], row["mass_topk"] = mass_captured(
             ref.weights, selected, cumulative=ref.cumulative)
@@ -248,9 +280,12 @@ def run_study(config: StudyConfig, progress: Callable[[str], None] | None = None
     """Run the whole study; ``progress`` receives one line per step (the CLI prints it)."""
     say = progress or (lambda message: None)
     started = time.perf_counter()
-    timings = {"methods_s": 0.0, "oracles_s": 0.0, "sweep_s": 0.0}
+    timings = {"methods_s": 0.0, "supports_s": 0.0, "oracles_s": 0.0, "sweep_s": 0.0}
     settings = [(kind, t, s) for kind in config.kinds for t in config.temperatures
                 for s in config.seeds]
+    if config.skipped_supports():
+        say(config.skipped_supports())
+    supports = config.support_budgets()
     rows = []
     for index, (kind, temperature, seed) in enumerate(settings, 1):
         t0 = time.perf_counter()
@@ -263,6 +298,10 @@ def run_study(config: StudyConfig, progress: Callable[[str], None] | None = None
             rows.append({**base, **evaluate_budget(budget, q, k, v, ref, seed)})
         t1 = time.perf_counter()
         timings["methods_s"] += t1 - t0
+        for name, budget in supports.items():
+            rows.append({**base, **evaluate_budget(budget, q, k, v, ref, seed, name=name)})
+        timings["supports_s"] += time.perf_counter() - t1
+        t1 = time.perf_counter()
         if config.oracles:
             rows.extend({**base, **row} for row in evaluate_oracles(ref, v, config.budget))
         timings["oracles_s"] += time.perf_counter() - t1

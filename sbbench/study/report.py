@@ -27,6 +27,7 @@ from sbbench.study.findings import (
 )
 from sbbench.study.oracle import POWER_ITERATIONS, SPLIT_SHARES
 from sbbench.study.summary import best_splits, regime_ratios, summarise
+from sbbench.study.supports import support_label
 from sbbench.study.tables import (  # noqa: F401 - re-exported: the old import path
     LABELS,
     STYLE,
@@ -105,6 +106,24 @@ def _capture_lines(config) -> list[str]:
     return lines
 
 
+def _support_setup(config) -> str:
+    """The set-up sentence of the support rows (or why the run has none)."""
+    budgets = config.support_budgets()
+    if not config.supports:
+        return " The support rows (k-means, key centroids) were switched off."
+    text = ""
+    if budgets:
+        text = (" Better supports at the same budget: one k-means clustering of the "
+                "queries whose clusters each take the keys their centroid scores highest, "
+                "plus the first keys (sink) and a centred window, exact on that support (the "
+                "centroid row estimates the other keys by their key k-means centroid): "
+                + "; ".join(f"{LABELS[name]}: {support_label(b)}"
+                            for name, b in budgets.items()) + ".")
+    if config.skipped_supports():
+        text += f" {config.skipped_supports().capitalize()}."
+    return text
+
+
 def report_text(result: StudyResult, *, command: str, machine: dict, date: str) -> str:
     config = result.config
     budgets = config.main_budgets()
@@ -139,7 +158,8 @@ def report_text(result: StudyResult, *, command: str, machine: dict, date: str) 
         f"{config.seq_len / config.budget:g} of seq). Performer "
         f"{budgets[0].n_features} features; LSH bucket {budgets[1].bucket_size} x "
         f"{budgets[1].n_hashes} round(s); Scatterbrain {sb.n_features} features + bucket "
-        f"{sb.bucket_size} x {sb.n_hashes}. Oracles of the exact normalised matrix: top-k "
+        f"{sb.bucket_size} x {sb.n_hashes}.{_support_setup(config)} Oracles of the exact "
+        f"normalised matrix: top-k "
         f"per row (k = {config.budget}), truncated SVD (rank {config.budget // 2}; "
         f"randomized with {POWER_ITERATIONS} power iterations above 256 rows), and "
         f"sparse + low-rank by alternating projection with k + 2 r = {config.budget}, "
@@ -152,7 +172,8 @@ def report_text(result: StudyResult, *, command: str, machine: dict, date: str) 
         "headline), of the unnormalised estimate of exp(tau q k^T), and of the output. "
         "Oracle output error uses the approximate matrix times v, not renormalised. "
         "'Bucket mass': mean share of a row's exact attention mass on the pairs the hash "
-        "buckets select; 'top-k mass': the most any set of that many pairs could hold.",
+        "buckets select ('-' for the k-means supports: not hash buckets); 'top-k mass': "
+        "the most any set of that many pairs could hold.",
         "- ratio = Scatterbrain's attention error / the better baseline's (< 1: "
         "Scatterbrain wins), from the seed means; min-max: the same ratio per seed.",
         "",
@@ -212,7 +233,9 @@ def write_outputs(result: StudyResult, out_dir: str | Path, *, command: str,
     """Write every file of ``FILES`` into ``out_dir`` (created); returns {key: path}.
 
     ``date`` and ``machine`` default to now and this machine (given when re-rendering a
-    stored run with :func:`load_result`)."""
+    stored run with :func:`load_result`, or taken when the run started)."""
+    date = date or now_utc()
+    machine = machine or machine_info()  # before writing: the files may be tracked ones
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {key: out / name for key, name in FILES.items()}
@@ -221,8 +244,6 @@ def write_outputs(result: StudyResult, out_dir: str | Path, *, command: str,
     result.ratios.to_csv(paths["ratios"], index=False)
     result.sweep.to_csv(paths["sweep"], index=False)
     result.splits.to_csv(paths["splits"], index=False)
-    date = date or now_utc()
-    machine = machine or machine_info()
     paths["meta"].write_text(json.dumps({
         "command": command, "date": date, "machine": machine,
         "config": asdict(result.config), "elapsed_s": result.elapsed_s,

@@ -8,6 +8,7 @@ import pandas as pd
 
 from sbbench.study.accuracy import BASELINES, METHODS
 from sbbench.study.oracle import ORACLES
+from sbbench.study.supports import SUPPORTS
 
 CONFIG_KEYS = ["kind", "temperature", "method", "n_features", "bucket_size", "n_hashes",
                "memory_per_query"]
@@ -41,12 +42,15 @@ def regime_ratios(raw: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     """Per kind x temperature: each method's mean error, the better baseline, and
     ``ratio = scatterbrain / better baseline`` (attention matrix; < 1 = Scatterbrain wins),
     its min and max over seeds, the same ratio for the output and the unnormalised
-    estimate, and the oracle ratios."""
+    estimate, the oracle ratios, and, for each support row the run has (``SUPPORTS``),
+    its mean error and ``<row>_ratio``, its error / the better baseline's."""
     main = summary[summary["method"].isin(METHODS)]
     attn, outp, unnorm = (_pivot(main, c) for c in ("attn_error", "output_error",
                                                     "unnorm_error"))
     table = pd.DataFrame(index=attn.index)
-    table["entropy"] = summary.groupby(["kind", "temperature"], sort=False)["entropy"].mean()
+    # the support rows left out: their count would move the mean's last bit
+    table["entropy"] = summary[~summary["method"].isin(SUPPORTS)].groupby(
+        ["kind", "temperature"], sort=False)["entropy"].mean()
     for method in METHODS:
         table[method] = attn[method]
     table["best_baseline"] = attn[list(BASELINES)].idxmin(axis=1)
@@ -70,6 +74,13 @@ def regime_ratios(raw: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
         table["oracle_ratio"] = (o_attn["oracle_sparse_lowrank"]
                                  / o_attn[["oracle_topk", "oracle_svd"]].min(axis=1))
         table["headroom"] = attn["scatterbrain"] / o_attn["oracle_sparse_lowrank"]
+    supports = summary[summary["method"].isin(SUPPORTS)]
+    if len(supports):
+        s_attn = _pivot(supports, "attn_error")
+        for name in SUPPORTS:
+            if name in s_attn:
+                table[name] = s_attn[name]
+                table[f"{name}_ratio"] = s_attn[name] / attn[list(BASELINES)].min(axis=1)
     return table.reset_index()
 
 

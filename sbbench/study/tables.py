@@ -9,11 +9,14 @@ from pathlib import Path
 from sbbench.core.format import markdown_table, number
 from sbbench.study.accuracy import METHODS, StudyResult
 from sbbench.study.oracle import ORACLES
+from sbbench.study.supports import SUPPORTS
 
 LABELS = {
     "performer": "performer (low-rank)",
     "lsh": "lsh (sparse)",
     "scatterbrain": "scatterbrain (sparse + low-rank)",
+    "scatterbrain_kmeans": "scatterbrain k-means + sink + window (no low-rank)",
+    "scatterbrain_centroids": "scatterbrain key centroids + k-means + sink + window",
     "oracle_svd": "oracle: truncated SVD",
     "oracle_topk": "oracle: top-k",
     "oracle_sparse_lowrank": "oracle: sparse + low-rank",
@@ -22,9 +25,17 @@ STYLE = {  # method -> (colour, marker, linestyle)
     "performer": ("tab:blue", "o", "-"),
     "lsh": ("tab:orange", "s", "-"),
     "scatterbrain": ("tab:green", "^", "-"),
+    "scatterbrain_kmeans": ("tab:red", "v", "-"),
+    "scatterbrain_centroids": ("tab:purple", "D", "-"),
     "oracle_svd": ("tab:blue", None, "--"),
     "oracle_topk": ("tab:orange", None, "--"),
     "oracle_sparse_lowrank": ("tab:green", None, "--"),
+}
+
+
+SUPPORT_HEADERS = {  # the ratios table's column of each support row: error (ratio)
+    "scatterbrain_kmeans": "SB k-means+sink+window (ratio)",
+    "scatterbrain_centroids": "SB centroids+k-means (ratio)",
 }
 
 
@@ -46,10 +57,12 @@ def _config_label(row) -> str:
 
 def ratios_table(result: StudyResult) -> str:
     has_oracle = "oracle_ratio" in result.ratios
+    supports = supports_in(result.ratios)
     rows = []
     for _, r in result.ratios.iterrows():
         row = [r["kind"], _fmt(r["temperature"]), f"{r['entropy']:.2f}",
                _fmt(r["performer"]), _fmt(r["lsh"]), _fmt(r["scatterbrain"]),
+               *(f"{_fmt(r[name])} ({r[f'{name}_ratio']:.2f})" for name in supports),
                r["best_baseline"],
                f"**{r['ratio']:.2f}** ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})",
                f"{r['output_ratio']:.2f}", _fmt(r["unnorm_ratio"]),
@@ -60,8 +73,8 @@ def ratios_table(result: StudyResult) -> str:
                     _fmt(r["headroom"])]
         rows.append(row)
     headers = ["kind", "T", "entropy (nats)", "performer", "lsh", "scatterbrain",
-               "better baseline", "ratio (seeds min-max)", "output ratio", "unnorm. ratio",
-               "LSH mass / top-k mass"]
+               *(SUPPORT_HEADERS[name] for name in supports), "better baseline",
+               "ratio (seeds min-max)", "output ratio", "unnorm. ratio", "LSH mass / top-k mass"]
     if has_oracle:
         headers += ["oracle top-k", "oracle SVD", "oracle S+L", "oracle S+L / better part",
                     "SB / oracle S+L"]
@@ -99,6 +112,11 @@ def splits_table(result: StudyResult) -> str:
     return markdown_table(headers, rows)
 
 
+def supports_in(frame) -> list[str]:
+    """The support rows (``SUPPORTS``) a ratios frame has, in order."""
+    return [name for name in SUPPORTS if f"{name}_ratio" in frame]
+
+
 # ---------------------------------------------------------------- plot
 
 
@@ -120,7 +138,8 @@ def plot(result: StudyResult, path: Path) -> None:
     uniform = math.log(config.seq_len)
     kinds = list(dict.fromkeys(result.summary["kind"]))
     fig, axes = plt.subplots(2, len(kinds), figsize=(6.4 * len(kinds), 8.6), squeeze=False)
-    methods = [m for m in (*METHODS, *ORACLES) if m in set(result.summary["method"])]
+    methods = [m for m in (*METHODS, *SUPPORTS, *ORACLES)
+               if m in set(result.summary["method"])]
     for col, kind in enumerate(kinds):
         part = result.summary[result.summary["kind"] == kind]
         settings = part.groupby("temperature")["entropy"].mean().sort_index()
@@ -151,10 +170,11 @@ def plot(result: StudyResult, path: Path) -> None:
                           "temperature", fontsize=9)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    legend_rows = math.ceil(len(methods) / 3)
     fig.suptitle(
         f"Error vs attention entropy at {config.budget} memory per query "
         f"(seq {config.seq_len}, head_dim {config.head_dim}, {config.heads} heads, "
         f"{len(config.seeds)} seeds; bars: std over seeds; oracles dashed)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.03 * legend_rows, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
