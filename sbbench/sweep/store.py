@@ -109,7 +109,7 @@ class Store:
             self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             fresh = self._check_schema()  # before anything is written
             if not readonly:
-                mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = self._switch_to_wal()
                 if mode.lower() != "wal":
                     raise UserError(f"store {self.path}: cannot switch to WAL mode (got "
                                     f"{mode}); is it on a network file system?")
@@ -131,6 +131,22 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _switch_to_wal(self) -> str:
+        """``PRAGMA journal_mode = WAL``, retried while another process holds the file.
+        Switching needs the file to itself, and SQLite answers "database is locked" at
+        once, without its busy handler, when two processes switch a new store together
+        (two sweeps started into one new store); retried with a growing pause, up to
+        about the busy timeout in all."""
+        waited, pause = 0.0, 0.01
+        while True:
+            try:
+                return self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or waited >= BUSY_TIMEOUT_S:
+                    raise
+            time.sleep(pause)
+            waited, pause = waited + pause, min(pause * 2, 0.5)
 
     def _columns(self, table: str) -> set[str]:
         return {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}

@@ -93,6 +93,29 @@ def test_rows_survive_a_process_that_dies_without_closing(tmp_path):
         assert len(store) == 5
 
 
+def test_opening_a_new_store_waits_while_another_process_holds_its_write_lock(tmp_path):
+    # SQLite answers the switch to WAL with "database is locked" at once, without its busy
+    # handler, while another connection holds the write lock of a new store (two sweeps
+    # started into one new store); the store retries instead of failing
+    import threading
+    import time
+
+    path = tmp_path / "r.sqlite"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    release.start()
+    start = time.monotonic()
+    try:
+        with Store(path) as store:
+            assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert len(store) == 0
+    finally:
+        release.join()
+        other.close()
+    assert time.monotonic() - start >= 0.25  # it waited for the other's commit
+
+
 def test_two_concurrent_writers_do_not_corrupt(tmp_path):
     path = tmp_path / "r.sqlite"
     script = textwrap.dedent(f"""
