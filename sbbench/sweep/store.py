@@ -133,11 +133,9 @@ class Store:
         self.close()
 
     def _switch_to_wal(self) -> str:
-        """``PRAGMA journal_mode = WAL``, retried while another process holds the file.
-        Switching needs the file to itself, and SQLite answers "database is locked" at
-        once, without its busy handler, when two processes switch a new store together
-        (two sweeps started into one new store); retried with a growing pause, up to
-        about the busy timeout in all."""
+        """``PRAGMA journal_mode = WAL``, retried (up to about the busy timeout) while
+        another process holds a new store's write lock: SQLite then answers "database is
+        locked" at once, without its busy handler (two sweeps started into one store)."""
         waited, pause = 0.0, 0.01
         while True:
             try:
