@@ -9,7 +9,9 @@ inputs differ in length, which the padding, independence and gradient tests rely
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,3 +174,29 @@ def record_row(method: str, seq_len: int, *, source="measured", status="ok", dev
                   peak_memory_delta_bytes=seq_len * 1000, working_set_bytes=seq_len * 900,
                   flops=1e9, energy_j=energy, versions={"torch": "2.x"},
                   device_state={"before": {"name": "Test CPU"}}, timestamp="2026-01-01T00:00:00")
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def toy_gemma(*, max_positions: int = 128, tokenizer=None):
+    """A tiny random Gemma 3 (one sliding and one global layer; no weights to download)
+    as a LoadedModel. Skips the test without transformers (the models extra)."""
+    transformers = pytest.importorskip("transformers", reason="the models extra is missing")
+    from sbbench.models.loading import LoadedModel
+
+    config = transformers.Gemma3TextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=max_positions)
+    torch.manual_seed(0)
+    model = transformers.Gemma3ForCausalLM(config).eval()
+    model.config._attn_implementation = "sdpa"
+    return LoadedModel(name="toy-gemma", model=model, tokenizer=tokenizer, source="test")

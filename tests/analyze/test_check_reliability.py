@@ -3,24 +3,19 @@ sweeps themselves take minutes and are not run here)."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
-from pathlib import Path
+
+from conftest import load_benchmark
 
 from sbbench.core.record import Record
 from sbbench.sweep.store import Store
 
-ROOT = Path(__file__).resolve().parents[2]
 SIZES = {"exact": (0, 0, 0), "performer": (64, 0, 0), "lsh": (0, 32, 1),
          "scatterbrain": (64, 32, 1)}
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "check_reliability", ROOT / "benchmarks" / "check_reliability.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("check_reliability")
 
 
 def _store(path, seed, slow=1.0):

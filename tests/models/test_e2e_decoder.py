@@ -10,6 +10,8 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="the models extra is not installed")
 
+from conftest import toy_gemma  # noqa: E402
+
 from sbbench.core.types import Budget  # noqa: E402
 from sbbench.models.e2e import (  # noqa: E402
     e2e_records,
@@ -36,15 +38,7 @@ class ByteTokenizer:
 
 @pytest.fixture(scope="module")
 def toy() -> LoadedModel:
-    config = transformers.Gemma3TextConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
-        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=128)
-    torch.manual_seed(0)
-    model = transformers.Gemma3ForCausalLM(config).eval()
-    model.config._attn_implementation = "sdpa"
-    return LoadedModel(name="toy-gemma", model=model, tokenizer=ByteTokenizer(),
-                       source="test")
+    return toy_gemma(tokenizer=ByteTokenizer())
 
 
 TEXT = "The quick brown fox jumps over the lazy dog, twice over, and again."

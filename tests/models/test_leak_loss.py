@@ -4,25 +4,17 @@ leak-free losses agree while a whole-sequence k-means budget's need not."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import load_benchmark, toy_gemma
 
 from sbbench.core.errors import UserError
 from sbbench.core.types import Budget
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "leak_loss", ROOT / "benchmarks" / "leak_loss.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("leak_loss")
 
 
 def test_positions_are_spread_seeded_and_predict_a_token(bench):
@@ -50,22 +42,8 @@ def test_paired_difference(bench):
     assert sem == pytest.approx(torch.tensor([0.0, 1.0, 3.0]).std().item() / 3 ** 0.5)
 
 
-def _toy():
-    transformers = pytest.importorskip("transformers", reason="the models extra is missing")
-    from sbbench.models.loading import LoadedModel
-
-    config = transformers.Gemma3TextConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
-        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=256)
-    torch.manual_seed(0)
-    model = transformers.Gemma3ForCausalLM(config).eval()
-    model.config._attn_implementation = "sdpa"
-    return LoadedModel(name="toy-gemma", model=model, tokenizer=None, source="test")
-
-
 def test_exact_is_leak_free_and_kmeans_is_not(bench):
-    toy = _toy()
+    toy = toy_gemma(max_positions=256)
     ids = torch.randint(2, 64, (1, 96), generator=torch.Generator().manual_seed(1))
     encoded = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     positions = bench.sample_positions(96, 6, start=16)
