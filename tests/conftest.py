@@ -177,7 +177,9 @@ def record_row(method: str, seq_len: int, *, source="measured", status="ok", dev
 
 
 def load_benchmark(name: str):
-    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package).
+    Tests after tests/kernels (whose conftest takes the module name ``conftest``) reach
+    it, and :func:`toy_gemma`, through the fixtures below, not by import."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -200,3 +202,15 @@ def toy_gemma(*, max_positions: int = 128, tokenizer=None):
     model = transformers.Gemma3ForCausalLM(config).eval()
     model.config._attn_implementation = "sdpa"
     return LoadedModel(name="toy-gemma", model=model, tokenizer=tokenizer, source="test")
+
+
+@pytest.fixture(scope="session")
+def benchmark_module():
+    """:func:`load_benchmark`, for tests that cannot import this module."""
+    return load_benchmark
+
+
+@pytest.fixture(scope="session")
+def make_toy_gemma():
+    """:func:`toy_gemma`, for tests that cannot import this module."""
+    return toy_gemma

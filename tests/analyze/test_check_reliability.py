@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from conftest import load_benchmark
+import pytest
 
 from sbbench.core.record import Record
 from sbbench.sweep.store import Store
@@ -14,8 +14,9 @@ SIZES = {"exact": (0, 0, 0), "performer": (64, 0, 0), "lsh": (0, 32, 1),
          "scatterbrain": (64, 32, 1)}
 
 
-def _benchmark():
-    return load_benchmark("check_reliability")
+@pytest.fixture(scope="module")
+def bench(benchmark_module):
+    return benchmark_module("check_reliability")
 
 
 def _store(path, seed, slow=1.0):
@@ -36,8 +37,7 @@ def _store(path, seed, slow=1.0):
                                  time_median_ms=sorted(samples)[7], error_mean=0.5))
 
 
-def test_evaluate_counts_passes_and_catches_and_writes_the_readme(tmp_path):
-    bench = _benchmark()
+def test_evaluate_counts_passes_and_catches_and_writes_the_readme(tmp_path, bench):
     runs = tmp_path / "runs"
     runs.mkdir()
     for i, slow in ((0, 1.3), (1, 1.0)):  # pair 2's "injected" sweep was not slowed

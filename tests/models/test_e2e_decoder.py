@@ -10,8 +10,6 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="the models extra is not installed")
 
-from conftest import toy_gemma  # noqa: E402
-
 from sbbench.core.types import Budget  # noqa: E402
 from sbbench.models.e2e import (  # noqa: E402
     e2e_records,
@@ -37,8 +35,8 @@ class ByteTokenizer:
 
 
 @pytest.fixture(scope="module")
-def toy() -> LoadedModel:
-    return toy_gemma(tokenizer=ByteTokenizer())
+def toy(make_toy_gemma) -> LoadedModel:
+    return make_toy_gemma(tokenizer=ByteTokenizer())
 
 
 TEXT = "The quick brown fox jumps over the lazy dog, twice over, and again."

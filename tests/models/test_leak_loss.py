@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_benchmark, toy_gemma
 
 from sbbench.core.errors import UserError
 from sbbench.core.types import Budget
 
 
 @pytest.fixture(scope="module")
-def bench():
-    return load_benchmark("leak_loss")
+def bench(benchmark_module):
+    return benchmark_module("leak_loss")
 
 
 def test_positions_are_spread_seeded_and_predict_a_token(bench):
@@ -42,8 +41,8 @@ def test_paired_difference(bench):
     assert sem == pytest.approx(torch.tensor([0.0, 1.0, 3.0]).std().item() / 3 ** 0.5)
 
 
-def test_exact_is_leak_free_and_kmeans_is_not(bench):
-    toy = toy_gemma(max_positions=256)
+def test_exact_is_leak_free_and_kmeans_is_not(bench, make_toy_gemma):
+    toy = make_toy_gemma(max_positions=256)
     ids = torch.randint(2, 64, (1, 96), generator=torch.Generator().manual_seed(1))
     encoded = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     positions = bench.sample_positions(96, 6, start=16)
