@@ -187,7 +187,7 @@ def cpu_cases(request: TuneRequest):
                 if note not in skipped:
                     skipped.append(note)
                 continue
-            why = too_large(own)
+            why = too_large(own, method)
             if why:
                 skipped.append(f"{method} {own.label}: {why}")
                 continue

@@ -56,14 +56,14 @@ def shape_buckets(kind: str, *, seq_len=None, head_dim=None, features=None,
                 axes["sparse"], axes["sink"], axes["window"], axes["seq_len"])]
 
 
-def too_large(shape) -> str:
-    """Why a bucket's support would be every key ("" if it is not): bucket_size, or sink
-    + window, >= seq_len (as the sweep grid drops such budgets)."""
-    if shape.bucket_size and shape.bucket_size >= shape.seq_len:
-        return "bucket_size >= seq_len"
-    if shape.sink + shape.window >= shape.seq_len:
-        return "sink + window >= seq_len"
-    return ""
+def too_large(shape, method: str = "scatterbrain") -> str:
+    """Why a bucket's support would be every key for ``method`` ("" if it is not): the
+    rule the sweep grid drops budgets by (``core.types.covers_every_key``)."""
+    from sbbench.core.types import CENTROID_METHODS, covers_every_key
+
+    centroids = shape.n_features if method in CENTROID_METHODS else 0
+    return covers_every_key(shape.seq_len, bucket_size=shape.bucket_size, sink=shape.sink,
+                            window=shape.window, centroids=centroids)
 
 
 def default_cache(device: str) -> Path:

@@ -134,6 +134,13 @@ class Budget:
         on the loss; reports/supports, reports/e2e)."""
         return not (self.draws_hashes or self.method in CENTROID_METHODS)
 
+    def covers_every_key(self, seq_len: int) -> str:
+        """Why a part of this budget would hold every one of ``seq_len`` keys on its own
+        ("" if none does): see :func:`covers_every_key`."""
+        return covers_every_key(seq_len, bucket_size=self.bucket_size, sink=self.sink,
+                                window=self.window,
+                                centroids=self.n_features if self.lowrank == "centroids" else 0)
+
     @property
     def has_sparse(self) -> bool:
         """Whether the method has a sparse part (buckets or local blocks)."""
@@ -150,6 +157,21 @@ class Budget:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def covers_every_key(seq_len: int, *, bucket_size: int = 0, sink: int = 0, window: int = 0,
+                     centroids: int = 0) -> str:
+    """Why a sparse budget of these sizes would hold every one of ``seq_len`` keys in one
+    part ("" if it would not): buckets of the whole sequence, sink + window as long, or as
+    many key centroids as keys (each key its own cluster). Exact attention at a higher
+    cost, under a label that counts keys it cannot have: sweeps and tunes drop them."""
+    if bucket_size and bucket_size >= seq_len:
+        return "bucket_size >= seq_len"
+    if sink + window >= seq_len:
+        return "sink + window >= seq_len"
+    if centroids and centroids >= seq_len:
+        return "key centroids >= seq_len"
+    return ""
 
 
 def budget_label(budget) -> str:

@@ -338,15 +338,6 @@ def _fit_to_capture(grid: Grid, result: Expansion) -> Grid:
                    causal=(causal,))
 
 
-def _covers_every_key(budget: Budget, seq_len: int) -> bool:
-    """Whether a part of the budget holds every key on its own: buckets of the whole
-    sequence, sink + window as long, or as many key centroids as keys (each key its own
-    cluster): exact attention at a higher cost, under a label that counts keys it cannot
-    have."""
-    return (budget.bucket_size >= seq_len or budget.sink + budget.window >= seq_len
-            or (budget.lowrank == "centroids" and budget.n_features >= seq_len))
-
-
 def expand(grid: Grid) -> Expansion:
     """All points of the grid, ordered by shape then method (exact first, so the other
     methods of a shape can be compared against its time)."""
@@ -369,7 +360,7 @@ def expand(grid: Grid) -> Expansion:
                                 backends = backends_for(method, grid)
                                 unrun = len(grid.backends) - len(backends)
                                 for budget in budgets_for(method, grid):
-                                    if _covers_every_key(budget, seq_len):
+                                    if budget.covers_every_key(seq_len):
                                         too_large += 1
                                         continue
                                     if unrun and method != "exact":

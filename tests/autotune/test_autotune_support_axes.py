@@ -61,6 +61,17 @@ def test_cpu_cases_skip_what_a_method_cannot_use():
     assert any("window=124" in n and "sink + window >= seq_len" in n for n in skipped)
 
 
+def test_cpu_cases_skip_as_many_key_centroids_as_keys():
+    # the sweep grid's rule (core.types.covers_every_key): C >= seq is each key its own
+    # cluster; Performer's features are not bounded by the keys
+    shapes = shape_buckets("cpu", seq_len=(128,), features=(128,), sparse=("kmeans",))
+    methods = ("scatterbrain", "scatterbrain_centroids")
+    pairs, skipped = cpu_cases(TuneRequest(get_device("cpu"), shapes, methods=methods))
+    assert [m for m, _ in pairs] == ["scatterbrain"]
+    assert any(n.startswith("scatterbrain_centroids ") and "key centroids >= seq_len" in n
+               for n in skipped)
+
+
 @pytest.mark.parametrize("method, sparse", [("scatterbrain", "kmeans"),
                                             ("scatterbrain_local", "lsh"),
                                             ("scatterbrain_centroids", "kmeans"),
